@@ -1,0 +1,131 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Revocation reasons of an ApiKeyRecord.
+const (
+	// RevocationRevoked means the user set spec.revoked on the ApiKey.
+	RevocationRevoked = "Revoked"
+	// RevocationDeleted means the ApiKey was deleted.
+	RevocationDeleted = "Deleted"
+	// RevocationOrphaned means the ApiKey disappeared without Latchkey seeing
+	// its deletion (for example its finalizer was removed by hand).
+	RevocationOrphaned = "Orphaned"
+)
+
+// ApiKeyRecordSpec is the hashed record of one minted key. It is written
+// only by the operator; the API server keeps the hash and tenant immutable
+// and revocation one way.
+// +kubebuilder:validation:XValidation:rule="!oldSelf.revoked || self.revoked",message="revoked cannot be changed from true to false: a revoked record can never become active again",fieldPath=".revoked",reason=FieldValueForbidden
+// +kubebuilder:validation:XValidation:rule="!self.revoked || has(self.revokedAt)",message="revokedAt is required when revoked is true",fieldPath=".revokedAt",reason=FieldValueRequired
+type ApiKeyRecordSpec struct {
+	// hash is the lowercase hex SHA-256 of the raw key.
+	// +required
+	// +kubebuilder:validation:Pattern=`^[0-9a-f]{64}$`
+	// +kubebuilder:validation:MinLength=64
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="hash is immutable: a record always describes the key it was minted for",reason=FieldValueForbidden
+	Hash string `json:"hash"`
+
+	// tenant is the namespace of the ApiKey; the key authenticates for it only.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="tenant is immutable: a key never moves to another namespace",reason=FieldValueForbidden
+	Tenant string `json:"tenant"`
+
+	// keyName is the name of the ApiKey.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="keyName is immutable",reason=FieldValueForbidden
+	KeyName string `json:"keyName"`
+
+	// keyUID is the UID of the ApiKey.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="keyUID is immutable",reason=FieldValueForbidden
+	KeyUID string `json:"keyUID"`
+
+	// hint is the masked key: its first 8 characters, "…", and its last 4.
+	// +required
+	// +kubebuilder:validation:MaxLength=32
+	Hint string `json:"hint"`
+
+	// format is the key's format, Prefixed or Hex.
+	// +required
+	Format KeyFormat `json:"format"`
+
+	// expiresAt is the instant after which the key no longer authenticates.
+	// +optional
+	ExpiresAt *metav1.Time `json:"expiresAt,omitempty"`
+
+	// revoked is true once the key is revoked; it never goes back.
+	// +optional
+	// +default=false
+	Revoked bool `json:"revoked"`
+
+	// revokedAt is when the key was revoked.
+	// +optional
+	RevokedAt *metav1.Time `json:"revokedAt,omitempty"`
+
+	// revocationReason is why: Revoked, Deleted or Orphaned.
+	// +optional
+	// +kubebuilder:validation:Enum=Revoked;Deleted;Orphaned
+	RevocationReason string `json:"revocationReason,omitempty"`
+}
+
+// ApiKeyRecordStatus is how the key has been used.
+type ApiKeyRecordStatus struct {
+	// lastUsedAt is when the key last authenticated a request, written at most
+	// once per minute.
+	// +optional
+	LastUsedAt *metav1.Time `json:"lastUsedAt,omitempty"`
+}
+
+// ApiKeyRecord is the operator's hashed record of a minted key: the verifier
+// looks keys up by its hash, and it outlives the ApiKey for audit. Its name
+// is the UID of the ApiKey, so an ApiKey can never have two records.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,categories=latchkey
+// +kubebuilder:printcolumn:name="Tenant",type=string,JSONPath=`.spec.tenant`
+// +kubebuilder:printcolumn:name="Key Name",type=string,JSONPath=`.spec.keyName`
+// +kubebuilder:printcolumn:name="Key",type=string,JSONPath=`.spec.hint`
+// +kubebuilder:printcolumn:name="Revoked",type=boolean,JSONPath=`.spec.revoked`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.spec.revocationReason`
+// +kubebuilder:printcolumn:name="Created",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:printcolumn:name="Last Used",type=date,JSONPath=`.status.lastUsedAt`
+type ApiKeyRecord struct {
+	metav1.TypeMeta `json:",inline"`
+
+	// metadata is the standard object metadata.
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec is the hashed record.
+	// +required
+	Spec ApiKeyRecordSpec `json:"spec"`
+
+	// status is how the key has been used.
+	// +optional
+	Status ApiKeyRecordStatus `json:"status,omitempty"`
+}
+
+// ApiKeyRecordList is a list of ApiKeyRecords.
+// +kubebuilder:object:root=true
+type ApiKeyRecordList struct {
+	metav1.TypeMeta `json:",inline"`
+	// metadata is the standard list metadata.
+	// +optional
+	metav1.ListMeta `json:"metadata,omitempty"`
+	// items are the ApiKeyRecords.
+	Items []ApiKeyRecord `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&ApiKeyRecord{}, &ApiKeyRecordList{})
+}

@@ -1,0 +1,23 @@
+package v1alpha1
+
+// Labels, annotations and data keys Latchkey puts on the objects it writes.
+const (
+	// LabelTenant is the namespace a record's key authenticates for.
+	LabelTenant = "auth.latchkey.dev/tenant"
+	// LabelKeyName is the name of the ApiKey an object belongs to.
+	LabelKeyName = "auth.latchkey.dev/key-name"
+	// LabelManagedBy marks objects Latchkey created.
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	// ManagedByValue is LabelManagedBy's value.
+	ManagedByValue = "latchkey"
+
+	// SecretKeyAPIKey is the Secret data key holding the raw key.
+	SecretKeyAPIKey = "api-key"
+	// SecretKeyTenant is the Secret data key holding the tenant (not secret).
+	SecretKeyTenant = "tenant"
+	// SecretKeyName is the Secret data key holding the ApiKey's name (not secret).
+	SecretKeyName = "name"
+
+	// Finalizer makes Latchkey revoke a key's record before the ApiKey goes.
+	Finalizer = "auth.latchkey.dev/revoke-record"
+)

@@ -1,0 +1,255 @@
+package controller
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	clocktesting "k8s.io/utils/clock/testing"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/keys"
+)
+
+var errInjected = errors.New("injected fault")
+
+// faultyClient fails its failAt-th write. With landed set, the write reaches
+// the API server first and only the answer is lost, as when the process dies
+// right after a write.
+type faultyClient struct {
+	client.Client
+	mu      sync.Mutex
+	writes  int
+	failAt  int
+	landed  bool
+	tripped bool
+}
+
+func (f *faultyClient) write(do func() error) error {
+	f.mu.Lock()
+	f.writes++
+	fail := f.writes == f.failAt
+	f.mu.Unlock()
+	if !fail {
+		return do()
+	}
+	f.tripped = true
+	if f.landed {
+		if err := do(); err != nil {
+			return err
+		}
+	}
+	return errInjected
+}
+
+func (f *faultyClient) Create(ctx context.Context, obj client.Object, opts ...client.CreateOption) error {
+	return f.write(func() error { return f.Client.Create(ctx, obj, opts...) })
+}
+
+func (f *faultyClient) Update(ctx context.Context, obj client.Object, opts ...client.UpdateOption) error {
+	return f.write(func() error { return f.Client.Update(ctx, obj, opts...) })
+}
+
+func (f *faultyClient) Patch(ctx context.Context, obj client.Object, p client.Patch, opts ...client.PatchOption) error {
+	return f.write(func() error { return f.Client.Patch(ctx, obj, p, opts...) })
+}
+
+func (f *faultyClient) Delete(ctx context.Context, obj client.Object, opts ...client.DeleteOption) error {
+	return f.write(func() error { return f.Client.Delete(ctx, obj, opts...) })
+}
+
+func (f *faultyClient) Status() client.SubResourceWriter { return &faultyStatus{f} }
+
+type faultyStatus struct{ f *faultyClient }
+
+func (s *faultyStatus) Create(ctx context.Context, obj client.Object, sub client.Object, opts ...client.SubResourceCreateOption) error {
+	return s.f.write(func() error { return s.f.Client.Status().Create(ctx, obj, sub, opts...) })
+}
+
+func (s *faultyStatus) Update(ctx context.Context, obj client.Object, opts ...client.SubResourceUpdateOption) error {
+	return s.f.write(func() error { return s.f.Client.Status().Update(ctx, obj, opts...) })
+}
+
+func (s *faultyStatus) Patch(ctx context.Context, obj client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
+	return s.f.write(func() error { return s.f.Client.Status().Patch(ctx, obj, p, opts...) })
+}
+
+func (s *faultyStatus) Apply(ctx context.Context, obj runtime.ApplyConfiguration, opts ...client.SubResourceApplyOption) error {
+	return s.f.write(func() error { return s.f.Client.Status().Apply(ctx, obj, opts...) })
+}
+
+// directReconciler reconciles against the API server with no cache, with an
+// injected clock and the given client.
+func directReconciler(c client.Client, clk *clocktesting.FakeClock) *ApiKeyReconciler {
+	return &ApiKeyReconciler{
+		Client:    c,
+		APIReader: env.Client,
+		Recorder:  events.NewFakeRecorder(100),
+		Clock:     clk,
+		Random:    rand.Reader,
+	}
+}
+
+// reconcileUntilQuiet reconciles until a pass returns no error, at most n times.
+func reconcileUntilQuiet(r *ApiKeyReconciler, key types.NamespacedName, n int) (ctrl.Result, error) {
+	var res ctrl.Result
+	var err error
+	for range n {
+		res, err = r.Reconcile(context.Background(), ctrl.Request{NamespacedName: key})
+		if err == nil {
+			return res, nil
+		}
+	}
+	return res, err
+}
+
+// TestCrashSafeMinting fails each write of a mint in turn — before it lands,
+// and after it lands with the answer lost — then recovers with a new,
+// healthy reconciler (a restarted process) and checks the end state.
+func TestCrashSafeMinting(t *testing.T) {
+	ns := env.Namespace(t)
+	clk := clocktesting.NewFakeClock(time.Now())
+
+	// A full mint is four writes: finalizer, Secret, record, status.
+	const writesPerMint = 4
+	for failAt := 1; failAt <= writesPerMint; failAt++ {
+		for _, landed := range []bool{false, true} {
+			name := fmt.Sprintf("write %d fails before it lands", failAt)
+			if landed {
+				name = fmt.Sprintf("write %d lands and its answer is lost", failAt)
+			}
+			t.Run(name, func(t *testing.T) {
+				g := NewWithT(t)
+				ctx := context.Background()
+				keyName := fmt.Sprintf("k%d-%t", failAt, landed)
+				g.Expect(env.Client.Create(ctx, newKey(ns, keyName, authv1alpha1.ApiKeySpec{}))).To(Succeed())
+				nn := types.NamespacedName{Namespace: ns, Name: keyName}
+
+				faulty := &faultyClient{Client: env.Client, failAt: failAt, landed: landed}
+				_, err := directReconciler(faulty, clk).Reconcile(ctx, ctrl.Request{NamespacedName: nn})
+				g.Expect(faulty.tripped).To(BeTrue(), "the fault was injected")
+				g.Expect(err).To(HaveOccurred())
+				g.Expect(err.Error()).To(ContainSubstring(errInjected.Error()))
+
+				// At the crash point, a working key is always one somebody holds.
+				if recs := recordsOf(g, ns, keyName); len(recs) > 0 {
+					s := getSecret(g, ns, keyName)
+					g.Expect(keys.Hash(string(s.Data[authv1alpha1.SecretKeyAPIKey]))).To(Equal(recs[0].Spec.Hash))
+				}
+				var secretUID types.UID
+				if s := (&corev1.Secret{}); env.Client.Get(ctx, nn, s) == nil {
+					secretUID = s.UID
+				}
+
+				_, err = reconcileUntilQuiet(directReconciler(env.Client, clk), nn, 3)
+				g.Expect(err).NotTo(HaveOccurred())
+
+				key := getKey(g, ns, keyName)
+				g.Expect(key.Status.Phase).To(Equal(authv1alpha1.PhaseActive))
+				secret := getSecret(g, ns, keyName)
+				if secretUID != "" {
+					g.Expect(secret.UID).To(Equal(secretUID), "a delivered Secret is never replaced")
+				}
+				recs := recordsOf(g, ns, keyName)
+				g.Expect(recs).To(HaveLen(1), "exactly one record")
+				raw := string(secret.Data[authv1alpha1.SecretKeyAPIKey])
+				g.Expect(recs[0].Spec.Hash).To(Equal(keys.Hash(raw)), "the working key is the delivered key")
+				g.Expect(recs[0].Name).To(Equal(string(key.UID)))
+				g.Expect(key.Status.KeyHint).To(Equal(keys.Hint(raw)))
+			})
+		}
+	}
+}
+
+func TestExpiryAtItsInstant(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := env.Namespace(t)
+	clk := clocktesting.NewFakeClock(time.Now().Truncate(time.Second))
+	expiresAt := metav1.NewTime(clk.Now().Add(5 * time.Minute))
+	g.Expect(env.Client.Create(ctx, newKey(ns, "k", authv1alpha1.ApiKeySpec{ExpiresAt: &expiresAt}))).To(Succeed())
+	nn := types.NamespacedName{Namespace: ns, Name: "k"}
+	r := directReconciler(env.Client, clk)
+
+	res, err := reconcileUntilQuiet(r, nn, 1)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(getKey(g, ns, "k").Status.Phase).To(Equal(authv1alpha1.PhaseActive))
+	g.Expect(res.RequeueAfter).To(Equal(5*time.Minute), "it looks again exactly at expiry, not by polling")
+	g.Expect(getRecord(g, getKey(g, ns, "k")).Spec.ExpiresAt.Equal(&expiresAt)).To(BeTrue())
+
+	clk.Step(5*time.Minute - time.Second)
+	res, err = reconcileUntilQuiet(r, nn, 1)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(getKey(g, ns, "k").Status.Phase).To(Equal(authv1alpha1.PhaseActive))
+	g.Expect(res.RequeueAfter).To(Equal(time.Second))
+
+	clk.Step(time.Second)
+	_, err = reconcileUntilQuiet(r, nn, 1)
+	g.Expect(err).NotTo(HaveOccurred())
+	key := getKey(g, ns, "k")
+	g.Expect(key.Status.Phase).To(Equal(authv1alpha1.PhaseExpired))
+	g.Expect(key.Status.Conditions).To(ContainElement(And(
+		HaveField("Type", authv1alpha1.ConditionReady),
+		HaveField("Status", metav1.ConditionFalse),
+		HaveField("Reason", authv1alpha1.ReasonExpired))))
+}
+
+func TestRecordRetentionAndOrphans(t *testing.T) {
+	ctx := context.Background()
+	clk := clocktesting.NewFakeClock(time.Now().Truncate(time.Second))
+	r := &ApiKeyRecordReconciler{Client: env.Client, APIReader: env.Client, Clock: clk, Retention: 90 * 24 * time.Hour}
+	newRecord := func(g Gomega, ns string, revoked bool) *authv1alpha1.ApiKeyRecord {
+		rec := &authv1alpha1.ApiKeyRecord{
+			ObjectMeta: metav1.ObjectMeta{Name: string(types.UID(fmt.Sprintf("%s-gone", ns)))},
+			Spec: authv1alpha1.ApiKeyRecordSpec{
+				Hash: keys.Hash(ns), Tenant: ns, KeyName: "gone", KeyUID: "uid-of-a-deleted-key",
+				Hint: "lk_abcde…wxyz", Format: authv1alpha1.FormatPrefixed,
+			},
+		}
+		if revoked {
+			at := metav1.NewTime(clk.Now())
+			rec.Spec.Revoked, rec.Spec.RevokedAt, rec.Spec.RevocationReason = true, &at, authv1alpha1.RevocationDeleted
+		}
+		g.Expect(env.Client.Create(ctx, rec)).To(Succeed())
+		return rec
+	}
+	pass := func(g Gomega, rec *authv1alpha1.ApiKeyRecord) ctrl.Result {
+		res, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Name: rec.Name}})
+		g.Expect(err).NotTo(HaveOccurred())
+		return res
+	}
+
+	t.Run("a revoked record of a deleted key is kept for the retention, then deleted", func(t *testing.T) {
+		g := NewWithT(t)
+		rec := newRecord(g, env.Namespace(t), true)
+		g.Expect(pass(g, rec).RequeueAfter).To(Equal(90 * 24 * time.Hour))
+		clk.Step(90*24*time.Hour - time.Second)
+		g.Expect(pass(g, rec).RequeueAfter).To(Equal(time.Second))
+		clk.Step(time.Second)
+		pass(g, rec)
+		err := env.Client.Get(ctx, types.NamespacedName{Name: rec.Name}, &authv1alpha1.ApiKeyRecord{})
+		g.Expect(apierrors.IsNotFound(err)).To(BeTrue())
+	})
+	t.Run("an active record whose key vanished is revoked as orphaned", func(t *testing.T) {
+		g := NewWithT(t)
+		rec := newRecord(g, env.Namespace(t), false)
+		pass(g, rec)
+		got := &authv1alpha1.ApiKeyRecord{}
+		g.Expect(env.Client.Get(ctx, types.NamespacedName{Name: rec.Name}, got)).To(Succeed())
+		g.Expect(got.Spec.Revoked).To(BeTrue())
+		g.Expect(got.Spec.RevocationReason).To(Equal(authv1alpha1.RevocationOrphaned))
+	})
+}

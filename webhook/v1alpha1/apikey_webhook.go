@@ -1,0 +1,109 @@
+// Package v1alpha1 holds the admission webhooks of the auth.latchkey.dev/v1alpha1 kinds.
+package v1alpha1
+
+import (
+	"context"
+	"fmt"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+)
+
+// RevocationFence stops a key from authenticating before its revocation or
+// deletion is persisted, closing the gap between the API call returning and
+// the verifier's watch catching up. Fence is called while the request is
+// being admitted; when it returns an error the request is refused (fail
+// closed), so a key is never revoked in the API without being fenced.
+type RevocationFence interface {
+	Fence(ctx context.Context, key *authv1alpha1.ApiKey) error
+}
+
+// ApiKeyValidator refuses ApiKeys that CEL cannot judge, and fences keys
+// that are being revoked or deleted.
+type ApiKeyValidator struct {
+	// Reader lists the ApiKeys of a namespace (from the manager's cache).
+	Reader client.Reader
+	Clock  clock.PassiveClock
+	// Fence is told of revocations; nil means no verifier runs in this process.
+	Fence RevocationFence
+}
+
+// +kubebuilder:webhook:path=/validate-auth-latchkey-dev-v1alpha1-apikey,mutating=false,failurePolicy=fail,sideEffects=NoneOnDryRun,groups=auth.latchkey.dev,resources=apikeys,verbs=create;update;delete,versions=v1alpha1,name=vapikey-v1alpha1.latchkey.dev,admissionReviewVersions=v1,timeoutSeconds=5
+
+// SetupWebhookWithManager registers the validator on the manager's webhook server.
+func (v *ApiKeyValidator) SetupWebhookWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewWebhookManagedBy(mgr, &authv1alpha1.ApiKey{}).WithValidator(v).Complete()
+}
+
+var specPath = field.NewPath("spec")
+
+// ValidateCreate refuses an already expired key and a Secret name another
+// ApiKey of the namespace delivers to.
+func (v *ApiKeyValidator) ValidateCreate(ctx context.Context, key *authv1alpha1.ApiKey) (admission.Warnings, error) {
+	var errs field.ErrorList
+	if exp := key.Spec.ExpiresAt; exp != nil && !exp.After(v.Clock.Now()) {
+		errs = append(errs, field.Invalid(specPath.Child("expiresAt"), exp.UTC().Format("2006-01-02T15:04:05Z"),
+			"must be in the future: a key that is already expired could never be used"))
+	}
+	dupErrs, err := v.validateSecretNameUnique(ctx, key)
+	if err != nil {
+		return nil, apierrors.NewInternalError(err)
+	}
+	errs = append(errs, dupErrs...)
+	return nil, v.invalid(key, errs)
+}
+
+// ValidateUpdate fences a key whose spec.revoked turns true. Immutability
+// and one-way revocation are CEL rules, enforced even with this webhook down.
+func (v *ApiKeyValidator) ValidateUpdate(ctx context.Context, oldKey, key *authv1alpha1.ApiKey) (admission.Warnings, error) {
+	if key.Spec.Revoked && !oldKey.Spec.Revoked {
+		return nil, v.fence(ctx, oldKey)
+	}
+	return nil, nil
+}
+
+// ValidateDelete fences the key before the deletion is persisted.
+func (v *ApiKeyValidator) ValidateDelete(ctx context.Context, key *authv1alpha1.ApiKey) (admission.Warnings, error) {
+	return nil, v.fence(ctx, key)
+}
+
+func (v *ApiKeyValidator) fence(ctx context.Context, key *authv1alpha1.ApiKey) error {
+	if v.Fence == nil {
+		return nil
+	}
+	if req, err := admission.RequestFromContext(ctx); err == nil && req.DryRun != nil && *req.DryRun {
+		return nil
+	}
+	if err := v.Fence.Fence(ctx, key); err != nil {
+		return apierrors.NewServiceUnavailable(fmt.Sprintf("could not stop the key from authenticating, so it was not revoked; retry: %v", err))
+	}
+	return nil
+}
+
+func (v *ApiKeyValidator) validateSecretNameUnique(ctx context.Context, key *authv1alpha1.ApiKey) (field.ErrorList, error) {
+	var others authv1alpha1.ApiKeyList
+	if err := v.Reader.List(ctx, &others, client.InNamespace(key.Namespace)); err != nil {
+		return nil, fmt.Errorf("listing ApiKeys in %s: %w", key.Namespace, err)
+	}
+	for i := range others.Items {
+		other := &others.Items[i]
+		if other.Name != key.Name && other.SecretName() == key.SecretName() {
+			return field.ErrorList{field.Invalid(specPath.Child("secretName"), key.SecretName(),
+				fmt.Sprintf("ApiKey %q already delivers its key to this Secret; choose another secretName", other.Name))}, nil
+		}
+	}
+	return nil, nil
+}
+
+func (v *ApiKeyValidator) invalid(key *authv1alpha1.ApiKey, errs field.ErrorList) error {
+	if len(errs) == 0 {
+		return nil
+	}
+	return apierrors.NewInvalid(authv1alpha1.GroupVersion.WithKind("ApiKey").GroupKind(), key.Name, errs)
+}

@@ -1,0 +1,229 @@
+package v1alpha1
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/testenv"
+)
+
+var (
+	env   *testenv.Env
+	fence = &recordingFence{}
+)
+
+// recordingFence remembers what it fenced, and fails while failing is set.
+type recordingFence struct {
+	mu      sync.Mutex
+	fenced  []string
+	failing bool
+}
+
+func (f *recordingFence) Fence(_ context.Context, key *authv1alpha1.ApiKey) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failing {
+		return errors.New("verifier unavailable")
+	}
+	f.fenced = append(f.fenced, key.Namespace+"/"+key.Name)
+	return nil
+}
+
+func (f *recordingFence) has(name string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, n := range f.fenced {
+		if n == name {
+			return true
+		}
+	}
+	return false
+}
+
+func (f *recordingFence) setFailing(v bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failing = v
+}
+
+// TestMain starts a control plane with the webhook configuration installed,
+// and a manager serving the webhook over TLS on the port envtest registered.
+func TestMain(m *testing.M) {
+	e, err := testenv.Start(testenv.Options{Webhooks: true})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	env = e
+	wh := &env.Environment.WebhookInstallOptions
+	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
+		Scheme:                 env.Scheme,
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
+		WebhookServer: webhook.NewServer(webhook.Options{
+			Host: wh.LocalServingHost, Port: wh.LocalServingPort, CertDir: wh.LocalServingCertDir,
+			TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.MinVersion = tls.VersionTLS12 }},
+		}),
+	})
+	if err == nil {
+		err = (&ApiKeyValidator{Reader: mgr.GetClient(), Clock: clock.RealClock{}, Fence: fence}).SetupWebhookWithManager(mgr)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		_ = env.Stop()
+		os.Exit(1)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { _ = mgr.Start(ctx) }()
+	code := m.Run()
+	cancel()
+	_ = env.Stop()
+	os.Exit(code)
+}
+
+func apply(t *testing.T, manifest string) (string, error) {
+	t.Helper()
+	stdout, stderr, err := env.Kubectl(manifest, "apply", "-f", "-")
+	return stdout + stderr, err
+}
+
+// TestKubectlRefusesBadManifests applies manifests with kubectl, as a user
+// or a GitOps tool would, and checks each refusal names the field and why.
+func TestKubectlRefusesBadManifests(t *testing.T) {
+	ns := env.Namespace(t)
+	past := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
+	good := func(name, extra string) string {
+		return fmt.Sprintf("apiVersion: auth.latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: %s\n  namespace: %s\nspec:\n%s", name, ns, extra)
+	}
+	_, err := apply(t, good("first", "  secretName: shared\n"))
+	NewWithT(t).Expect(err).NotTo(HaveOccurred())
+
+	tests := []struct {
+		name     string
+		manifest string
+		want     []string
+	}{
+		{"an unknown format is refused naming spec.format", good("a", "  format: Base64\n"),
+			[]string{"spec.format", "Unsupported value", `"Prefixed"`, `"Hex"`}},
+		{"a description over 256 characters is refused naming spec.description", good("b", "  description: "+strings.Repeat("x", 257)+"\n"),
+			[]string{"spec.description", "256"}},
+		{"a secretName that is not a DNS name is refused naming spec.secretName", good("c", "  secretName: Not_A_Name\n"),
+			[]string{"spec.secretName"}},
+		{"an expiry in the past is refused naming spec.expiresAt", good("d", "  expiresAt: \""+past+"\"\n"),
+			[]string{"spec.expiresAt", "must be in the future"}},
+		{"a Secret another ApiKey delivers to is refused naming spec.secretName", good("e", "  secretName: shared\n"),
+			[]string{"spec.secretName", `ApiKey "first" already delivers its key to this Secret`}},
+		{"a revoked that is not a boolean is refused naming spec.revoked", good("f", "  revoked: \"yes\"\n"),
+			[]string{"spec.revoked"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			out, err := apply(t, tt.manifest)
+			g.Expect(err).To(HaveOccurred(), out)
+			for _, w := range tt.want {
+				g.Expect(out).To(ContainSubstring(w))
+			}
+		})
+	}
+}
+
+// TestImmutableFieldsAndOneWayRevocation changes fields with kubectl apply.
+func TestImmutableFieldsAndOneWayRevocation(t *testing.T) {
+	ns := env.Namespace(t)
+	m := func(spec string) string {
+		return fmt.Sprintf("apiVersion: auth.latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: k\n  namespace: %s\nspec:\n%s", ns, spec)
+	}
+	g := NewWithT(t)
+	_, err := apply(t, m("  secretName: one\n  format: Hex\n"))
+	g.Expect(err).NotTo(HaveOccurred())
+
+	tests := []struct {
+		name string
+		spec string
+		want []string
+	}{
+		{"changing secretName is refused", "  secretName: two\n  format: Hex\n", []string{"spec.secretName", "secretName is immutable"}},
+		{"removing secretName is refused", "  format: Hex\n", []string{"spec.secretName", "secretName is immutable"}},
+		{"changing format is refused", "  secretName: one\n  format: Prefixed\n", []string{"spec.format", "format is immutable"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := apply(t, m(tt.spec))
+			NewWithT(t).Expect(err).To(HaveOccurred(), out)
+			for _, w := range tt.want {
+				NewWithT(t).Expect(out).To(ContainSubstring(w))
+			}
+		})
+	}
+
+	t.Run("revoking fences the key before it is persisted, and un-revoking is refused", func(t *testing.T) {
+		g := NewWithT(t)
+		_, err := apply(t, m("  secretName: one\n  format: Hex\n  revoked: true\n"))
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(fence.has(ns + "/k")).To(BeTrue())
+		out, err := apply(t, m("  secretName: one\n  format: Hex\n  revoked: false\n"))
+		g.Expect(err).To(HaveOccurred())
+		g.Expect(out).To(ContainSubstring("spec.revoked"))
+		g.Expect(out).To(ContainSubstring("revoked cannot be changed from true to false"))
+		out, err = apply(t, m("  secretName: one\n  format: Hex\n"))
+		g.Expect(err).To(HaveOccurred(), "dropping the field defaults it to false, which is refused too")
+		g.Expect(out).To(ContainSubstring("revoked cannot be changed from true to false"))
+	})
+}
+
+func TestFenceFailsClosed(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := env.Namespace(t)
+	key := &authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "k"}}
+	g.Expect(env.Client.Create(ctx, key)).To(Succeed())
+
+	fence.setFailing(true)
+	defer fence.setFailing(false)
+	base := key.DeepCopy()
+	key.Spec.Revoked = true
+	err := env.Client.Patch(ctx, key, client.MergeFrom(base))
+	g.Expect(apierrors.IsServiceUnavailable(err) || strings.Contains(fmt.Sprint(err), "could not stop the key")).To(BeTrue(), "got %v", err)
+	err = env.Client.Delete(ctx, key)
+	g.Expect(err).To(HaveOccurred())
+	g.Expect(err.Error()).To(ContainSubstring("could not stop the key from authenticating"))
+
+	got := &authv1alpha1.ApiKey{}
+	g.Expect(env.Client.Get(ctx, client.ObjectKeyFromObject(key), got)).To(Succeed())
+	g.Expect(got.Spec.Revoked).To(BeFalse(), "nothing was persisted")
+
+	fence.setFailing(false)
+	g.Expect(env.Client.Delete(ctx, key)).To(Succeed())
+	g.Expect(fence.has(ns + "/k")).To(BeTrue())
+}
+
+func TestDryRunDoesNotFence(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := env.Namespace(t)
+	key := &authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "k"}}
+	g.Expect(env.Client.Create(ctx, key)).To(Succeed())
+	g.Expect(env.Client.Delete(ctx, key, client.DryRunAll)).To(Succeed())
+	g.Expect(fence.has(ns + "/k")).To(BeFalse())
+}
