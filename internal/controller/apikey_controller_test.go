@@ -35,7 +35,7 @@ func TestMinting(t *testing.T) {
 			g := NewWithT(t)
 			ctx := context.Background()
 			ns := env.Namespace(t)
-			run := startManager(t, ns, managerOptions{})
+			run := startManager(t, ns, managerOptions{asManager: true})
 
 			g.Expect(env.Client.Create(ctx, newKey(ns, "ci", tt.spec))).To(Succeed())
 			key := waitForPhase(t, ns, "ci", authv1alpha1.PhaseActive)

@@ -33,7 +33,12 @@ import (
 
 var env *testenv.Env
 
+// globalLogs holds what is logged outside a test's manager (client-go,
+// controller-runtime internals), scanned for key material too.
+var globalLogs = &syncBuffer{}
+
 func TestMain(m *testing.M) {
+	ctrl.SetLogger(zap.New(zap.WriteTo(globalLogs), zap.UseDevMode(true), zap.Level(zapcore.Level(-10))))
 	e, err := testenv.Start(testenv.Options{})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -78,6 +83,8 @@ type managerOptions struct {
 	// defaultRateLimits uses cmd/main.go's client rate limits instead of
 	// the test client's generous ones.
 	defaultRateLimits bool
+	// asManager runs with only the generated RBAC role, as its ServiceAccount.
+	asManager bool
 }
 
 // startManager runs the controllers, as cmd/main.go wires them, with a cache
@@ -87,6 +94,9 @@ func startManager(t testing.TB, ns string, o managerOptions) *running {
 	logs := &syncBuffer{}
 	logger := zap.New(zap.WriteTo(logs), zap.UseDevMode(true), zap.Level(zapcore.Level(-10)))
 	cfg := rest.CopyConfig(env.Config)
+	if o.asManager {
+		cfg = asManager(t)
+	}
 	if o.defaultRateLimits {
 		cfg.QPS, cfg.Burst = DefaultKubeAPIQPS, DefaultKubeAPIBurst
 	}
@@ -203,7 +213,7 @@ func leaks(t testing.TB, ns string, raws []string, logs string) []string {
 	if err := env.Client.List(ctx, &records); err != nil {
 		t.Fatal(err)
 	}
-	places := map[string]string{"logs": logs}
+	places := map[string]string{"logs": logs, "global logs": globalLogs.String()}
 	for name, obj := range map[string]any{"apikeys": apikeys, "records": records, "events": events, "core events": coreEvents} {
 		b, err := json.Marshal(obj)
 		if err != nil {
