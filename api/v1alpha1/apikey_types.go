@@ -168,7 +168,3 @@ type ApiKeyList struct {
 	// items are the ApiKeys.
 	Items []ApiKey `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&ApiKey{}, &ApiKeyList{})
-}

@@ -125,7 +125,3 @@ type ApiKeyRecordList struct {
 	// items are the ApiKeyRecords.
 	Items []ApiKeyRecord `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&ApiKeyRecord{}, &ApiKeyRecordList{})
-}

@@ -110,7 +110,7 @@ func TestSecretNotCreatedByLatchkeyIsNeverTouched(t *testing.T) {
 	g.Eventually(func(g Gomega) {
 		var list eventsv1.EventList
 		g.Expect(env.Client.List(ctx, &list, client.InNamespace(ns))).To(Succeed())
-		var reasons []string
+		reasons := make([]string, 0, len(list.Items))
 		for _, e := range list.Items {
 			reasons = append(reasons, e.Reason)
 		}
@@ -234,7 +234,7 @@ func TestManyKeysNoLeaksAndDistinctHashes(t *testing.T) {
 		}
 		g.Expect(env.Client.Create(ctx, newKey(ns, "k"+strings.Repeat("x", i), authv1alpha1.ApiKeySpec{Format: format}))).To(Succeed())
 	}
-	var raws []string
+	raws := make([]string, 0, n)
 	hashes := map[string]bool{}
 	for i := range n {
 		name := "k" + strings.Repeat("x", i)

@@ -122,8 +122,7 @@ func encode(n *big.Int, width int) string {
 
 func isBase62(s string) bool {
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('0' <= c && c <= '9' || 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z') {
+		if !isDigit(s[i]) && !isLetter(s[i]) {
 			return false
 		}
 	}
@@ -132,10 +131,13 @@ func isBase62(s string) bool {
 
 func isLowerHex(s string) bool {
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+		if !isDigit(s[i]) && (s[i] < 'a' || s[i] > 'f') {
 			return false
 		}
 	}
 	return true
 }
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+func isLetter(c byte) bool { return 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' }

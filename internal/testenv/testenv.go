@@ -137,7 +137,14 @@ func (e *Env) Namespace(t testing.TB) string {
 
 // Kubectl runs the envtest kubectl as the admin user, with stdin as input.
 func (e *Env) Kubectl(stdin string, args ...string) (stdout, stderr string, err error) {
-	k := e.Environment.ControlPlane.KubeCtl()
+	user, err := e.Environment.ControlPlane.AddUser(envtest.User{Name: "admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return "", "", err
+	}
+	k, err := user.Kubectl()
+	if err != nil {
+		return "", "", err
+	}
 	var out, errOut bytes.Buffer
 	cmd := exec.Command(k.Path, append(append([]string{}, k.Opts...), args...)...)
 	cmd.Stdin = strings.NewReader(stdin)

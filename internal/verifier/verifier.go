@@ -1,0 +1,273 @@
+// Package verifier answers "which key is this?" from memory: an index from
+// key hash to the key's identity, fed by watches on ApiKeyRecords and
+// ApiKeys, with no API server call on the request path.
+package verifier
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/keys"
+)
+
+// DefaultFenceTTL is how long a fence holds a key whose revocation was
+// admitted but has not been seen persisted. The watch normally shows the
+// revocation within milliseconds; a fence that outlives this was for a
+// write that never landed.
+const DefaultFenceTTL = 30 * time.Second
+
+// Why a key was refused. The texts go to callers: they never hold key material.
+var (
+	ErrMalformed = errors.New("malformed key")
+	ErrUnknown   = errors.New("unknown key")
+	ErrRevoked   = errors.New("key revoked")
+	ErrExpired   = errors.New("key expired")
+)
+
+// Identity is who a valid key belongs to.
+type Identity struct {
+	Tenant    string
+	KeyName   string
+	KeyUID    types.UID
+	Hint      string
+	Format    authv1alpha1.KeyFormat
+	CreatedAt time.Time
+	ExpiresAt *time.Time
+}
+
+// record is what the index keeps of an ApiKeyRecord.
+type record struct {
+	id      Identity
+	revoked bool
+}
+
+// keyState is what the index keeps of an ApiKey.
+type keyState struct {
+	revoked   bool
+	deleting  bool
+	expiresAt *time.Time
+}
+
+// Verifier is the in-memory index. It is safe for concurrent use.
+type Verifier struct {
+	clock    clock.PassiveClock
+	fenceTTL time.Duration
+
+	mu      sync.RWMutex
+	byHash  map[string]*record
+	hashOf  map[types.UID]string // record name (the ApiKey UID) → hash
+	keys    map[types.UID]keyState
+	fences  map[types.UID]time.Time
+	synced  func() bool
+	onFence func()
+}
+
+// New returns an empty verifier.
+func New(clk clock.PassiveClock, fenceTTL time.Duration) *Verifier {
+	if fenceTTL <= 0 {
+		fenceTTL = DefaultFenceTTL
+	}
+	return &Verifier{
+		clock:    clk,
+		fenceTTL: fenceTTL,
+		byHash:   map[string]*record{},
+		hashOf:   map[types.UID]string{},
+		keys:     map[types.UID]keyState{},
+		fences:   map[types.UID]time.Time{},
+		synced:   func() bool { return false },
+	}
+}
+
+// Verify resolves a presented key. A malformed key, or a Prefixed key whose
+// checksum fails, is refused before any lookup. A key authenticates only if
+// its record is not revoked, its ApiKey exists and is neither revoked nor
+// being deleted, nor fenced, and it has not expired at this instant.
+func (v *Verifier) Verify(raw string) (Identity, error) {
+	if _, err := keys.Parse(raw); err != nil {
+		return Identity{}, ErrMalformed
+	}
+	hash := keys.Hash(raw)
+	now := v.clock.Now()
+
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	rec, ok := v.byHash[hash]
+	if !ok {
+		return Identity{}, ErrUnknown
+	}
+	ks, ok := v.keys[rec.id.KeyUID]
+	if !ok || rec.revoked || ks.revoked || ks.deleting {
+		return Identity{}, ErrRevoked
+	}
+	if until, fenced := v.fences[rec.id.KeyUID]; fenced && now.Before(until) {
+		return Identity{}, ErrRevoked
+	}
+	id := rec.id
+	if ks.expiresAt != nil {
+		id.ExpiresAt = ks.expiresAt
+	}
+	if id.ExpiresAt != nil && !now.Before(*id.ExpiresAt) {
+		return Identity{}, ErrExpired
+	}
+	return id, nil
+}
+
+// Fence stops the key from authenticating until fenceTTL passes, or for
+// good once its revocation is seen. It implements the admission webhook's
+// RevocationFence; it cannot fail.
+func (v *Verifier) Fence(_ context.Context, key *authv1alpha1.ApiKey) error {
+	v.mu.Lock()
+	v.fences[key.UID] = v.clock.Now().Add(v.fenceTTL)
+	v.expireFencesLocked()
+	v.mu.Unlock()
+	if v.onFence != nil {
+		v.onFence()
+	}
+	return nil
+}
+
+// Size is how many records the index holds.
+func (v *Verifier) Size() int {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return len(v.byHash)
+}
+
+// Fences is how many fences hold now.
+func (v *Verifier) Fences() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.expireFencesLocked()
+	return len(v.fences)
+}
+
+// Synced reports whether the index holds everything the API server had
+// when it started watching.
+func (v *Verifier) Synced() bool { return v.synced() }
+
+func (v *Verifier) expireFencesLocked() {
+	now := v.clock.Now()
+	for uid, until := range v.fences {
+		if !now.Before(until) {
+			delete(v.fences, uid)
+		}
+	}
+}
+
+func (v *Verifier) upsertRecord(r *authv1alpha1.ApiKeyRecord) {
+	rec := &record{
+		id: Identity{
+			Tenant:    r.Spec.Tenant,
+			KeyName:   r.Spec.KeyName,
+			KeyUID:    types.UID(r.Spec.KeyUID),
+			Hint:      r.Spec.Hint,
+			Format:    r.Spec.Format,
+			CreatedAt: r.CreationTimestamp.Time,
+		},
+		revoked: r.Spec.Revoked,
+	}
+	if r.Spec.ExpiresAt != nil {
+		t := r.Spec.ExpiresAt.Time
+		rec.id.ExpiresAt = &t
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if old, ok := v.hashOf[r.UID]; ok && old != r.Spec.Hash {
+		delete(v.byHash, old)
+	}
+	v.byHash[r.Spec.Hash] = rec
+	v.hashOf[r.UID] = r.Spec.Hash
+	if rec.revoked {
+		delete(v.fences, rec.id.KeyUID)
+	}
+}
+
+func (v *Verifier) deleteRecord(r *authv1alpha1.ApiKeyRecord) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if hash, ok := v.hashOf[r.UID]; ok {
+		delete(v.byHash, hash)
+		delete(v.hashOf, r.UID)
+	}
+}
+
+func (v *Verifier) upsertKey(k *authv1alpha1.ApiKey) {
+	ks := keyState{revoked: k.Spec.Revoked, deleting: !k.DeletionTimestamp.IsZero()}
+	if k.Spec.ExpiresAt != nil {
+		t := k.Spec.ExpiresAt.Time
+		ks.expiresAt = &t
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.keys[k.UID] = ks
+	if ks.revoked || ks.deleting {
+		delete(v.fences, k.UID)
+	}
+}
+
+func (v *Verifier) deleteKey(k *authv1alpha1.ApiKey) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	delete(v.keys, k.UID)
+	delete(v.fences, k.UID)
+}
+
+// Watch feeds the index from the cache's informers for ApiKeyRecords and
+// ApiKeys. It runs on every replica, leader or not: every replica answers
+// verification requests.
+func (v *Verifier) Watch(ctx context.Context, c cache.Cache) error {
+	recInf, err := c.GetInformer(ctx, &authv1alpha1.ApiKeyRecord{})
+	if err != nil {
+		return err
+	}
+	keyInf, err := c.GetInformer(ctx, &authv1alpha1.ApiKey{})
+	if err != nil {
+		return err
+	}
+	recReg, err := recInf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { withRecord(obj, v.upsertRecord) },
+		UpdateFunc: func(_, obj any) { withRecord(obj, v.upsertRecord) },
+		DeleteFunc: func(obj any) { withRecord(obj, v.deleteRecord) },
+	})
+	if err != nil {
+		return err
+	}
+	keyReg, err := keyInf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { withKey(obj, v.upsertKey) },
+		UpdateFunc: func(_, obj any) { withKey(obj, v.upsertKey) },
+		DeleteFunc: func(obj any) { withKey(obj, v.deleteKey) },
+	})
+	if err != nil {
+		return err
+	}
+	v.mu.Lock()
+	v.synced = func() bool { return recReg.HasSynced() && keyReg.HasSynced() }
+	v.mu.Unlock()
+	return nil
+}
+
+func withRecord(obj any, f func(*authv1alpha1.ApiKeyRecord)) {
+	if d, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	if r, ok := obj.(*authv1alpha1.ApiKeyRecord); ok {
+		f(r)
+	}
+}
+
+func withKey(obj any, f func(*authv1alpha1.ApiKey)) {
+	if d, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	if k, ok := obj.(*authv1alpha1.ApiKey); ok {
+		f(k)
+	}
+}
