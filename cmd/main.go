@@ -6,8 +6,10 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"flag"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -22,13 +24,15 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/controller"
-	webhookv1alpha1 "github.com/latchkey-dev/latchkey/webhook/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/operator"
+	"github.com/latchkey-dev/latchkey/internal/verifier"
 )
 
 var (
@@ -50,6 +54,10 @@ func main() {
 		webhookPort, maxConcurrentReconciles, kubeAPIBurst int
 		kubeAPIQPS                                         float64
 		recordRetention, secretCheckInterval               time.Duration
+		fenceTTL, lastUsedInterval                         time.Duration
+		failureRate                                        float64
+		failureBurst                                       int
+		trustedProxies, tokenAudiences                     string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "The address the metrics endpoint binds to. "+
 		"Use :8443 for HTTPS or :8080 for HTTP, or leave as 0 to disable the metrics service.")
@@ -74,6 +82,17 @@ func main() {
 	flag.IntVar(&maxConcurrentReconciles, "max-concurrent-reconciles", controller.DefaultMaxConcurrentReconciles, "How many ApiKeys are reconciled at once.")
 	flag.Float64Var(&kubeAPIQPS, "kube-api-qps", controller.DefaultKubeAPIQPS, "Queries per second to the API server.")
 	flag.IntVar(&kubeAPIBurst, "kube-api-burst", controller.DefaultKubeAPIBurst, "Burst of queries to the API server.")
+	flag.DurationVar(&fenceTTL, "fence-ttl", verifier.DefaultFenceTTL,
+		"How long a key stays fenced after its revocation is admitted, if the revocation is never seen persisted.")
+	flag.DurationVar(&lastUsedInterval, "last-used-interval", verifier.DefaultLastUsedInterval,
+		"How often keys' last use is written to their status (at most one write per key per interval).")
+	flag.Float64Var(&failureRate, "failed-auth-rate", 10,
+		"Failed verifications allowed per second per client address before 429 (0 disables the limit).")
+	flag.IntVar(&failureBurst, "failed-auth-burst", 50, "Burst of failed verifications allowed per client address.")
+	flag.StringVar(&trustedProxies, "trusted-proxies", "",
+		"Comma-separated CIDRs of proxies whose X-Real-IP / X-Forwarded-For name the client, for rate limiting.")
+	flag.StringVar(&tokenAudiences, "token-audiences", "",
+		"Comma-separated audiences keys are valid for in TokenReviews; empty accepts any requested audience.")
 	opts := zap.Options{Development: true}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -140,32 +159,32 @@ func main() {
 		os.Exit(1)
 	}
 
-	clk := clock.RealClock{}
-	if err := (&controller.ApiKeyReconciler{
-		Client:              mgr.GetClient(),
-		APIReader:           mgr.GetAPIReader(),
-		Recorder:            mgr.GetEventRecorder("latchkey"),
-		Clock:               clk,
-		Random:              rand.Reader,
-		SecretCheckInterval: secretCheckInterval,
-	}).SetupWithManager(mgr, maxConcurrentReconciles); err != nil {
-		setupLog.Error(err, "Failed to create controller", "controller", "ApiKey")
-		os.Exit(1)
-	}
-	if err := (&controller.ApiKeyRecordReconciler{
-		Client:    mgr.GetClient(),
-		APIReader: mgr.GetAPIReader(),
-		Clock:     clk,
-		Retention: recordRetention,
-	}).SetupWithManager(mgr); err != nil {
-		setupLog.Error(err, "Failed to create controller", "controller", "ApiKeyRecord")
-		os.Exit(1)
-	}
-	if os.Getenv("ENABLE_WEBHOOKS") != "false" {
-		if err := (&webhookv1alpha1.ApiKeyValidator{Reader: mgr.GetClient(), Clock: clk}).SetupWebhookWithManager(mgr); err != nil {
-			setupLog.Error(err, "Failed to create webhook", "webhook", "ApiKey")
+	var trusted []netip.Prefix
+	for _, cidr := range splitList(trustedProxies) {
+		p, err := netip.ParsePrefix(cidr)
+		if err != nil {
+			setupLog.Error(err, "Invalid --trusted-proxies")
 			os.Exit(1)
 		}
+		trusted = append(trusted, p)
+	}
+	if _, err := operator.Setup(mgr, operator.Options{
+		Clock:                   clock.RealClock{},
+		Random:                  rand.Reader,
+		Registry:                ctrlmetrics.Registry,
+		MaxConcurrentReconciles: maxConcurrentReconciles,
+		RecordRetention:         recordRetention,
+		SecretCheckInterval:     secretCheckInterval,
+		Webhooks:                os.Getenv("ENABLE_WEBHOOKS") != "false",
+		FenceTTL:                fenceTTL,
+		LastUsedInterval:        lastUsedInterval,
+		FailedAuthRate:          failureRate,
+		FailedAuthBurst:         failureBurst,
+		TrustedProxies:          trusted,
+		TokenAudiences:          splitList(tokenAudiences),
+	}); err != nil {
+		setupLog.Error(err, "Failed to set up Latchkey")
+		os.Exit(1)
 	}
 
 	for _, w := range []*certwatcher.CertWatcher{webhookCertWatcher, metricsCertWatcher} {
@@ -191,4 +210,14 @@ func main() {
 		setupLog.Error(err, "Failed to run manager")
 		os.Exit(1)
 	}
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
 }

@@ -67,7 +67,6 @@ type Verifier struct {
 	keys    map[types.UID]keyState
 	fences  map[types.UID]time.Time
 	synced  func() bool
-	onFence func()
 }
 
 // New returns an empty verifier.
@@ -128,9 +127,6 @@ func (v *Verifier) Fence(_ context.Context, key *authv1alpha1.ApiKey) error {
 	v.fences[key.UID] = v.clock.Now().Add(v.fenceTTL)
 	v.expireFencesLocked()
 	v.mu.Unlock()
-	if v.onFence != nil {
-		v.onFence()
-	}
 	return nil
 }
 
@@ -162,7 +158,8 @@ func (v *Verifier) expireFencesLocked() {
 	}
 }
 
-func (v *Verifier) upsertRecord(r *authv1alpha1.ApiKeyRecord) {
+// SetRecord indexes a record; the watch calls it, as do tests.
+func (v *Verifier) SetRecord(r *authv1alpha1.ApiKeyRecord) {
 	rec := &record{
 		id: Identity{
 			Tenant:    r.Spec.Tenant,
@@ -190,7 +187,8 @@ func (v *Verifier) upsertRecord(r *authv1alpha1.ApiKeyRecord) {
 	}
 }
 
-func (v *Verifier) deleteRecord(r *authv1alpha1.ApiKeyRecord) {
+// RemoveRecord drops a record from the index.
+func (v *Verifier) RemoveRecord(r *authv1alpha1.ApiKeyRecord) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if hash, ok := v.hashOf[r.UID]; ok {
@@ -199,7 +197,8 @@ func (v *Verifier) deleteRecord(r *authv1alpha1.ApiKeyRecord) {
 	}
 }
 
-func (v *Verifier) upsertKey(k *authv1alpha1.ApiKey) {
+// SetKey notes an ApiKey's revocation, deletion and expiry.
+func (v *Verifier) SetKey(k *authv1alpha1.ApiKey) {
 	ks := keyState{revoked: k.Spec.Revoked, deleting: !k.DeletionTimestamp.IsZero()}
 	if k.Spec.ExpiresAt != nil {
 		t := k.Spec.ExpiresAt.Time
@@ -213,7 +212,8 @@ func (v *Verifier) upsertKey(k *authv1alpha1.ApiKey) {
 	}
 }
 
-func (v *Verifier) deleteKey(k *authv1alpha1.ApiKey) {
+// RemoveKey forgets a deleted ApiKey: its key no longer authenticates.
+func (v *Verifier) RemoveKey(k *authv1alpha1.ApiKey) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	delete(v.keys, k.UID)
@@ -224,26 +224,26 @@ func (v *Verifier) deleteKey(k *authv1alpha1.ApiKey) {
 // ApiKeys. It runs on every replica, leader or not: every replica answers
 // verification requests.
 func (v *Verifier) Watch(ctx context.Context, c cache.Cache) error {
-	recInf, err := c.GetInformer(ctx, &authv1alpha1.ApiKeyRecord{})
+	recInf, err := c.GetInformer(ctx, &authv1alpha1.ApiKeyRecord{}, cache.BlockUntilSynced(false))
 	if err != nil {
 		return err
 	}
-	keyInf, err := c.GetInformer(ctx, &authv1alpha1.ApiKey{})
+	keyInf, err := c.GetInformer(ctx, &authv1alpha1.ApiKey{}, cache.BlockUntilSynced(false))
 	if err != nil {
 		return err
 	}
 	recReg, err := recInf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { withRecord(obj, v.upsertRecord) },
-		UpdateFunc: func(_, obj any) { withRecord(obj, v.upsertRecord) },
-		DeleteFunc: func(obj any) { withRecord(obj, v.deleteRecord) },
+		AddFunc:    func(obj any) { withRecord(obj, v.SetRecord) },
+		UpdateFunc: func(_, obj any) { withRecord(obj, v.SetRecord) },
+		DeleteFunc: func(obj any) { withRecord(obj, v.RemoveRecord) },
 	})
 	if err != nil {
 		return err
 	}
 	keyReg, err := keyInf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { withKey(obj, v.upsertKey) },
-		UpdateFunc: func(_, obj any) { withKey(obj, v.upsertKey) },
-		DeleteFunc: func(obj any) { withKey(obj, v.deleteKey) },
+		AddFunc:    func(obj any) { withKey(obj, v.SetKey) },
+		UpdateFunc: func(_, obj any) { withKey(obj, v.SetKey) },
+		DeleteFunc: func(obj any) { withKey(obj, v.RemoveKey) },
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,267 @@
+// Package endpoints serves verification over HTTP: TokenReview, forward-auth
+// for proxies, and whoami.
+package endpoints
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+
+	authnv1 "k8s.io/api/authentication/v1"
+	"k8s.io/utils/clock"
+
+	"github.com/latchkey-dev/latchkey/internal/verifier"
+)
+
+// Paths of the endpoints on the webhook server.
+const (
+	PathTokenReview = "/tokenreview"
+	PathAuthorize   = "/authorize"
+	PathWhoAmI      = "/whoami"
+)
+
+// Headers of the forward-auth protocol.
+const (
+	HeaderTenant         = "X-Latchkey-Tenant"
+	HeaderKey            = "X-Latchkey-Key"
+	HeaderTenantRequired = "X-Latchkey-Tenant-Required"
+)
+
+// Identity of an authenticated key in a TokenReview.
+const (
+	GroupAuthenticated = "latchkey:authenticated"
+	GroupTenantPrefix  = "latchkey:tenant:"
+	ExtraKeyHint       = "latchkey.dev/key-hint"
+)
+
+// MaxBodyBytes caps a request body.
+const MaxBodyBytes = 64 << 10
+
+// Server answers verification requests from the verifier's index.
+type Server struct {
+	Verifier *verifier.Verifier
+	// LastUsed is told of every successful verification.
+	LastUsed interface{ Record(verifier.Identity) }
+	// Limiter limits failed attempts per client address; nil disables it.
+	Limiter *FailureLimiter
+	// Audiences are the audiences keys are valid for in a TokenReview;
+	// empty means any audience the caller asks for.
+	Audiences []string
+	Clock     clock.PassiveClock
+	Metrics   *Metrics
+}
+
+// Register adds the endpoints to a mux, such as the webhook server.
+func (s *Server) Register(register func(path string, h http.Handler)) {
+	register(PathTokenReview, http.HandlerFunc(s.TokenReview))
+	register(PathAuthorize, http.HandlerFunc(s.Authorize))
+	register(PathWhoAmI, http.HandlerFunc(s.WhoAmI))
+}
+
+// Authorize is forward-auth: 200 with the key's tenant and name for a valid
+// "Authorization: Bearer" key, 401 otherwise, 403 when the caller pins a
+// tenant the key is not of.
+func (s *Server) Authorize(w http.ResponseWriter, r *http.Request) {
+	defer s.observe("authorize", s.Clock.Now())
+	if len(r.Header.Values("Authorization")) > 1 {
+		s.badRequest(w, "authorize", "more than one Authorization header")
+		return
+	}
+	id, ok := s.verifyBearer(w, r, "authorize")
+	if !ok {
+		return
+	}
+	if required := r.Header.Get(HeaderTenantRequired); required != "" && required != id.Tenant {
+		s.count("authorize", "forbidden")
+		http.Error(w, fmt.Sprintf("key is not a key of tenant %q", required), http.StatusForbidden)
+		return
+	}
+	w.Header().Set(HeaderTenant, id.Tenant)
+	w.Header().Set(HeaderKey, id.Tenant+"/"+id.KeyName)
+	w.WriteHeader(http.StatusOK)
+}
+
+// WhoAmIResponse tells a key's holder what the key is.
+type WhoAmIResponse struct {
+	Tenant    string     `json:"tenant"`
+	KeyName   string     `json:"keyName"`
+	KeyHint   string     `json:"keyHint"`
+	CreatedAt time.Time  `json:"createdAt"`
+	ExpiresAt *time.Time `json:"expiresAt,omitempty"`
+}
+
+// WhoAmI answers GET with the tenant and key the presented key resolves to.
+func (s *Server) WhoAmI(w http.ResponseWriter, r *http.Request) {
+	defer s.observe("whoami", s.Clock.Now())
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		s.count("whoami", "bad_request")
+		http.Error(w, "whoami takes GET", http.StatusMethodNotAllowed)
+		return
+	}
+	id, ok := s.verifyBearer(w, r, "whoami")
+	if !ok {
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(WhoAmIResponse{
+		Tenant: id.Tenant, KeyName: id.KeyName, KeyHint: id.Hint, CreatedAt: id.CreatedAt.UTC(), ExpiresAt: id.ExpiresAt,
+	})
+}
+
+// verifyBearer verifies the request's bearer key, answering 401 or 429
+// itself when it fails.
+func (s *Server) verifyBearer(w http.ResponseWriter, r *http.Request, endpoint string) (verifier.Identity, bool) {
+	token, ok := BearerToken(r.Header.Get("Authorization"))
+	var err error
+	var id verifier.Identity
+	if !ok {
+		err = errMissingBearer
+	} else {
+		id, err = s.Verifier.Verify(token)
+	}
+	if err != nil {
+		if s.limited(w, r, endpoint) {
+			return id, false
+		}
+		s.count(endpoint, resultOf(err))
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer error="invalid_token", error_description=%q`, err.Error()))
+		http.Error(w, err.Error(), http.StatusUnauthorized)
+		return id, false
+	}
+	s.count(endpoint, "allowed")
+	if s.LastUsed != nil {
+		s.LastUsed.Record(id)
+	}
+	return id, true
+}
+
+var errMissingBearer = errors.New("no bearer key in the Authorization header")
+
+// TokenReview implements authentication.k8s.io TokenReview, for
+// kube-apiserver's webhook token authenticator and for services.
+func (s *Server) TokenReview(w http.ResponseWriter, r *http.Request) {
+	defer s.observe("tokenreview", s.Clock.Now())
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		s.count("tokenreview", "bad_request")
+		http.Error(w, "tokenreview takes POST", http.StatusMethodNotAllowed)
+		return
+	}
+	body, err := readBody(w, r)
+	if err != nil {
+		s.badRequest(w, "tokenreview", err.Error())
+		return
+	}
+	review, err := DecodeTokenReview(body)
+	if err != nil {
+		s.badRequest(w, "tokenreview", err.Error())
+		return
+	}
+
+	id, verr := s.Verifier.Verify(review.Spec.Token)
+	requested := review.Spec.Audiences
+	review.Spec = authnv1.TokenReviewSpec{} // never echo the token
+	review.Status = authnv1.TokenReviewStatus{}
+	switch {
+	case verr != nil:
+		if s.limited(w, r, "tokenreview") {
+			return
+		}
+		s.count("tokenreview", resultOf(verr))
+		review.Status.Error = verr.Error()
+	default:
+		audiences, ok := s.audiences(requested)
+		if !ok {
+			s.count("tokenreview", "wrong_audience")
+			review.Status.Error = "key is not valid for any of the requested audiences"
+			break
+		}
+		s.count("tokenreview", "allowed")
+		if s.LastUsed != nil {
+			s.LastUsed.Record(id)
+		}
+		review.Status = authnv1.TokenReviewStatus{
+			Authenticated: true,
+			User: authnv1.UserInfo{
+				Username: "latchkey:" + id.Tenant + ":" + id.KeyName,
+				UID:      string(id.KeyUID),
+				Groups:   []string{GroupAuthenticated, GroupTenantPrefix + id.Tenant},
+				Extra:    map[string]authnv1.ExtraValue{ExtraKeyHint: {id.Hint}},
+			},
+			Audiences: audiences,
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(review)
+}
+
+// audiences answers a review that asked for the requested audiences, the
+// way kube-apiserver expects: the requested audiences the key is valid for,
+// none when it asked for none, and a failure when none apply.
+func (s *Server) audiences(requested []string) ([]string, bool) {
+	if len(requested) == 0 {
+		return nil, true
+	}
+	if len(s.Audiences) == 0 {
+		return requested, true
+	}
+	var ok []string
+	for _, a := range requested {
+		if slices.Contains(s.Audiences, a) {
+			ok = append(ok, a)
+		}
+	}
+	return ok, len(ok) > 0
+}
+
+// limited spends a failure of the client's budget and answers 429 when it
+// is spent.
+func (s *Server) limited(w http.ResponseWriter, r *http.Request, endpoint string) bool {
+	if s.Limiter == nil {
+		return false
+	}
+	ok, wait := s.Limiter.Allow(s.Limiter.ClientAddr(r), s.Clock.Now())
+	if ok {
+		return false
+	}
+	s.count(endpoint, "rate_limited")
+	secs := int(wait/time.Second) + 1
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	http.Error(w, "too many failed attempts from this address; retry later", http.StatusTooManyRequests)
+	return true
+}
+
+func (s *Server) badRequest(w http.ResponseWriter, endpoint, reason string) {
+	s.count(endpoint, "bad_request")
+	http.Error(w, reason, http.StatusBadRequest)
+}
+
+func (s *Server) count(endpoint, result string) {
+	if s.Metrics != nil {
+		s.Metrics.Verifications.WithLabelValues(endpoint, result).Inc()
+	}
+}
+
+func (s *Server) observe(endpoint string, start time.Time) {
+	if s.Metrics != nil {
+		s.Metrics.Latency.WithLabelValues(endpoint).Observe(s.Clock.Since(start).Seconds())
+	}
+}
+
+func resultOf(err error) string {
+	switch {
+	case errors.Is(err, verifier.ErrRevoked):
+		return "revoked"
+	case errors.Is(err, verifier.ErrExpired):
+		return "expired"
+	case errors.Is(err, verifier.ErrUnknown):
+		return "unknown"
+	default:
+		return "malformed"
+	}
+}

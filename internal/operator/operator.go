@@ -1,0 +1,108 @@
+// Package operator wires Latchkey into a controller-runtime manager: the
+// controllers, the key index and its endpoints, and the admission webhook.
+// cmd/main.go and the integration tests share it, so tests run what ships.
+package operator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+
+	"github.com/latchkey-dev/latchkey/internal/controller"
+	"github.com/latchkey-dev/latchkey/internal/endpoints"
+	"github.com/latchkey-dev/latchkey/internal/verifier"
+	webhookv1alpha1 "github.com/latchkey-dev/latchkey/webhook/v1alpha1"
+)
+
+// Options are the operator's settings; cmd/main.go fills them from flags.
+type Options struct {
+	Clock  clock.Clock
+	Random io.Reader
+	// Registry receives the verification metrics.
+	Registry prometheus.Registerer
+
+	MaxConcurrentReconciles int
+	RecordRetention         time.Duration
+	SecretCheckInterval     time.Duration
+
+	// Webhooks registers the admission webhook (off for `make run`).
+	Webhooks         bool
+	FenceTTL         time.Duration
+	LastUsedInterval time.Duration
+	// FailedAuthRate and FailedAuthBurst limit failed verifications per
+	// client address; a rate of 0 disables the limit.
+	FailedAuthRate  float64
+	FailedAuthBurst int
+	TrustedProxies  []netip.Prefix
+	TokenAudiences  []string
+}
+
+// Operator is what Setup wired, for callers that look inside (tests).
+type Operator struct {
+	Verifier *verifier.Verifier
+	LastUsed *verifier.LastUsed
+	Metrics  *endpoints.Metrics
+}
+
+// Setup adds everything Latchkey runs to mgr.
+func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
+	if err := (&controller.ApiKeyReconciler{
+		Client:              mgr.GetClient(),
+		APIReader:           mgr.GetAPIReader(),
+		Recorder:            mgr.GetEventRecorder("latchkey"),
+		Clock:               o.Clock,
+		Random:              o.Random,
+		SecretCheckInterval: o.SecretCheckInterval,
+	}).SetupWithManager(mgr, o.MaxConcurrentReconciles); err != nil {
+		return nil, fmt.Errorf("ApiKey controller: %w", err)
+	}
+	if err := (&controller.ApiKeyRecordReconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Clock:     o.Clock,
+		Retention: o.RecordRetention,
+	}).SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("ApiKeyRecord controller: %w", err)
+	}
+
+	v := verifier.New(o.Clock, o.FenceTTL)
+	if err := v.Watch(context.Background(), mgr.GetCache()); err != nil {
+		return nil, fmt.Errorf("watching keys: %w", err)
+	}
+	m := endpoints.NewMetrics(o.Registry, v)
+	lastUsed := verifier.NewLastUsed(mgr.GetClient(), o.Clock, o.LastUsedInterval, m.LastUsedWrite)
+	if err := mgr.Add(lastUsed); err != nil {
+		return nil, err
+	}
+	(&endpoints.Server{
+		Verifier:  v,
+		LastUsed:  lastUsed,
+		Limiter:   endpoints.NewFailureLimiter(o.FailedAuthRate, o.FailedAuthBurst, o.TrustedProxies),
+		Audiences: o.TokenAudiences,
+		Clock:     o.Clock,
+		Metrics:   m,
+	}).Register(mgr.GetWebhookServer().Register)
+
+	if o.Webhooks {
+		if err := (&webhookv1alpha1.ApiKeyValidator{Reader: mgr.GetClient(), Clock: o.Clock, Fence: v}).SetupWebhookWithManager(mgr); err != nil {
+			return nil, fmt.Errorf("ApiKey webhook: %w", err)
+		}
+	}
+	if err := mgr.AddReadyzCheck("verifier", func(*http.Request) error {
+		if !v.Synced() {
+			return errors.New("the key index is not synced yet")
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	return &Operator{Verifier: v, LastUsed: lastUsed, Metrics: m}, nil
+}
