@@ -61,12 +61,12 @@ type Verifier struct {
 	clock    clock.PassiveClock
 	fenceTTL time.Duration
 
-	mu      sync.RWMutex
-	byHash  map[string]*record
-	hashOf  map[types.UID]string // record name (the ApiKey UID) → hash
-	keys    map[types.UID]keyState
-	fences  map[types.UID]time.Time
-	synced  func() bool
+	mu     sync.RWMutex
+	byHash map[string]*record
+	hashOf map[types.UID]string // record name (the ApiKey UID) → hash
+	keys   map[types.UID]keyState
+	fences map[types.UID]time.Time
+	synced func() bool
 }
 
 // New returns an empty verifier.

@@ -1,0 +1,314 @@
+package endpoints
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	authnv1 "k8s.io/api/authentication/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/keys"
+	"github.com/latchkey-dev/latchkey/internal/verifier"
+)
+
+type usesSeen struct {
+	mu  sync.Mutex
+	ids []verifier.Identity
+}
+
+func (u *usesSeen) Record(id verifier.Identity) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.ids = append(u.ids, id)
+}
+
+func (u *usesSeen) count() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.ids)
+}
+
+// rig is the endpoints served over a real TLS listener, with a verifier
+// holding an active, a revoked and an expired key of tenant-a.
+type rig struct {
+	srv                      *httptest.Server
+	client                   *http.Client
+	active, revoked, expired string
+	uses                     *usesSeen
+	// bodies collects every response body, to scan for key material.
+	bodies []string
+}
+
+func newRig(t *testing.T, s *Server) *rig {
+	t.Helper()
+	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC))
+	v := verifier.New(clk, time.Minute)
+	r := &rig{uses: &usesSeen{}}
+	for i, name := range []string{"active", "revoked", "expired"} {
+		raw, err := keys.Generate(rand.Reader, keys.Prefixed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		uid := fmt.Sprintf("uid-%d", i)
+		key := &authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant-a", Name: name, UID: "key-" + typesUID(uid)}}
+		rec := &authv1alpha1.ApiKeyRecord{
+			ObjectMeta: metav1.ObjectMeta{Name: uid, UID: typesUID(uid), CreationTimestamp: metav1.NewTime(clk.Now())},
+			Spec: authv1alpha1.ApiKeyRecordSpec{Hash: keys.Hash(raw), Tenant: "tenant-a", KeyName: name,
+				KeyUID: string(key.UID), Hint: keys.Hint(raw), Format: authv1alpha1.FormatPrefixed},
+		}
+		switch name {
+		case "revoked":
+			key.Spec.Revoked = true
+		case "expired":
+			at := metav1.NewTime(clk.Now().Add(-time.Second))
+			key.Spec.ExpiresAt = &at
+		}
+		v.SetKey(key)
+		v.SetRecord(rec)
+		switch name {
+		case "active":
+			r.active = raw
+		case "revoked":
+			r.revoked = raw
+		case "expired":
+			r.expired = raw
+		}
+	}
+	s.Verifier, s.Clock, s.LastUsed = v, clk, r.uses
+	s.Metrics = NewMetrics(prometheus.NewRegistry(), v)
+	mux := http.NewServeMux()
+	s.Register(mux.Handle)
+	r.srv = httptest.NewTLSServer(mux)
+	r.client = r.srv.Client()
+	t.Cleanup(r.srv.Close)
+	t.Cleanup(func() {
+		for _, b := range r.bodies {
+			for _, raw := range []string{r.active, r.revoked, r.expired} {
+				if strings.Contains(b, raw) || strings.Contains(b, raw[8:len(raw)-4]) {
+					t.Errorf("a response body carries key material")
+				}
+			}
+		}
+	})
+	return r
+}
+
+func typesUID(s string) types.UID { return types.UID(s) }
+
+func (r *rig) do(t *testing.T, method, path string, body io.Reader, header http.Header) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, r.srv.URL+path, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, vs := range header {
+		for _, v := range vs {
+			req.Header.Add(k, v)
+		}
+	}
+	resp, err := r.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	r.bodies = append(r.bodies, string(b))
+	return resp, string(b)
+}
+
+func reviewBody(token string, audiences ...string) string {
+	b, _ := json.Marshal(authnv1.TokenReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "authentication.k8s.io/v1", Kind: "TokenReview"},
+		Spec:     authnv1.TokenReviewSpec{Token: token, Audiences: audiences},
+	})
+	return string(b)
+}
+
+func TestTokenReview(t *testing.T) {
+	r := newRig(t, &Server{Audiences: []string{"https://kubernetes.default.svc", "latchkey"}})
+	tests := []struct {
+		name          string
+		token         func() string
+		audiences     []string
+		authenticated bool
+		wantError     string
+		wantAudiences []string
+	}{
+		{"a valid key authenticates as its tenant's key", func() string { return r.active }, nil, true, "", nil},
+		{"a revoked key is refused with a reason", func() string { return r.revoked }, nil, false, "key revoked", nil},
+		{"an expired key is refused with a reason", func() string { return r.expired }, nil, false, "key expired", nil},
+		{"an unknown key is refused", func() string { k, _ := keys.Generate(rand.Reader, keys.Hex); return k }, nil, false, "unknown key", nil},
+		{"a key with a bad checksum is refused", func() string { return r.active[:len(r.active)-1] + "x" }, nil, false, "malformed key", nil},
+		{"the requested audiences the key is valid for are echoed", func() string { return r.active },
+			[]string{"latchkey", "elsewhere"}, true, "", []string{"latchkey"}},
+		{"a key valid for none of the requested audiences is refused", func() string { return r.active },
+			[]string{"elsewhere"}, false, "not valid for any of the requested audiences", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := r.do(t, http.MethodPost, PathTokenReview, strings.NewReader(reviewBody(tt.token(), tt.audiences...)), nil)
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("status %d: %s", resp.StatusCode, body)
+			}
+			var got authnv1.TokenReview
+			if err := json.Unmarshal([]byte(body), &got); err != nil {
+				t.Fatal(err)
+			}
+			if got.APIVersion != "authentication.k8s.io/v1" || got.Kind != "TokenReview" {
+				t.Fatalf("answered as %s %s", got.APIVersion, got.Kind)
+			}
+			if got.Spec.Token != "" {
+				t.Fatal("the token was echoed")
+			}
+			if got.Status.Authenticated != tt.authenticated || !strings.Contains(got.Status.Error, tt.wantError) {
+				t.Fatalf("status = %+v", got.Status)
+			}
+			if fmt.Sprint(got.Status.Audiences) != fmt.Sprint(tt.wantAudiences) {
+				t.Fatalf("audiences = %v, want %v", got.Status.Audiences, tt.wantAudiences)
+			}
+			if tt.authenticated {
+				u := got.Status.User
+				if u.Username != "latchkey:tenant-a:active" || u.UID != "key-uid-0" ||
+					fmt.Sprint(u.Groups) != "[latchkey:authenticated latchkey:tenant:tenant-a]" ||
+					fmt.Sprint(u.Extra[ExtraKeyHint]) != "["+keys.Hint(r.active)+"]" {
+					t.Fatalf("user = %+v", u)
+				}
+			}
+		})
+	}
+}
+
+func TestTokenReviewRefusesMalformedRequests(t *testing.T) {
+	r := newRig(t, &Server{})
+	tests := []struct {
+		name, method, body string
+		status             int
+		reason             string
+	}{
+		{"a body that is not JSON is refused", http.MethodPost, "{", http.StatusBadRequest, "not a JSON TokenReview"},
+		{"an empty body is refused", http.MethodPost, "", http.StatusBadRequest, "empty body"},
+		{"another apiVersion is refused", http.MethodPost, strings.Replace(reviewBody("x"), "authentication.k8s.io/v1", "v1", 1), http.StatusBadRequest, "apiVersion must be"},
+		{"another kind is refused", http.MethodPost, strings.Replace(reviewBody("x"), "TokenReview", "SubjectAccessReview", 1), http.StatusBadRequest, "kind must be TokenReview"},
+		{"an empty token is refused", http.MethodPost, reviewBody(""), http.StatusBadRequest, "spec.token is empty"},
+		{"a body over 64 KiB is refused", http.MethodPost, reviewBody(strings.Repeat("a", MaxBodyBytes)), http.StatusBadRequest, "larger than 65536 bytes"},
+		{"GET is not allowed", http.MethodGet, "", http.StatusMethodNotAllowed, "takes POST"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := r.do(t, tt.method, PathTokenReview, strings.NewReader(tt.body), nil)
+			if resp.StatusCode != tt.status || !strings.Contains(body, tt.reason) {
+				t.Fatalf("got %d %q, want %d with %q", resp.StatusCode, body, tt.status, tt.reason)
+			}
+		})
+	}
+}
+
+func TestAuthorize(t *testing.T) {
+	r := newRig(t, &Server{})
+	bearer := func(v string) http.Header { return http.Header{"Authorization": {v}} }
+	tests := []struct {
+		name   string
+		header func() http.Header
+		status int
+	}{
+		{"a valid key passes with its tenant and name", func() http.Header { return bearer("Bearer " + r.active) }, http.StatusOK},
+		{"the scheme is case-insensitive", func() http.Header { return bearer("bEaReR " + r.active) }, http.StatusOK},
+		{"a pinned tenant that matches passes", func() http.Header {
+			h := bearer("Bearer " + r.active)
+			h.Set(HeaderTenantRequired, "tenant-a")
+			return h
+		}, http.StatusOK},
+		{"a pinned tenant the key is not of is forbidden", func() http.Header {
+			h := bearer("Bearer " + r.active)
+			h.Set(HeaderTenantRequired, "tenant-b")
+			return h
+		}, http.StatusForbidden},
+		{"no Authorization header is unauthorized", func() http.Header { return nil }, http.StatusUnauthorized},
+		{"two spaces after the scheme is unauthorized", func() http.Header { return bearer("Bearer  " + r.active) }, http.StatusUnauthorized},
+		{"another scheme is unauthorized", func() http.Header { return bearer("Basic " + r.active) }, http.StatusUnauthorized},
+		{"a revoked key is unauthorized", func() http.Header { return bearer("Bearer " + r.revoked) }, http.StatusUnauthorized},
+		{"an expired key is unauthorized", func() http.Header { return bearer("Bearer " + r.expired) }, http.StatusUnauthorized},
+		{"two Authorization headers are a bad request", func() http.Header {
+			return http.Header{"Authorization": {"Bearer " + r.active, "Bearer " + r.active}}
+		}, http.StatusBadRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, method := range []string{http.MethodGet, http.MethodPost, http.MethodHead} {
+				resp, body := r.do(t, method, PathAuthorize, nil, tt.header())
+				if resp.StatusCode != tt.status {
+					t.Fatalf("%s: status %d (%s), want %d", method, resp.StatusCode, body, tt.status)
+				}
+				switch resp.StatusCode {
+				case http.StatusOK:
+					if resp.Header.Get(HeaderTenant) != "tenant-a" || resp.Header.Get(HeaderKey) != "tenant-a/active" {
+						t.Fatalf("headers %v", resp.Header)
+					}
+				case http.StatusUnauthorized:
+					if !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), `Bearer error="invalid_token"`) {
+						t.Fatalf("WWW-Authenticate = %q", resp.Header.Get("WWW-Authenticate"))
+					}
+				}
+			}
+		})
+	}
+	if r.uses.count() == 0 {
+		t.Fatal("successful verifications were not recorded as uses")
+	}
+}
+
+func TestWhoAmI(t *testing.T) {
+	r := newRig(t, &Server{})
+	resp, body := r.do(t, http.MethodGet, PathWhoAmI, nil, http.Header{"Authorization": {"Bearer " + r.active}})
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	var got WhoAmIResponse
+	if err := json.Unmarshal([]byte(body), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Tenant != "tenant-a" || got.KeyName != "active" || got.KeyHint != keys.Hint(r.active) || got.CreatedAt.IsZero() {
+		t.Fatalf("whoami = %+v", got)
+	}
+	if resp, _ := r.do(t, http.MethodGet, PathWhoAmI, nil, http.Header{"Authorization": {"Bearer " + r.revoked}}); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("a revoked key got %d", resp.StatusCode)
+	}
+	if resp, _ := r.do(t, http.MethodPost, PathWhoAmI, nil, nil); resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("POST got %d", resp.StatusCode)
+	}
+}
+
+func TestFailuresAreRateLimitedButValidKeysNever(t *testing.T) {
+	r := newRig(t, &Server{Limiter: NewFailureLimiter(1, 5, nil)})
+	wrong := http.Header{"Authorization": {"Bearer lk_nope"}}
+	var limited *http.Response
+	for range 6 {
+		resp, _ := r.do(t, http.MethodGet, PathAuthorize, nil, wrong)
+		if resp.StatusCode == http.StatusTooManyRequests {
+			limited = resp
+			break
+		}
+	}
+	if limited == nil {
+		t.Fatal("six failures in a row were never limited (burst 5)")
+	}
+	if limited.Header.Get("Retry-After") == "" {
+		t.Fatal("429 without Retry-After")
+	}
+	resp, _ := r.do(t, http.MethodGet, PathAuthorize, nil, http.Header{"Authorization": {"Bearer " + r.active}})
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("a valid key from a limited address got %d", resp.StatusCode)
+	}
+}

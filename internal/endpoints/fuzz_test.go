@@ -1,0 +1,42 @@
+package endpoints
+
+import (
+	"strings"
+	"testing"
+)
+
+func FuzzDecodeTokenReview(f *testing.F) {
+	f.Add([]byte(reviewBody("lk_x")))
+	f.Add([]byte(`{"apiVersion":"authentication.k8s.io/v1beta1","kind":"TokenReview","spec":{"token":"a","audiences":["x"]}}`))
+	f.Add([]byte(`{`))
+	f.Add([]byte(``))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		review, err := DecodeTokenReview(body)
+		if err != nil {
+			if review != nil {
+				t.Fatal("a review and an error")
+			}
+			return
+		}
+		if review.Spec.Token == "" || review.Kind != "TokenReview" {
+			t.Fatalf("accepted %+v", review)
+		}
+	})
+}
+
+func FuzzBearerToken(f *testing.F) {
+	f.Add("Bearer lk_abc")
+	f.Add("bearer  x")
+	f.Add("Basic abc")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, header string) {
+		token, ok := BearerToken(header)
+		if !ok {
+			return
+		}
+		if token == "" || len(token) > maxKeyLen || strings.ContainsAny(token, " \t\r\n") ||
+			!strings.EqualFold(header[:7], "bearer ") || header[7:] != token {
+			t.Fatalf("BearerToken(%q) = %q", header, token)
+		}
+	})
+}

@@ -1,0 +1,150 @@
+package verifier
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/keys"
+)
+
+// fixture is a verifier holding one Active key.
+type fixture struct {
+	v   *Verifier
+	clk *clocktesting.FakeClock
+	raw string
+	key *authv1alpha1.ApiKey
+	rec *authv1alpha1.ApiKeyRecord
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC))
+	raw, err := keys.Generate(rand.Reader, keys.Prefixed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := &authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant-a", Name: "ci", UID: "uid-1"}}
+	rec := &authv1alpha1.ApiKeyRecord{
+		ObjectMeta: metav1.ObjectMeta{Name: "uid-1", UID: "rec-1", CreationTimestamp: metav1.NewTime(clk.Now())},
+		Spec: authv1alpha1.ApiKeyRecordSpec{
+			Hash: keys.Hash(raw), Tenant: "tenant-a", KeyName: "ci", KeyUID: "uid-1",
+			Hint: keys.Hint(raw), Format: authv1alpha1.FormatPrefixed,
+		},
+	}
+	v := New(clk, 10*time.Second)
+	v.SetKey(key)
+	v.SetRecord(rec)
+	return &fixture{v: v, clk: clk, raw: raw, key: key, rec: rec}
+}
+
+func TestVerify(t *testing.T) {
+	other, _ := keys.Generate(rand.Reader, keys.Hex)
+	tests := []struct {
+		name    string
+		change  func(f *fixture)
+		present func(f *fixture) string
+		want    error
+	}{
+		{"a valid key resolves to its tenant and name", nil, nil, nil},
+		{"a key with a typo fails before any lookup", nil,
+			func(f *fixture) string { return f.raw[:10] + flip(f.raw[10]) + f.raw[11:] }, ErrMalformed},
+		{"a well-formed key nobody minted is unknown", nil, func(*fixture) string { return other }, ErrUnknown},
+		{"a revoked record fails", func(f *fixture) {
+			r := f.rec.DeepCopy()
+			r.Spec.Revoked = true
+			f.v.SetRecord(r)
+		}, nil, ErrRevoked},
+		{"an ApiKey revoked in spec fails before its record is revoked", func(f *fixture) {
+			k := f.key.DeepCopy()
+			k.Spec.Revoked = true
+			f.v.SetKey(k)
+		}, nil, ErrRevoked},
+		{"an ApiKey being deleted fails", func(f *fixture) {
+			k := f.key.DeepCopy()
+			now := metav1.NewTime(f.clk.Now())
+			k.DeletionTimestamp = &now
+			f.v.SetKey(k)
+		}, nil, ErrRevoked},
+		{"a key whose ApiKey is gone fails", func(f *fixture) { f.v.RemoveKey(f.key) }, nil, ErrRevoked},
+		{"a key whose record is gone is unknown", func(f *fixture) { f.v.RemoveRecord(f.rec) }, nil, ErrUnknown},
+		{"a fenced key fails", func(f *fixture) { _ = f.v.Fence(context.Background(), f.key) }, nil, ErrRevoked},
+		{"a fence that is never followed by a revocation lapses", func(f *fixture) {
+			_ = f.v.Fence(context.Background(), f.key)
+			f.clk.Step(10 * time.Second)
+		}, nil, nil},
+		{"a key fails at the instant it expires", func(f *fixture) {
+			k := f.key.DeepCopy()
+			at := metav1.NewTime(f.clk.Now())
+			k.Spec.ExpiresAt = &at
+			f.v.SetKey(k)
+		}, nil, ErrExpired},
+		{"a key works until the instant before it expires", func(f *fixture) {
+			k := f.key.DeepCopy()
+			at := metav1.NewTime(f.clk.Now().Add(time.Nanosecond))
+			k.Spec.ExpiresAt = &at
+			f.v.SetKey(k)
+		}, nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			if tt.change != nil {
+				tt.change(f)
+			}
+			raw := f.raw
+			if tt.present != nil {
+				raw = tt.present(f)
+			}
+			id, err := f.v.Verify(raw)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("Verify = %v, want %v", err, tt.want)
+			}
+			if err == nil && (id.Tenant != "tenant-a" || id.KeyName != "ci" || id.KeyUID != types.UID("uid-1")) {
+				t.Fatalf("Verify resolved to %+v", id)
+			}
+		})
+	}
+}
+
+func TestFencesAreDroppedOnceTheRevocationIsSeen(t *testing.T) {
+	f := newFixture(t)
+	_ = f.v.Fence(context.Background(), f.key)
+	if f.v.Fences() != 1 {
+		t.Fatalf("%d fences", f.v.Fences())
+	}
+	k := f.key.DeepCopy()
+	k.Spec.Revoked = true
+	f.v.SetKey(k)
+	if f.v.Fences() != 0 {
+		t.Fatal("the fence outlived the revocation it stood for")
+	}
+	if _, err := f.v.Verify(f.raw); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("Verify = %v", err)
+	}
+}
+
+func flip(c byte) string {
+	if c == 'a' {
+		return "b"
+	}
+	return "a"
+}
+
+func BenchmarkVerify(b *testing.B) {
+	f := newFixture(&testing.T{})
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := f.v.Verify(f.raw); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,76 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+)
+
+// TestKubeAPIServerAuthenticatesKeys has kube-apiserver itself call
+// /tokenreview (--authentication-token-webhook-config-file), and kubectl
+// use a Latchkey key as its bearer token.
+func TestKubeAPIServerAuthenticatesKeys(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns, other := env.Namespace(t), env.Namespace(t)
+	key, raw := mint(t, ns, "ci", authv1alpha1.ApiKeySpec{})
+
+	out, errOut, err := env.KubectlWithToken(raw, "auth", "whoami", "-o", "json")
+	g.Expect(err).NotTo(HaveOccurred(), errOut)
+	var review struct {
+		Status struct {
+			UserInfo struct {
+				Username string              `json:"username"`
+				UID      string              `json:"uid"`
+				Groups   []string            `json:"groups"`
+				Extra    map[string][]string `json:"extra"`
+			} `json:"userInfo"`
+		} `json:"status"`
+	}
+	g.Expect(json.Unmarshal([]byte(out), &review)).To(Succeed())
+	u := review.Status.UserInfo
+	g.Expect(u.Username).To(Equal("latchkey:" + ns + ":ci"))
+	g.Expect(u.UID).To(Equal(string(key.UID)))
+	g.Expect(u.Groups).To(ContainElements("latchkey:authenticated", "latchkey:tenant:"+ns))
+	g.Expect(u.Extra["latchkey.dev/key-hint"]).To(Equal([]string{key.Status.KeyHint}))
+
+	// A RoleBinding to the tenant's group grants access in its namespace only.
+	role := &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "read-configmaps"},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "list"}}},
+	}
+	binding := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "tenant-reads-configmaps"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: "latchkey:tenant:" + ns}},
+	}
+	g.Expect(env.Client.Create(ctx, role)).To(Succeed())
+	g.Expect(env.Client.Create(ctx, binding)).To(Succeed())
+	g.Eventually(func() error {
+		_, _, err := env.KubectlWithToken(raw, "get", "configmaps", "-n", ns)
+		return err
+	}).WithTimeout(10 * time.Second).Should(Succeed())
+	_, errOut, err = env.KubectlWithToken(raw, "get", "configmaps", "-n", other)
+	g.Expect(err).To(HaveOccurred())
+	g.Expect(errOut).To(ContainSubstring("Forbidden"))
+	g.Expect(errOut).To(ContainSubstring("latchkey:" + ns + ":ci"))
+
+	// After revocation, and the API server's 1s cache TTL, the key is refused.
+	revoke(t, key)
+	g.Eventually(func(g Gomega) {
+		_, errOut, err := env.KubectlWithToken(raw, "get", "configmaps", "-n", ns)
+		g.Expect(err).To(HaveOccurred())
+		g.Expect(errOut).To(ContainSubstring("Unauthorized"))
+	}).WithTimeout(10 * time.Second).Should(Succeed())
+	_, errOut, err = env.KubectlWithToken(raw, "auth", "whoami")
+	g.Expect(err).To(HaveOccurred())
+	g.Expect(strings.Contains(errOut, raw)).To(BeFalse())
+}
