@@ -25,6 +25,8 @@ func addKnownTypes(s *runtime.Scheme) error {
 	s.AddKnownTypes(GroupVersion,
 		&ApiKey{}, &ApiKeyList{},
 		&ApiKeyRecord{}, &ApiKeyRecordList{},
+		&Usage{}, &UsageList{},
+		&UsageLedger{}, &UsageLedgerList{},
 	)
 	metav1.AddToGroupVersion(s, GroupVersion)
 	return nil
