@@ -159,7 +159,7 @@ func main() {
 		os.Exit(1)
 	}
 
-	var trusted []netip.Prefix
+	trusted := make([]netip.Prefix, 0, len(splitList(trustedProxies)))
 	for _, cidr := range splitList(trustedProxies) {
 		p, err := netip.ParsePrefix(cidr)
 		if err != nil {

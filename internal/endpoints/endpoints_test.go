@@ -122,7 +122,7 @@ func (r *rig) do(t *testing.T, method, path string, body io.Reader, header http.
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	b, _ := io.ReadAll(resp.Body)
 	r.bodies = append(r.bodies, string(b))
 	return resp, string(b)

@@ -163,7 +163,7 @@ func TestDecodeBatchRefuses(t *testing.T) {
 func TestLedgerStaysBounded(t *testing.T) {
 	l := &authv1alpha1.UsageLedgerSpec{}
 	for b := range 30 {
-		var es []Execution
+		es := make([]Execution, 0, MaxBatchExecutions)
 		for i := range MaxBatchExecutions {
 			es = append(es, ex(fmt.Sprintf("%d-%d", b, i), Succeeded, at(b%90, 1), time.Second))
 		}
