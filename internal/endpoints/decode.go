@@ -11,12 +11,12 @@ import (
 	authnv1 "k8s.io/api/authentication/v1"
 )
 
-// readBody reads at most MaxBodyBytes of a request body.
-func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+// readBody reads at most limit bytes of a request body.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
-		return nil, fmt.Errorf("request body is larger than %d bytes", MaxBodyBytes)
+		return nil, fmt.Errorf("request body is larger than %d bytes", limit)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reading request body: %w", err)

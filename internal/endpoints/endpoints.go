@@ -3,6 +3,7 @@
 package endpoints
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	authnv1 "k8s.io/api/authentication/v1"
 	"k8s.io/utils/clock"
 
+	"github.com/latchkey-dev/latchkey/internal/usage"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 )
 
@@ -44,8 +46,15 @@ const MaxBodyBytes = 64 << 10
 // Server answers verification requests from the verifier's index.
 type Server struct {
 	Verifier *verifier.Verifier
-	// LastUsed is told of every successful verification.
-	LastUsed interface{ Record(verifier.Identity) }
+	// Activity is told of every verification of a known key.
+	Activity interface {
+		Allowed(verifier.Identity)
+		Denied(verifier.Identity)
+	}
+	// Reports applies execution reports; nil disables /v1/executions.
+	Reports interface {
+		Apply(ctx context.Context, tenant string, b *usage.Batch) (bool, error)
+	}
 	// Limiter limits failed attempts per client address; nil disables it.
 	Limiter *FailureLimiter
 	// Audiences are the audiences keys are valid for in a TokenReview;
@@ -60,6 +69,9 @@ func (s *Server) Register(register func(path string, h http.Handler)) {
 	register(PathTokenReview, http.HandlerFunc(s.TokenReview))
 	register(PathAuthorize, http.HandlerFunc(s.Authorize))
 	register(PathWhoAmI, http.HandlerFunc(s.WhoAmI))
+	if s.Reports != nil {
+		register(PathExecutions, http.HandlerFunc(s.Executions))
+	}
 }
 
 // Authorize is forward-auth: 200 with the key's tenant and name for a valid
@@ -125,6 +137,7 @@ func (s *Server) verifyBearer(w http.ResponseWriter, r *http.Request, endpoint s
 		id, err = s.Verifier.Verify(token)
 	}
 	if err != nil {
+		s.denied(id)
 		if s.limited(w, r, endpoint) {
 			return id, false
 		}
@@ -134,8 +147,8 @@ func (s *Server) verifyBearer(w http.ResponseWriter, r *http.Request, endpoint s
 		return id, false
 	}
 	s.count(endpoint, "allowed")
-	if s.LastUsed != nil {
-		s.LastUsed.Record(id)
+	if s.Activity != nil {
+		s.Activity.Allowed(id)
 	}
 	return id, true
 }
@@ -152,7 +165,7 @@ func (s *Server) TokenReview(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "tokenreview takes POST", http.StatusMethodNotAllowed)
 		return
 	}
-	body, err := readBody(w, r)
+	body, err := readBody(w, r, MaxBodyBytes)
 	if err != nil {
 		s.badRequest(w, "tokenreview", err.Error())
 		return
@@ -169,6 +182,7 @@ func (s *Server) TokenReview(w http.ResponseWriter, r *http.Request) {
 	review.Status = authnv1.TokenReviewStatus{}
 	switch {
 	case verr != nil:
+		s.denied(id)
 		if s.limited(w, r, "tokenreview") {
 			return
 		}
@@ -182,8 +196,8 @@ func (s *Server) TokenReview(w http.ResponseWriter, r *http.Request) {
 			break
 		}
 		s.count("tokenreview", "allowed")
-		if s.LastUsed != nil {
-			s.LastUsed.Record(id)
+		if s.Activity != nil {
+			s.Activity.Allowed(id)
 		}
 		review.Status = authnv1.TokenReviewStatus{
 			Authenticated: true,
@@ -234,6 +248,12 @@ func (s *Server) limited(w http.ResponseWriter, r *http.Request, endpoint string
 	w.Header().Set("Retry-After", strconv.Itoa(secs))
 	http.Error(w, "too many failed attempts from this address; retry later", http.StatusTooManyRequests)
 	return true
+}
+
+func (s *Server) denied(id verifier.Identity) {
+	if s.Activity != nil {
+		s.Activity.Denied(id)
+	}
 }
 
 func (s *Server) badRequest(w http.ResponseWriter, endpoint, reason string) {

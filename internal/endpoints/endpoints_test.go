@@ -28,7 +28,9 @@ type usesSeen struct {
 	ids []verifier.Identity
 }
 
-func (u *usesSeen) Record(id verifier.Identity) {
+func (u *usesSeen) Denied(verifier.Identity) {}
+
+func (u *usesSeen) Allowed(id verifier.Identity) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.ids = append(u.ids, id)
@@ -86,7 +88,7 @@ func newRig(t *testing.T, s *Server) *rig {
 			r.expired = raw
 		}
 	}
-	s.Verifier, s.Clock, s.LastUsed = v, clk, r.uses
+	s.Verifier, s.Clock, s.Activity = v, clk, r.uses
 	s.Metrics = NewMetrics(prometheus.NewRegistry(), v)
 	mux := http.NewServeMux()
 	s.Register(mux.Handle)

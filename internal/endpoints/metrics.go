@@ -11,6 +11,7 @@ type Metrics struct {
 	Verifications *prometheus.CounterVec
 	Latency       *prometheus.HistogramVec
 	LastUsedWrite *prometheus.CounterVec
+	LedgerWrites  *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them, with gauges reading v.
@@ -29,8 +30,12 @@ func NewMetrics(reg prometheus.Registerer, v *verifier.Verifier) *Metrics {
 			Name: "latchkey_last_used_writes_total",
 			Help: "Writes of keys' last use to the API server, by result (written, gone, failed).",
 		}, []string{"result"}),
+		LedgerWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "latchkey_usage_ledger_writes_total",
+			Help: "Writes of tenants' usage ledgers (execution reports and verification counts), by result (written, conflict, failed).",
+		}, []string{"result"}),
 	}
-	reg.MustRegister(m.Verifications, m.Latency, m.LastUsedWrite,
+	reg.MustRegister(m.Verifications, m.Latency, m.LastUsedWrite, m.LedgerWrites,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "latchkey_index_keys",
 			Help: "Key records in the verifier's in-memory index.",

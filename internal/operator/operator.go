@@ -18,6 +18,7 @@ import (
 
 	"github.com/latchkey-dev/latchkey/internal/controller"
 	"github.com/latchkey-dev/latchkey/internal/endpoints"
+	"github.com/latchkey-dev/latchkey/internal/ledger"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 	webhookv1alpha1 "github.com/latchkey-dev/latchkey/webhook/v1alpha1"
 )
@@ -48,7 +49,7 @@ type Options struct {
 // Operator is what Setup wired, for callers that look inside (tests).
 type Operator struct {
 	Verifier *verifier.Verifier
-	LastUsed *verifier.LastUsed
+	Activity *verifier.Activity
 	Metrics  *endpoints.Metrics
 }
 
@@ -73,18 +74,24 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 		return nil, fmt.Errorf("ApiKeyRecord controller: %w", err)
 	}
 
+	if err := (&controller.UsageReconciler{Client: mgr.GetClient(), Clock: o.Clock}).SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("Usage controller: %w", err)
+	}
+
 	v := verifier.New(o.Clock, o.FenceTTL)
 	if err := v.Watch(context.Background(), mgr.GetCache()); err != nil {
 		return nil, fmt.Errorf("watching keys: %w", err)
 	}
 	m := endpoints.NewMetrics(o.Registry, v)
-	lastUsed := verifier.NewLastUsed(mgr.GetClient(), o.Clock, o.LastUsedInterval, m.LastUsedWrite)
-	if err := mgr.Add(lastUsed); err != nil {
+	store := &ledger.Store{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Clock: o.Clock, Writes: m.LedgerWrites}
+	activity := verifier.NewActivity(mgr.GetClient(), store, o.Clock, o.LastUsedInterval, m.LastUsedWrite)
+	if err := mgr.Add(activity); err != nil {
 		return nil, err
 	}
 	(&endpoints.Server{
 		Verifier:  v,
-		LastUsed:  lastUsed,
+		Activity:  activity,
+		Reports:   store,
 		Limiter:   endpoints.NewFailureLimiter(o.FailedAuthRate, o.FailedAuthBurst, o.TrustedProxies),
 		Audiences: o.TokenAudiences,
 		Clock:     o.Clock,
@@ -104,5 +111,5 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 	}); err != nil {
 		return nil, err
 	}
-	return &Operator{Verifier: v, LastUsed: lastUsed, Metrics: m}, nil
+	return &Operator{Verifier: v, Activity: activity, Metrics: m}, nil
 }

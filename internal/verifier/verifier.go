@@ -85,7 +85,9 @@ func New(clk clock.PassiveClock, fenceTTL time.Duration) *Verifier {
 	}
 }
 
-// Verify resolves a presented key. A malformed key, or a Prefixed key whose
+// Verify resolves a presented key. When a known key is refused (revoked,
+// expired), the identity is returned with the error so that the refusal
+// can be counted for its tenant; it must not be used otherwise. A malformed key, or a Prefixed key whose
 // checksum fails, is refused before any lookup. A key authenticates only if
 // its record is not revoked, its ApiKey exists and is neither revoked nor
 // being deleted, nor fenced, and it has not expired at this instant.
@@ -102,19 +104,19 @@ func (v *Verifier) Verify(raw string) (Identity, error) {
 	if !ok {
 		return Identity{}, ErrUnknown
 	}
-	ks, ok := v.keys[rec.id.KeyUID]
-	if !ok || rec.revoked || ks.revoked || ks.deleting {
-		return Identity{}, ErrRevoked
-	}
-	if until, fenced := v.fences[rec.id.KeyUID]; fenced && now.Before(until) {
-		return Identity{}, ErrRevoked
-	}
 	id := rec.id
+	ks, ok := v.keys[id.KeyUID]
+	if !ok || rec.revoked || ks.revoked || ks.deleting {
+		return id, ErrRevoked
+	}
+	if until, fenced := v.fences[id.KeyUID]; fenced && now.Before(until) {
+		return id, ErrRevoked
+	}
 	if ks.expiresAt != nil {
 		id.ExpiresAt = ks.expiresAt
 	}
 	if id.ExpiresAt != nil && !now.Before(*id.ExpiresAt) {
-		return Identity{}, ErrExpired
+		return id, ErrExpired
 	}
 	return id, nil
 }

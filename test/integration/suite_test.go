@@ -43,6 +43,8 @@ var (
 	endpoint string
 	// httpsClient trusts the webhook server's certificate.
 	httpsClient *http.Client
+	// stopOperator stops the running operator and waits for it.
+	stopOperator func()
 )
 
 func TestMain(m *testing.M) {
@@ -53,21 +55,21 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	env = e
-	cancel, err := startOperator()
+	stopOperator, err = startOperator()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		_ = env.Stop()
 		os.Exit(1)
 	}
 	code := m.Run()
-	cancel()
+	stopOperator()
 	_ = env.Stop()
 	os.Exit(code)
 }
 
 // startOperator runs everything cmd/main.go runs, serving on the port and
 // certificate kube-apiserver and the webhook configuration were given.
-func startOperator() (context.CancelFunc, error) {
+func startOperator() (func(), error) {
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
 		Scheme:                 env.Scheme,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
@@ -99,12 +101,19 @@ func startOperator() (context.CancelFunc, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		if err := mgr.Start(ctx); err != nil {
 			fmt.Fprintln(os.Stderr, "manager:", err)
 		}
 	}()
+	// cancel stops the manager and waits until it has let go of its port.
+	cancel := func() {
+		stop()
+		<-done
+	}
 	endpoint = fmt.Sprintf("https://%s:%d", env.WebhookHost(), env.WebhookPort())
 	pool, err := certPool(env.WebhookCA)
 	if err != nil {

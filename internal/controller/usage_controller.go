@@ -1,0 +1,143 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/ledger"
+	"github.com/latchkey-dev/latchkey/internal/usage"
+)
+
+// UsageReconciler keeps one Usage per tenant namespace with an ApiKey, and
+// summarises the tenant's ledger and keys into its status.
+type UsageReconciler struct {
+	Client client.Client
+	Clock  clock.PassiveClock
+}
+
+// +kubebuilder:rbac:groups=auth.latchkey.dev,resources=usages,verbs=get;list;watch;create
+// +kubebuilder:rbac:groups=auth.latchkey.dev,resources=usages/status,verbs=get;patch
+// +kubebuilder:rbac:groups=auth.latchkey.dev,resources=usageledgers,verbs=get;list;watch;create;update
+
+// Reconcile summarises one tenant.
+func (r *UsageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	u := &authv1alpha1.Usage{}
+	err := r.Client.Get(ctx, req.NamespacedName, u)
+	if apierrors.IsNotFound(err) {
+		if req.Name != authv1alpha1.UsageName {
+			return ctrl.Result{}, nil
+		}
+		if u, err = r.create(ctx, req.Namespace); u == nil || err != nil {
+			return ctrl.Result{}, err
+		}
+	} else if err != nil {
+		return ctrl.Result{}, err
+	}
+
+	l := &authv1alpha1.UsageLedger{}
+	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: u.Namespace, Name: ledger.Name}, l); client.IgnoreNotFound(err) != nil {
+		return ctrl.Result{}, err
+	}
+	counts, err := r.countKeys(ctx, u.Namespace)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+
+	now := r.Clock.Now()
+	window := int(u.Spec.WindowDays)
+	if window == 0 {
+		window = 30
+	}
+	status := usage.Summarise(&l.Spec, window, now)
+	status.Keys = counts
+	status.Conditions = u.Status.Conditions
+	status.ObservedGeneration = u.Generation
+	meta.SetStatusCondition(&status.Conditions, metav1.Condition{
+		Type: authv1alpha1.ConditionUpToDate, Status: metav1.ConditionTrue, Reason: authv1alpha1.ReasonSummarised,
+		Message:            fmt.Sprintf("Summarises the %d UTC days up to %s", window, usage.Day(now)),
+		ObservedGeneration: u.Generation,
+	})
+	status.UpdatedAt = u.Status.UpdatedAt
+	if !equality.Semantic.DeepEqual(status, u.Status) {
+		base := u.DeepCopy()
+		at := metav1.NewTime(now)
+		status.UpdatedAt = &at
+		u.Status = status
+		if err := r.Client.Status().Patch(ctx, u, client.MergeFrom(base)); err != nil {
+			return ctrl.Result{}, client.IgnoreNotFound(err)
+		}
+	}
+	// The window rolls over at UTC midnight.
+	midnight := now.UTC().Truncate(24 * time.Hour).Add(24 * time.Hour)
+	return ctrl.Result{RequeueAfter: midnight.Sub(now) + time.Second}, nil
+}
+
+// create makes the tenant's Usage when the namespace has an ApiKey; it
+// returns nil when it has none.
+func (r *UsageReconciler) create(ctx context.Context, ns string) (*authv1alpha1.Usage, error) {
+	var keys authv1alpha1.ApiKeyList
+	if err := r.Client.List(ctx, &keys, client.InNamespace(ns), client.Limit(1)); err != nil {
+		return nil, err
+	}
+	if len(keys.Items) == 0 {
+		return nil, nil
+	}
+	u := &authv1alpha1.Usage{ObjectMeta: metav1.ObjectMeta{
+		Namespace: ns, Name: authv1alpha1.UsageName,
+		Labels: map[string]string{authv1alpha1.LabelManagedBy: authv1alpha1.ManagedByValue},
+	}}
+	if err := r.Client.Create(ctx, u); err != nil && !apierrors.IsAlreadyExists(err) {
+		return nil, fmt.Errorf("creating Usage: %w", err)
+	}
+	return u, nil
+}
+
+func (r *UsageReconciler) countKeys(ctx context.Context, ns string) (authv1alpha1.UsageKeys, error) {
+	var keys authv1alpha1.ApiKeyList
+	var counts authv1alpha1.UsageKeys
+	if err := r.Client.List(ctx, &keys, client.InNamespace(ns)); err != nil {
+		return counts, err
+	}
+	now := r.Clock.Now()
+	for _, k := range keys.Items {
+		switch {
+		case k.Spec.Revoked:
+			counts.Revoked++
+		case k.Spec.ExpiresAt != nil && !now.Before(k.Spec.ExpiresAt.Time):
+			counts.Expired++
+		case k.Status.Phase == authv1alpha1.PhaseActive:
+			counts.Active++
+		}
+	}
+	return counts, nil
+}
+
+// SetupWithManager registers the controller. ApiKeys and ledgers of a
+// namespace all lead to its one Usage; the controller's own status writes
+// do not (they leave the generation alone).
+func (r *UsageReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	toUsage := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []reconcile.Request {
+		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: obj.GetNamespace(), Name: authv1alpha1.UsageName}}}
+	})
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&authv1alpha1.Usage{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&authv1alpha1.ApiKey{}, toUsage).
+		Watches(&authv1alpha1.UsageLedger{}, toUsage).
+		Named("usage").
+		Complete(r)
+}

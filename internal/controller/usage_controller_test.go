@@ -1,0 +1,74 @@
+package controller
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	"k8s.io/apimachinery/pkg/types"
+	clocktesting "k8s.io/utils/clock/testing"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/ledger"
+	"github.com/latchkey-dev/latchkey/internal/usage"
+)
+
+// TestUsageWindowRollsOverAtUTCMidnight summarises a ledger with an injected
+// clock: the Usage appears with the first ApiKey, looks again at midnight,
+// and days leave the window as it rolls.
+func TestUsageWindowRollsOverAtUTCMidnight(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := env.Namespace(t)
+	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 22, 18, 0, 0, 0, time.UTC))
+	r := &UsageReconciler{Client: env.Client, Clock: clk}
+	req := ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: authv1alpha1.UsageName}}
+
+	_, err := r.Reconcile(ctx, req)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(env.Client.Get(ctx, req.NamespacedName, &authv1alpha1.Usage{})).NotTo(Succeed(), "no Usage without an ApiKey")
+
+	g.Expect(env.Client.Create(ctx, newKey(ns, "k", authv1alpha1.ApiKeySpec{}))).To(Succeed())
+	store := &ledger.Store{Client: env.Client, Reader: env.Client, Clock: clk}
+	started := time.Date(2026, 11, 16, 9, 0, 0, 0, time.UTC) // six days ago
+	finished := started.Add(3 * time.Second)
+	_, err = store.Apply(ctx, ns, &usage.Batch{IdempotencyKey: "b", Executions: []usage.Execution{
+		{ID: "old", State: usage.Succeeded, StartedAt: started, FinishedAt: &finished},
+		{ID: "now", State: usage.Running, StartedAt: clk.Now().Add(-time.Hour)},
+	}})
+	g.Expect(err).NotTo(HaveOccurred())
+
+	u := &authv1alpha1.Usage{}
+	pass := func() time.Duration {
+		res, err := r.Reconcile(ctx, req)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(env.Client.Get(ctx, req.NamespacedName, u)).To(Succeed())
+		return res.RequeueAfter
+	}
+	g.Expect(pass()).To(Equal(6*time.Hour + time.Second))
+	base := u.DeepCopy()
+	u.Spec.WindowDays = 7
+	g.Expect(env.Client.Patch(ctx, u, client.MergeFrom(base))).To(Succeed())
+	pass()
+	g.Expect(u.Status.Executions).To(Equal(int64(2)))
+	g.Expect(u.Status.InFlight).To(Equal(int64(1)))
+	g.Expect(u.Status.Days).To(HaveLen(7))
+	g.Expect(u.Status.Days[0].Date).To(Equal("2026-11-16"))
+	g.Expect(u.Status.ObservedGeneration).To(Equal(u.Generation))
+	updated := u.Status.UpdatedAt
+
+	// Nothing changed: no write, so no hot loop on its own status.
+	pass()
+	g.Expect(u.Status.UpdatedAt).To(Equal(updated))
+
+	clk.SetTime(time.Date(2026, 11, 23, 0, 0, 1, 0, time.UTC))
+	pass()
+	g.Expect(u.Status.Days[0].Date).To(Equal("2026-11-17"))
+	g.Expect(u.Status.Executions).To(Equal(int64(1)), "the sixth day back left the window")
+	g.Expect(u.Status.SuccessRate).To(BeEmpty())
+	g.Expect(u.Status.WindowStart.Time.Equal(time.Date(2026, 11, 17, 0, 0, 0, 0, time.UTC))).To(BeTrue())
+	g.Expect(u.Status.UpdatedAt.Time).NotTo(Equal(updated.Time))
+}

@@ -1,0 +1,66 @@
+package endpoints
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/latchkey-dev/latchkey/internal/usage"
+)
+
+// PathExecutions is where services report executions.
+const PathExecutions = "/v1/executions"
+
+// ExecutionsResponse acknowledges a report once it is durable.
+type ExecutionsResponse struct {
+	// Applied is false when the batch had been applied before (a retry).
+	Applied    bool `json:"applied"`
+	Executions int  `json:"executions"`
+}
+
+// Executions takes a batch of execution reports for the tenant of the
+// presented key (never a tenant named in the body) and answers 200 only
+// once the batch is durable in the API server.
+func (s *Server) Executions(w http.ResponseWriter, r *http.Request) {
+	defer s.observe("executions", s.Clock.Now())
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		s.count("executions", "bad_request")
+		http.Error(w, "executions takes POST", http.StatusMethodNotAllowed)
+		return
+	}
+	id, ok := s.verifyBearer(w, r, "executions")
+	if !ok {
+		return
+	}
+	body, err := readBody(w, r, usage.MaxBatchBytes)
+	if err != nil {
+		s.badRequest(w, "executions", err.Error())
+		return
+	}
+	batch, err := usage.DecodeBatch(body, s.Clock.Now())
+	if err != nil {
+		s.badRequest(w, "executions", err.Error())
+		return
+	}
+	applied, err := s.Reports.Apply(r.Context(), id.Tenant, batch)
+	var invalid *usage.InvalidError
+	switch {
+	case errors.As(err, &invalid):
+		s.badRequest(w, "executions", err.Error())
+		return
+	case errors.Is(err, usage.ErrTooManyInFlight):
+		w.Header().Set("Retry-After", "10")
+		http.Error(w, err.Error(), http.StatusTooManyRequests)
+		return
+	case err != nil:
+		log.FromContext(r.Context()).Error(err, "Failed to record an execution report", "tenant", id.Tenant)
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "the report could not be recorded and nothing of it was applied; retry with the same idempotencyKey", http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(ExecutionsResponse{Applied: applied, Executions: len(batch.Executions)})
+}

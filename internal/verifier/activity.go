@@ -1,0 +1,177 @@
+package verifier
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+)
+
+// DefaultLastUsedInterval is how often activity is written out: at most
+// one last-use write per key, and one count per tenant, per interval and
+// replica.
+const DefaultLastUsedInterval = time.Minute
+
+// VerificationCounter receives a tenant's verification counts of a day.
+type VerificationCounter interface {
+	CountVerifications(ctx context.Context, tenant, date string, allowed, denied int64) error
+}
+
+// Activity remembers when each key last authenticated a request, and how
+// many verifications each tenant's keys passed and failed per day, and
+// writes them out in batches: last use to the ApiKey's and the record's
+// status, counts to the tenant's usage ledger. The request path only
+// touches maps; a crash loses at most one interval.
+type Activity struct {
+	client   client.Client
+	counter  VerificationCounter
+	clock    clock.PassiveClock
+	interval time.Duration
+	writes   *prometheus.CounterVec
+
+	mu      sync.Mutex
+	pending map[types.UID]use
+	counts  map[tenantDay]verifications
+}
+
+type use struct {
+	tenant, name string
+	at           time.Time
+}
+
+type tenantDay struct{ tenant, date string }
+
+type verifications struct{ allowed, denied int64 }
+
+// NewActivity returns a recorder that writes through c and counter every interval.
+func NewActivity(c client.Client, counter VerificationCounter, clk clock.PassiveClock, interval time.Duration, writes *prometheus.CounterVec) *Activity {
+	if interval <= 0 {
+		interval = DefaultLastUsedInterval
+	}
+	return &Activity{
+		client: c, counter: counter, clock: clk, interval: interval, writes: writes,
+		pending: map[types.UID]use{}, counts: map[tenantDay]verifications{},
+	}
+}
+
+// Allowed notes that id authenticated a request now.
+func (l *Activity) Allowed(id Identity) {
+	now := l.clock.Now()
+	td := tenantDay{id.Tenant, now.UTC().Format(time.DateOnly)}
+	l.mu.Lock()
+	l.pending[id.KeyUID] = use{tenant: id.Tenant, name: id.KeyName, at: now}
+	c := l.counts[td]
+	c.allowed++
+	l.counts[td] = c
+	l.mu.Unlock()
+}
+
+// Denied notes that a key of id's tenant was refused now.
+func (l *Activity) Denied(id Identity) {
+	if id.Tenant == "" {
+		return
+	}
+	td := tenantDay{id.Tenant, l.clock.Now().UTC().Format(time.DateOnly)}
+	l.mu.Lock()
+	c := l.counts[td]
+	c.denied++
+	l.counts[td] = c
+	l.mu.Unlock()
+}
+
+// Start flushes every interval until ctx ends, then once more.
+func (l *Activity) Start(ctx context.Context) error {
+	t := time.NewTicker(l.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			flushCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			l.Flush(flushCtx)
+			return nil
+		case <-t.C:
+			l.Flush(ctx)
+		}
+	}
+}
+
+// NeedLeaderElection is false: every replica writes the uses it saw.
+func (l *Activity) NeedLeaderElection() bool { return false }
+
+// Flush writes every pending use and count, and returns how many keys'
+// last use it wrote. What fails to be written is kept for the next flush.
+func (l *Activity) Flush(ctx context.Context) int {
+	l.mu.Lock()
+	batch, counts := l.pending, l.counts
+	l.pending = make(map[types.UID]use, len(batch))
+	l.counts = make(map[tenantDay]verifications, len(counts))
+	l.mu.Unlock()
+
+	if l.counter != nil {
+		for td, c := range counts {
+			if err := l.counter.CountVerifications(ctx, td.tenant, td.date, c.allowed, c.denied); err != nil {
+				log.FromContext(ctx).Error(err, "Failed to count verifications; keeping them for the next flush", "tenant", td.tenant)
+				l.mu.Lock()
+				k := l.counts[td]
+				k.allowed, k.denied = k.allowed+c.allowed, k.denied+c.denied
+				l.counts[td] = k
+				l.mu.Unlock()
+			}
+		}
+	}
+
+	written := 0
+	for uid, u := range batch {
+		err := l.write(ctx, uid, u)
+		switch {
+		case err == nil:
+			written++
+			l.count("written")
+		case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
+			l.count("gone")
+		default:
+			l.count("failed")
+			log.FromContext(ctx).Error(err, "Failed to write last use; keeping it for the next flush", "tenant", u.tenant, "apikey", u.name)
+			l.mu.Lock()
+			if newer, ok := l.pending[uid]; !ok || newer.at.Before(u.at) {
+				l.pending[uid] = u
+			}
+			l.mu.Unlock()
+		}
+	}
+	return written
+}
+
+func (l *Activity) count(result string) {
+	if l.writes != nil {
+		l.writes.WithLabelValues(result).Inc()
+	}
+}
+
+// write sets lastUsedAt with merge patches of status alone: they never
+// conflict with the controller's own status writes.
+func (l *Activity) write(ctx context.Context, uid types.UID, u use) error {
+	// The UID makes the write a precondition: a newer ApiKey of the same
+	// name is never stamped with the old key's use.
+	patch := client.RawPatch(types.MergePatchType,
+		fmt.Appendf(nil, `{"metadata":{"uid":%q},"status":{"lastUsedAt":%q}}`, uid, metav1.NewTime(u.at).UTC().Format(time.RFC3339)))
+	key := &authv1alpha1.ApiKey{}
+	key.Namespace, key.Name = u.tenant, u.name
+	if err := l.client.Status().Patch(ctx, key, patch); err != nil {
+		return err
+	}
+	rec := &authv1alpha1.ApiKeyRecord{}
+	rec.Name = string(uid)
+	return l.client.Status().Patch(ctx, rec, patch)
+}
