@@ -6,6 +6,8 @@ import (
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 )
 
+const labelResult = "result"
+
 // Metrics are the verification metrics Latchkey exports.
 type Metrics struct {
 	Verifications *prometheus.CounterVec
@@ -20,7 +22,7 @@ func NewMetrics(reg prometheus.Registerer, v *verifier.Verifier) *Metrics {
 		Verifications: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "latchkey_verifications_total",
 			Help: "Key verifications by endpoint and result.",
-		}, []string{"endpoint", "result"}),
+		}, []string{"endpoint", labelResult}),
 		Latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "latchkey_verification_duration_seconds",
 			Help:    "Time to answer a verification request, by endpoint.",
@@ -29,11 +31,11 @@ func NewMetrics(reg prometheus.Registerer, v *verifier.Verifier) *Metrics {
 		LastUsedWrite: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "latchkey_last_used_writes_total",
 			Help: "Writes of keys' last use to the API server, by result (written, gone, failed).",
-		}, []string{"result"}),
+		}, []string{labelResult}),
 		LedgerWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "latchkey_usage_ledger_writes_total",
 			Help: "Writes of tenants' usage ledgers (execution reports and verification counts), by result (written, conflict, failed).",
-		}, []string{"result"}),
+		}, []string{labelResult}),
 	}
 	reg.MustRegister(m.Verifications, m.Latency, m.LastUsedWrite, m.LedgerWrites,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{

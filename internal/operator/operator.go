@@ -63,7 +63,7 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 		Random:              o.Random,
 		SecretCheckInterval: o.SecretCheckInterval,
 	}).SetupWithManager(mgr, o.MaxConcurrentReconciles); err != nil {
-		return nil, fmt.Errorf("ApiKey controller: %w", err)
+		return nil, fmt.Errorf("apikey controller: %w", err)
 	}
 	if err := (&controller.ApiKeyRecordReconciler{
 		Client:    mgr.GetClient(),
@@ -71,11 +71,11 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 		Clock:     o.Clock,
 		Retention: o.RecordRetention,
 	}).SetupWithManager(mgr); err != nil {
-		return nil, fmt.Errorf("ApiKeyRecord controller: %w", err)
+		return nil, fmt.Errorf("apikeyrecord controller: %w", err)
 	}
 
 	if err := (&controller.UsageReconciler{Client: mgr.GetClient(), Clock: o.Clock}).SetupWithManager(mgr); err != nil {
-		return nil, fmt.Errorf("Usage controller: %w", err)
+		return nil, fmt.Errorf("usage controller: %w", err)
 	}
 
 	v := verifier.New(o.Clock, o.FenceTTL)
@@ -100,7 +100,7 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 
 	if o.Webhooks {
 		if err := (&webhookv1alpha1.ApiKeyValidator{Reader: mgr.GetClient(), Clock: o.Clock, Fence: v}).SetupWebhookWithManager(mgr); err != nil {
-			return nil, fmt.Errorf("ApiKey webhook: %w", err)
+			return nil, fmt.Errorf("apikey webhook: %w", err)
 		}
 	}
 	if err := mgr.AddReadyzCheck("verifier", func(*http.Request) error {

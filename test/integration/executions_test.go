@@ -181,7 +181,7 @@ func TestConcurrentReportersLoseNothing(t *testing.T) {
 	for r := range reporters {
 		wg.Go(func() {
 			for b := range batches {
-				var es []usage.Execution
+				es := make([]usage.Execution, 0, per)
 				for i := range per {
 					es = append(es, execution(fmt.Sprintf("%d-%d-%d", r, b, i), usage.Succeeded, now, time.Second))
 				}

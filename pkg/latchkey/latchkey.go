@@ -1,0 +1,412 @@
+// Package latchkey lets a Go service authenticate its callers with
+// Latchkey API keys and report the work it does for them as executions.
+//
+//	lk, err := latchkey.New(latchkey.Config{Endpoint: "https://latchkey-webhook-service.latchkey-system.svc"})
+//	...
+//	http.Handle("/api/", lk.Middleware(apiHandler))
+//	defer lk.Close(context.Background())
+//
+// Every request must carry "Authorization: Bearer <key>". The middleware
+// checks it with Latchkey (/authorize, or /tokenreview), puts the caller's
+// tenant and key in the request context, and reports the request as an
+// execution: 2xx, 3xx and 4xx answers as succeeded, 5xx as failed, a
+// caller that went away as cancelled. Reports are batched in the
+// background, retried with the same idempotency key, and held in a bounded
+// buffer; they are sent with the key in LATCHKEY_API_KEY.
+package latchkey
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Verification is how the middleware checks a key.
+type Verification string
+
+const (
+	// Authorize uses Latchkey's forward-auth endpoint.
+	Authorize Verification = "authorize"
+	// TokenReview uses Latchkey's TokenReview endpoint.
+	TokenReview Verification = "tokenreview"
+)
+
+// Config configures a Client. Only Endpoint is required.
+type Config struct {
+	// Endpoint is Latchkey's base URL, such as
+	// https://latchkey-webhook-service.latchkey-system.svc.
+	Endpoint string
+	// HTTPClient calls Latchkey; it must trust Latchkey's certificate.
+	HTTPClient *http.Client
+	// Verification is Authorize (default) or TokenReview.
+	Verification Verification
+	// CacheTTL keeps positive answers this long (default 0: no cache). A
+	// cached key keeps working for up to CacheTTL after it is revoked.
+	CacheTTL time.Duration
+	// APIKey reports executions; default: the LATCHKEY_API_KEY environment
+	// variable. Without one, nothing is reported.
+	APIKey string
+	// BatchSize, FlushInterval and BufferSize shape reporting: up to
+	// BatchSize executions per report, sent at least every FlushInterval,
+	// with at most BufferSize waiting (more are dropped and counted).
+	BatchSize     int
+	FlushInterval time.Duration
+	BufferSize    int
+	// MaxAttempts bounds the tries of one report (default 8).
+	MaxAttempts int
+	// Logf receives reporting problems; default: discarded.
+	Logf func(format string, args ...any)
+}
+
+// Caller is who a request's key belongs to.
+type Caller struct {
+	Tenant string
+	Key    string // namespace/name of the ApiKey
+}
+
+type callerKey struct{}
+
+// CallerFrom returns the caller the middleware authenticated.
+func CallerFrom(ctx context.Context) (Caller, bool) {
+	c, ok := ctx.Value(callerKey{}).(Caller)
+	return c, ok
+}
+
+// Client authenticates requests and reports executions.
+type Client struct {
+	cfg     Config
+	reports chan execution
+	dropped atomic.Int64
+	done    chan struct{}
+	// closeMu guards closed and the closing of reports against enqueue.
+	closeMu sync.RWMutex
+	closed  bool
+
+	mu    sync.Mutex
+	cache map[[32]byte]cached
+}
+
+type cached struct {
+	caller  Caller
+	expires time.Time
+}
+
+type execution struct {
+	ID         string     `json:"id"`
+	State      string     `json:"state"`
+	StartedAt  time.Time  `json:"startedAt"`
+	FinishedAt *time.Time `json:"finishedAt,omitempty"`
+}
+
+// New returns a Client and starts its reporter.
+func New(cfg Config) (*Client, error) {
+	if cfg.Endpoint == "" {
+		return nil, errors.New("latchkey: Config.Endpoint is required")
+	}
+	cfg.Endpoint = strings.TrimRight(cfg.Endpoint, "/")
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = &http.Client{Timeout: 5 * time.Second}
+	}
+	if cfg.Verification == "" {
+		cfg.Verification = Authorize
+	}
+	if cfg.APIKey == "" {
+		cfg.APIKey = os.Getenv("LATCHKEY_API_KEY")
+	}
+	if cfg.BatchSize <= 0 || cfg.BatchSize > 1000 {
+		cfg.BatchSize = 100
+	}
+	if cfg.FlushInterval <= 0 {
+		cfg.FlushInterval = time.Second
+	}
+	if cfg.BufferSize <= 0 {
+		cfg.BufferSize = 10000
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 8
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	c := &Client{cfg: cfg, reports: make(chan execution, cfg.BufferSize), done: make(chan struct{}), cache: map[[32]byte]cached{}}
+	go c.report()
+	return c, nil
+}
+
+// Dropped is how many executions were not reported because the buffer was full.
+func (c *Client) Dropped() int64 { return c.dropped.Load() }
+
+// Middleware authenticates each request and reports it as an execution.
+func (c *Client) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key, ok := bearer(r.Header.Get("Authorization"))
+		if !ok {
+			unauthorized(w)
+			return
+		}
+		caller, err := c.Verify(r.Context(), key)
+		switch {
+		case errors.Is(err, ErrInvalidKey):
+			unauthorized(w)
+			return
+		case err != nil:
+			// Fail closed: no answer from Latchkey is not a yes.
+			http.Error(w, "cannot verify the API key right now", http.StatusServiceUnavailable)
+			return
+		}
+		started := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), callerKey{}, caller)))
+		finished := time.Now()
+		state := "succeeded"
+		switch {
+		case r.Context().Err() != nil:
+			state = "cancelled"
+		case rec.status >= 500:
+			state = "failed"
+		}
+		c.enqueue(execution{ID: newID(), State: state, StartedAt: started.UTC(), FinishedAt: ptr(finished.UTC())})
+	})
+}
+
+// ErrInvalidKey means Latchkey refused the key.
+var ErrInvalidKey = errors.New("latchkey: invalid API key")
+
+// Verify checks a key with Latchkey (or the positive cache).
+func (c *Client) Verify(ctx context.Context, key string) (Caller, error) {
+	sum := sha256.Sum256([]byte(key))
+	if c.cfg.CacheTTL > 0 {
+		c.mu.Lock()
+		e, ok := c.cache[sum]
+		c.mu.Unlock()
+		if ok && time.Now().Before(e.expires) {
+			return e.caller, nil
+		}
+	}
+	var caller Caller
+	var err error
+	if c.cfg.Verification == TokenReview {
+		caller, err = c.tokenReview(ctx, key)
+	} else {
+		caller, err = c.authorize(ctx, key)
+	}
+	if err == nil && c.cfg.CacheTTL > 0 {
+		c.mu.Lock()
+		if len(c.cache) > 10000 {
+			clear(c.cache)
+		}
+		c.cache[sum] = cached{caller: caller, expires: time.Now().Add(c.cfg.CacheTTL)}
+		c.mu.Unlock()
+	}
+	return caller, err
+}
+
+func (c *Client) authorize(ctx context.Context, key string) (Caller, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.cfg.Endpoint+"/authorize", nil)
+	if err != nil {
+		return Caller{}, err
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := c.cfg.HTTPClient.Do(req)
+	if err != nil {
+		return Caller{}, fmt.Errorf("latchkey: %w", err)
+	}
+	_ = resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return Caller{Tenant: resp.Header.Get("X-Latchkey-Tenant"), Key: resp.Header.Get("X-Latchkey-Key")}, nil
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return Caller{}, ErrInvalidKey
+	default:
+		return Caller{}, fmt.Errorf("latchkey: /authorize answered %d", resp.StatusCode)
+	}
+}
+
+func (c *Client) tokenReview(ctx context.Context, key string) (Caller, error) {
+	body, _ := json.Marshal(map[string]any{
+		"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": map[string]string{"token": key},
+	})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.cfg.Endpoint+"/tokenreview", bytes.NewReader(body))
+	if err != nil {
+		return Caller{}, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.cfg.HTTPClient.Do(req)
+	if err != nil {
+		return Caller{}, fmt.Errorf("latchkey: %w", err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return Caller{}, fmt.Errorf("latchkey: /tokenreview answered %d", resp.StatusCode)
+	}
+	var review struct {
+		Status struct {
+			Authenticated bool `json:"authenticated"`
+			User          struct {
+				Username string   `json:"username"`
+				Groups   []string `json:"groups"`
+			} `json:"user"`
+		} `json:"status"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&review); err != nil {
+		return Caller{}, fmt.Errorf("latchkey: reading TokenReview: %w", err)
+	}
+	if !review.Status.Authenticated {
+		return Caller{}, ErrInvalidKey
+	}
+	var caller Caller
+	for _, g := range review.Status.User.Groups {
+		if t, ok := strings.CutPrefix(g, "latchkey:tenant:"); ok {
+			caller.Tenant = t
+		}
+	}
+	if name, ok := strings.CutPrefix(review.Status.User.Username, "latchkey:"+caller.Tenant+":"); ok {
+		caller.Key = caller.Tenant + "/" + name
+	}
+	return caller, nil
+}
+
+func (c *Client) enqueue(e execution) {
+	if c.cfg.APIKey == "" {
+		return
+	}
+	c.closeMu.RLock()
+	defer c.closeMu.RUnlock()
+	if c.closed {
+		c.dropped.Add(1)
+		return
+	}
+	select {
+	case c.reports <- e:
+	default:
+		c.dropped.Add(1)
+	}
+}
+
+// report batches executions and sends them until Close.
+func (c *Client) report() {
+	defer close(c.done)
+	tick := time.NewTicker(c.cfg.FlushInterval)
+	defer tick.Stop()
+	var batch []execution
+	flush := func() {
+		if len(batch) > 0 {
+			c.send(batch)
+			batch = nil
+		}
+	}
+	for {
+		select {
+		case e, ok := <-c.reports:
+			if !ok {
+				flush()
+				return
+			}
+			batch = append(batch, e)
+			if len(batch) >= c.cfg.BatchSize {
+				flush()
+			}
+		case <-tick.C:
+			flush()
+		}
+	}
+}
+
+// send posts one batch, retrying with the same idempotency key until it is
+// acknowledged, refused as invalid, or out of attempts.
+func (c *Client) send(batch []execution) {
+	body, _ := json.Marshal(map[string]any{"idempotencyKey": newID(), "executions": batch})
+	wait := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		status, err := c.post(body)
+		switch {
+		case err == nil && status == http.StatusOK:
+			return
+		case err == nil && (status == http.StatusBadRequest || status == http.StatusUnauthorized):
+			c.cfg.Logf("latchkey: a report of %d executions was refused (%d); dropping it", len(batch), status)
+			return
+		case attempt >= c.cfg.MaxAttempts:
+			c.cfg.Logf("latchkey: giving up on a report of %d executions after %d attempts (status %d, %v)", len(batch), attempt, status, err)
+			return
+		}
+		time.Sleep(wait)
+		wait = min(wait*2, 10*time.Second)
+	}
+}
+
+func (c *Client) post(body []byte) (int, error) {
+	req, err := http.NewRequest(http.MethodPost, c.cfg.Endpoint+"/v1/executions", bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.cfg.APIKey)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.cfg.HTTPClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+// Close stops taking executions and sends those waiting, until ctx ends.
+func (c *Client) Close(ctx context.Context) error {
+	c.closeMu.Lock()
+	if !c.closed {
+		c.closed = true
+		close(c.reports)
+	}
+	c.closeMu.Unlock()
+	select {
+	case <-c.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status      int
+	wroteHeader bool
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if !s.wroteHeader {
+		s.status, s.wroteHeader = code, true
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+func bearer(h string) (string, bool) {
+	if len(h) < 8 || !strings.EqualFold(h[:7], "bearer ") || strings.ContainsAny(h[7:], " \t") {
+		return "", false
+	}
+	return h[7:], true
+}
+
+func unauthorized(w http.ResponseWriter) {
+	w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+	http.Error(w, "a valid Latchkey API key is required", http.StatusUnauthorized)
+}
+
+func newID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func ptr[T any](v T) *T { return &v }
