@@ -49,23 +49,27 @@ verify-generated:
 	fi
 
 .PHONY: test
-test: verify-generated vet envtest ## Regenerate (failing if that changes tracked files), then run all tests against a real API server.
+test: verify-generated vet envtest ## Regenerate (failing if that changes tracked files), run all tests against a real API server, fuzz each parser briefly.
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test ./... -coverprofile cover.out
+	$(MAKE) --no-print-directory fuzz FUZZTIME=3s
 
 .PHONY: bench
-bench: envtest ## Run the benchmarks and print their figures (minting 1,000 keys, verification over TLS against a baseline).
-	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -run '^$$' -bench . -benchtime 1x ./internal/controller/
-	go test -run '^$$' -bench . -benchtime 3s ./internal/endpoints/
+bench: envtest ## Run the benchmarks and load runs and print their figures (see README, Performance).
 	go test -run '^$$' -bench . ./internal/keys/ ./internal/verifier/
+	go test -run '^$$' -bench LoadAuthorize -benchtime 1x ./internal/endpoints/ | grep -E 'FIGURE|ok|FAIL'
+	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -run '^$$' -bench Mint1000 -benchtime 1x ./internal/controller/
+	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -run 'RevocationIsImmediate|LastUseIsWritten|ConcurrentReporters' -v ./test/integration/ | grep -E 'FIGURE|^ok|FAIL'
+	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -run '^$$' -bench 'ExecutionsLoad|ManagerMemory' -benchtime 1x -timeout 30m ./test/integration/ | grep -E 'FIGURE|Benchmark|ok|FAIL'
 
 FUZZTIME ?= 30s
 .PHONY: fuzz
 fuzz: ## Fuzz every parser reachable from the network for FUZZTIME each.
 	@for target in ./internal/keys:FuzzParse ./internal/keys:FuzzGenerateRoundTrip \
-		./internal/endpoints:FuzzDecodeTokenReview ./internal/endpoints:FuzzBearerToken; do \
+		./internal/endpoints:FuzzDecodeTokenReview ./internal/endpoints:FuzzBearerToken \
+		./internal/usage:FuzzDecodeAndApply; do \
 		pkg=$${target%%:*}; fn=$${target##*:}; \
 		echo "== $$fn ($$pkg, $(FUZZTIME))"; \
-		go test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		go test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg 2>&1 | grep -E 'elapsed: [0-9]+s, execs|^ok|FAIL|panic|failing input' | tail -3; \
 	done
 
 .PHONY: lint
@@ -81,6 +85,11 @@ lint-fix: golangci-lint ## Run golangci-lint and fix what it can.
 .PHONY: build
 build: manifests generate fmt vet ## Build the manager binary.
 	go build -o bin/manager cmd/main.go
+
+.PHONY: dev
+dev: envtest ## Run a complete local Latchkey with no cluster (etcd, kube-apiserver, CRDs, webhooks, operator); Ctrl-C stops it.
+	go build -o bin/latchkey-dev ./cmd/latchkey-dev
+	@bin/latchkey-dev --assets "$$(bash hack/envtest.sh)"
 
 .PHONY: run
 run: manifests generate fmt vet ## Run the manager against the cluster of the current kubeconfig (webhooks off).

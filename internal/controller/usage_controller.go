@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -74,11 +75,15 @@ func (r *UsageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	})
 	status.UpdatedAt = u.Status.UpdatedAt
 	if !equality.Semantic.DeepEqual(status, u.Status) {
-		base := u.DeepCopy()
 		at := metav1.NewTime(now)
 		status.UpdatedAt = &at
-		u.Status = status
-		if err := r.Client.Status().Patch(ctx, u, client.MergeFrom(base)); err != nil {
+		// The whole status, zero counts included: a diff would leave a new
+		// Usage's zeros unwritten and its columns blank.
+		patch, err := json.Marshal(map[string]any{"status": status})
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		if err := r.Client.Status().Patch(ctx, u, client.RawPatch(types.MergePatchType, patch)); err != nil {
 			return ctrl.Result{}, client.IgnoreNotFound(err)
 		}
 	}

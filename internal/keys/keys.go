@@ -60,7 +60,7 @@ func Generate(random io.Reader, f Format) (string, error) {
 	}
 	switch f {
 	case Prefixed:
-		body := encode(new(big.Int).SetBytes(b[:]), bodyLen)
+		body := encodeBody(new(big.Int).SetBytes(b[:]))
 		return Prefix + body + checksum(body), nil
 	case Hex:
 		return hex.EncodeToString(b[:]), nil
@@ -78,7 +78,9 @@ func Parse(raw string) (Format, error) {
 		if !isBase62(body) || !isBase62(sum) {
 			return "", ErrMalformed
 		}
-		if checksum(body) != sum {
+		var want [checksumLen]byte
+		checksumInto(&want, body)
+		if string(want[:]) != sum {
 			return "", ErrChecksum
 		}
 		return Prefixed, nil
@@ -105,15 +107,27 @@ func Hint(raw string) string {
 }
 
 func checksum(body string) string {
-	return encode(new(big.Int).SetUint64(uint64(crc32.ChecksumIEEE([]byte(body)))), checksumLen)
+	var sum [checksumLen]byte
+	checksumInto(&sum, body)
+	return string(sum[:])
 }
 
-// encode writes n in base62, left-padded with '0' to width characters.
-func encode(n *big.Int, width int) string {
-	out := make([]byte, width)
+// checksumInto writes the base62 CRC32 of body without allocating: it is
+// on every verification's path.
+func checksumInto(dst *[checksumLen]byte, body string) {
+	n := crc32.Update(0, crc32.IEEETable, []byte(body))
+	for i := checksumLen - 1; i >= 0; i-- {
+		dst[i] = base62[n%62]
+		n /= 62
+	}
+}
+
+// encodeBody writes n in base62, left-padded with '0' to a body's width.
+func encodeBody(n *big.Int) string {
+	out := make([]byte, bodyLen)
 	base := big.NewInt(62)
 	rem := new(big.Int)
-	for i := width - 1; i >= 0; i-- {
+	for i := bodyLen - 1; i >= 0; i-- {
 		n.QuoRem(n, base, rem)
 		out[i] = base62[rem.Int64()]
 	}

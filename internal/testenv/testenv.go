@@ -8,7 +8,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,50 +16,25 @@ import (
 	"testing"
 	"time"
 
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	k8sruntime "k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
-	"github.com/latchkey-dev/latchkey/internal/devcerts"
+	"github.com/latchkey-dev/latchkey/pkg/devenv/controlplane"
 )
 
-// Env is a running control plane.
+// Env is a running control plane for tests.
 type Env struct {
-	Environment *envtest.Environment
-	Config      *rest.Config
-	Scheme      *k8sruntime.Scheme
-	// Client talks to the API server directly, with no cache.
-	Client client.Client
-	// WebhookCertDir holds the webhook server's certificate (devcerts
-	// layout) and WebhookCA the CA that signed it, when webhooks are on.
-	WebhookCertDir string
-	WebhookCA      []byte
+	*controlplane.ControlPlane
 }
 
 // RepoRoot is the root of the repository.
 func RepoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Join(filepath.Dir(file), "..", "..")
-}
-
-// Scheme holds the kinds Latchkey uses.
-func Scheme() *k8sruntime.Scheme {
-	s := k8sruntime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	if err := authv1alpha1.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	return s
 }
 
 // Assets returns the directory of the envtest binaries: KUBEBUILDER_ASSETS,
@@ -81,8 +55,8 @@ func Assets() (string, error) {
 
 // Options says what to install besides the CRDs.
 type Options struct {
-	// Webhooks installs config/webhook; a manager in the test must serve them
-	// on Environment.WebhookInstallOptions' host, port and certificates.
+	// Webhooks installs the admission webhook; a manager in the test must
+	// serve it on WebhookHost():WebhookPort() with WebhookCertDir.
 	Webhooks bool
 	// TokenWebhook points kube-apiserver's webhook token authenticator at
 	// /tokenreview on the webhook server (implies Webhooks), with a 1s cache.
@@ -95,124 +69,20 @@ func Start(opts Options) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	root := RepoRoot()
-	env := &envtest.Environment{
-		BinaryAssetsDirectory: assets,
-		CRDDirectoryPaths:     []string{filepath.Join(root, "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-	}
-	if opts.Webhooks || opts.TokenWebhook {
-		env.WebhookInstallOptions = envtest.WebhookInstallOptions{
-			Paths:            []string{filepath.Join(root, "config", "webhook")},
-			LocalServingHost: "127.0.0.1",
-		}
-	}
-	var certDir string
-	var ca []byte
-	if opts.Webhooks || opts.TokenWebhook {
-		// The serving certificate and port must be known before
-		// kube-apiserver starts, to write its token webhook configuration.
-		// envtest's own CA cannot sign for OpenSSL clients such as nginx,
-		// so the webhook server uses certificates from devcerts.
-		if certDir, err = os.MkdirTemp("", "latchkey-webhook-certs-"); err != nil {
-			return nil, err
-		}
-		if ca, err = devcerts.Write(certDir); err != nil {
-			return nil, err
-		}
-		if env.WebhookInstallOptions.LocalServingPort, err = freePort(); err != nil {
-			return nil, err
-		}
-	}
-	if opts.TokenWebhook {
-		file, err := writeTokenWebhookConfig(certDir, ca, env.WebhookInstallOptions.LocalServingPort)
-		if err != nil {
-			return nil, err
-		}
-		env.ControlPlane.GetAPIServer().Configure().
-			Set("authentication-token-webhook-config-file", file).
-			Set("authentication-token-webhook-cache-ttl", "1s").
-			Set("authentication-token-webhook-version", "v1")
-	}
-	cfg, err := env.Start()
+	cp, err := controlplane.Start(controlplane.Options{
+		AssetsDir: assets, Webhooks: opts.Webhooks, TokenWebhook: opts.TokenWebhook,
+	})
 	if err != nil {
-		return nil, fmt.Errorf("starting envtest: %w", err)
+		return nil, err
 	}
 	// Tests create many objects quickly; client-side throttling would only
 	// measure itself.
-	cfg.QPS, cfg.Burst = 500, 1000
-	s := Scheme()
-	c, err := client.New(cfg, client.Options{Scheme: s})
-	if err != nil {
-		_ = env.Stop()
+	cp.Config.QPS, cp.Config.Burst = 500, 1000
+	if cp.Client, err = client.New(cp.Config, client.Options{Scheme: cp.Scheme}); err != nil {
+		_ = cp.Stop()
 		return nil, err
 	}
-	e := &Env{Environment: env, Config: cfg, Scheme: s, Client: c, WebhookCertDir: certDir, WebhookCA: ca}
-	if ca != nil {
-		if err := e.trustWebhookCA(); err != nil {
-			_ = env.Stop()
-			return nil, err
-		}
-	}
-	return e, nil
-}
-
-// trustWebhookCA points the installed webhook configurations at the
-// devcerts CA instead of envtest's.
-func (e *Env) trustWebhookCA() error {
-	ctx := context.Background()
-	var list admissionregistrationv1.ValidatingWebhookConfigurationList
-	if err := e.Client.List(ctx, &list); err != nil {
-		return err
-	}
-	for i := range list.Items {
-		vwc := &list.Items[i]
-		for j := range vwc.Webhooks {
-			vwc.Webhooks[j].ClientConfig.CABundle = e.WebhookCA
-		}
-		if err := e.Client.Update(ctx, vwc); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// WebhookHost and WebhookPort are where a test's manager must serve webhooks.
-func (e *Env) WebhookHost() string { return e.Environment.WebhookInstallOptions.LocalServingHost }
-
-// WebhookPort is the port the webhook configurations point at.
-func (e *Env) WebhookPort() int { return e.Environment.WebhookInstallOptions.LocalServingPort }
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// writeTokenWebhookConfig writes the kubeconfig-format file that tells
-// kube-apiserver where to send TokenReviews.
-func writeTokenWebhookConfig(dir string, ca []byte, port int) (string, error) {
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["latchkey"] = &clientcmdapi.Cluster{
-		Server:                   fmt.Sprintf("https://127.0.0.1:%d/tokenreview", port),
-		CertificateAuthorityData: ca,
-	}
-	cfg.AuthInfos["kube-apiserver"] = &clientcmdapi.AuthInfo{}
-	cfg.Contexts["webhook"] = &clientcmdapi.Context{Cluster: "latchkey", AuthInfo: "kube-apiserver"}
-	cfg.CurrentContext = "webhook"
-	file := filepath.Join(dir, "token-webhook.kubeconfig")
-	return file, clientcmd.WriteToFile(*cfg, file)
-}
-
-// Stop stops the control plane.
-func (e *Env) Stop() error {
-	if e.WebhookCertDir != "" {
-		defer func() { _ = os.RemoveAll(e.WebhookCertDir) }()
-	}
-	return e.Environment.Stop()
+	return &Env{ControlPlane: cp}, nil
 }
 
 // Namespace creates a namespace for one test and deletes it afterwards.

@@ -137,14 +137,3 @@ func flip(c byte) string {
 	}
 	return "a"
 }
-
-func BenchmarkVerify(b *testing.B) {
-	f := newFixture(&testing.T{})
-	b.ReportAllocs()
-	b.ResetTimer()
-	for range b.N {
-		if _, err := f.v.Verify(f.raw); err != nil {
-			b.Fatal(err)
-		}
-	}
-}

@@ -1,0 +1,224 @@
+// Package controlplane starts etcd and kube-apiserver (envtest's binaries)
+// with Latchkey's CRDs and admission webhook configuration installed: the
+// part of a local Latchkey that is not the operator itself.
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/config/crd"
+	"github.com/latchkey-dev/latchkey/config/webhook"
+	"github.com/latchkey-dev/latchkey/internal/devcerts"
+)
+
+// Scheme holds the kinds Latchkey uses.
+func Scheme() *k8sruntime.Scheme {
+	s := k8sruntime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	if err := authv1alpha1.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// Options say what the control plane is started with.
+type Options struct {
+	// AssetsDir holds kube-apiserver, etcd and kubectl (`make envtest`).
+	AssetsDir string
+	// Webhooks installs the admission webhook, pointing at 127.0.0.1 on
+	// WebhookPort with a local CA; something must serve it (the operator).
+	Webhooks bool
+	// TokenWebhook points kube-apiserver's webhook token authenticator at
+	// /tokenreview on the webhook server (implies Webhooks), with a 1s cache.
+	TokenWebhook bool
+}
+
+// ControlPlane is a running etcd and kube-apiserver with Latchkey's CRDs.
+type ControlPlane struct {
+	Environment *envtest.Environment
+	// Config is an admin rest.Config; Client uses it, with no cache.
+	Config *rest.Config
+	Scheme *k8sruntime.Scheme
+	Client client.Client
+	// WebhookCertDir holds the webhook server's certificate (tls.crt,
+	// tls.key) and WebhookCA the CA that signed it, when webhooks are on.
+	WebhookCertDir string
+	WebhookCA      []byte
+}
+
+// Start starts etcd and kube-apiserver and installs the CRDs (and webhook
+// configuration).
+func Start(o Options) (*ControlPlane, error) {
+	if o.AssetsDir == "" {
+		return nil, errors.New("no envtest assets: run `make envtest` and set KUBEBUILDER_ASSETS to the directory it prints")
+	}
+	crds, err := embeddedCRDs()
+	if err != nil {
+		return nil, err
+	}
+	env := &envtest.Environment{BinaryAssetsDirectory: o.AssetsDir, CRDs: crds}
+	cp := &ControlPlane{Environment: env, Scheme: Scheme()}
+	if o.Webhooks || o.TokenWebhook {
+		vwc := &admissionregistrationv1.ValidatingWebhookConfiguration{}
+		if err := yaml.UnmarshalStrict(webhook.Manifests, vwc); err != nil {
+			return nil, fmt.Errorf("reading the webhook configuration: %w", err)
+		}
+		env.WebhookInstallOptions = envtest.WebhookInstallOptions{
+			ValidatingWebhooks: []*admissionregistrationv1.ValidatingWebhookConfiguration{vwc},
+			LocalServingHost:   "127.0.0.1",
+		}
+		// The serving certificate and port must be known before
+		// kube-apiserver starts, to write its token webhook configuration;
+		// and envtest's own CA cannot sign for OpenSSL clients such as nginx.
+		if cp.WebhookCertDir, err = os.MkdirTemp("", "latchkey-webhook-certs-"); err != nil {
+			return nil, err
+		}
+		if cp.WebhookCA, err = devcerts.Write(cp.WebhookCertDir); err != nil {
+			return nil, err
+		}
+		if env.WebhookInstallOptions.LocalServingPort, err = freePort(); err != nil {
+			return nil, err
+		}
+	}
+	if o.TokenWebhook {
+		file, err := writeTokenWebhookConfig(cp.WebhookCertDir, cp.WebhookCA, cp.WebhookPort())
+		if err != nil {
+			return nil, err
+		}
+		env.ControlPlane.GetAPIServer().Configure().
+			Set("authentication-token-webhook-config-file", file).
+			Set("authentication-token-webhook-cache-ttl", "1s").
+			Set("authentication-token-webhook-version", "v1")
+	}
+	if cp.Config, err = env.Start(); err != nil {
+		return nil, fmt.Errorf("starting etcd and kube-apiserver: %w", err)
+	}
+	if cp.Client, err = client.New(cp.Config, client.Options{Scheme: cp.Scheme}); err != nil {
+		_ = cp.Stop()
+		return nil, err
+	}
+	if cp.WebhookCA != nil {
+		if err := cp.trustWebhookCA(); err != nil {
+			_ = cp.Stop()
+			return nil, err
+		}
+	}
+	return cp, nil
+}
+
+// WebhookHost is where the webhook configurations point.
+func (cp *ControlPlane) WebhookHost() string {
+	return cp.Environment.WebhookInstallOptions.LocalServingHost
+}
+
+// WebhookPort is the port the webhook configurations point at.
+func (cp *ControlPlane) WebhookPort() int {
+	return cp.Environment.WebhookInstallOptions.LocalServingPort
+}
+
+// Stop stops kube-apiserver and etcd and removes their data.
+func (cp *ControlPlane) Stop() error {
+	if cp.WebhookCertDir != "" {
+		defer func() { _ = os.RemoveAll(cp.WebhookCertDir) }()
+	}
+	return cp.Environment.Stop()
+}
+
+// WriteAdminKubeconfig writes a kubeconfig for an admin of the control plane.
+func (cp *ControlPlane) WriteAdminKubeconfig(file string) error {
+	user, err := cp.Environment.ControlPlane.AddUser(envtest.User{Name: "latchkey-dev-admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return err
+	}
+	kc, err := user.KubeConfig()
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(file, kc, 0o600)
+}
+
+// trustWebhookCA points the installed webhook configurations at the
+// devcerts CA instead of envtest's.
+func (cp *ControlPlane) trustWebhookCA() error {
+	ctx := context.Background()
+	var list admissionregistrationv1.ValidatingWebhookConfigurationList
+	if err := cp.Client.List(ctx, &list); err != nil {
+		return err
+	}
+	for i := range list.Items {
+		vwc := &list.Items[i]
+		for j := range vwc.Webhooks {
+			vwc.Webhooks[j].ClientConfig.CABundle = cp.WebhookCA
+		}
+		if err := cp.Client.Update(ctx, vwc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func embeddedCRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {
+	var crds []*apiextensionsv1.CustomResourceDefinition
+	err := fs.WalkDir(crd.Bases, ".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		f, err := crd.Bases.Open(path)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = f.Close() }()
+		c := &apiextensionsv1.CustomResourceDefinition{}
+		if err := utilyaml.NewYAMLOrJSONDecoder(f, 4096).Decode(c); err != nil {
+			return fmt.Errorf("reading %s: %w", path, err)
+		}
+		crds = append(crds, c)
+		return nil
+	})
+	return crds, err
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = l.Close() }()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// writeTokenWebhookConfig writes the kubeconfig-format file that tells
+// kube-apiserver where to send TokenReviews.
+func writeTokenWebhookConfig(dir string, ca []byte, port int) (string, error) {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["latchkey"] = &clientcmdapi.Cluster{
+		Server:                   fmt.Sprintf("https://127.0.0.1:%d/tokenreview", port),
+		CertificateAuthorityData: ca,
+	}
+	cfg.AuthInfos["kube-apiserver"] = &clientcmdapi.AuthInfo{}
+	cfg.Contexts["webhook"] = &clientcmdapi.Context{Cluster: "latchkey", AuthInfo: "kube-apiserver"}
+	cfg.CurrentContext = "webhook"
+	file := filepath.Join(dir, "token-webhook.kubeconfig")
+	return file, clientcmd.WriteToFile(*cfg, file)
+}

@@ -1,0 +1,194 @@
+// Package devenv runs a complete local Latchkey with no cluster: etcd and
+// kube-apiserver (envtest's binaries), Latchkey's CRDs and admission
+// webhook, and the operator with its auth endpoints on 127.0.0.1. `make
+// dev` runs it; a service's own integration tests can too:
+//
+//	lk, err := devenv.Start(ctx, devenv.Options{AssetsDir: os.Getenv("KUBEBUILDER_ASSETS")})
+//	if err != nil { ... }
+//	defer lk.Stop()
+//	// lk.Config is an admin rest.Config, lk.Endpoint the auth endpoints' base
+//	// URL, lk.HTTPClient trusts their certificate.
+package devenv
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	"github.com/latchkey-dev/latchkey/internal/controller"
+	"github.com/latchkey-dev/latchkey/internal/operator"
+	"github.com/latchkey-dev/latchkey/internal/verifier"
+	"github.com/latchkey-dev/latchkey/pkg/devenv/controlplane"
+)
+
+// Options configure a local Latchkey.
+type Options struct {
+	// AssetsDir holds kube-apiserver, etcd and kubectl (`make envtest`);
+	// default KUBEBUILDER_ASSETS.
+	AssetsDir string
+	// TokenWebhook also points kube-apiserver's webhook token
+	// authenticator at Latchkey, so keys work as kubectl tokens.
+	TokenWebhook bool
+	// LastUsedInterval overrides how often last use and counts are written
+	// (default a minute; tests may want a second).
+	LastUsedInterval time.Duration
+	// Logger receives the operator's logs; default: discarded.
+	Logger logr.Logger
+}
+
+// Latchkey is a running local Latchkey.
+type Latchkey struct {
+	*controlplane.ControlPlane
+	// Endpoint is the base URL of the auth endpoints, such as
+	// https://127.0.0.1:40123 (/authorize, /tokenreview, /whoami, /v1/executions).
+	Endpoint string
+	// HTTPClient trusts the endpoints' certificate.
+	HTTPClient *http.Client
+	// Operator is what runs inside, for tests that look.
+	Operator *operator.Operator
+	stop     func()
+}
+
+// Start starts etcd, kube-apiserver and the operator, and returns once the
+// endpoints answer and the key index has synced.
+func Start(ctx context.Context, o Options) (*Latchkey, error) {
+	if o.AssetsDir == "" {
+		o.AssetsDir = os.Getenv("KUBEBUILDER_ASSETS")
+	}
+	if o.Logger.GetSink() == nil {
+		o.Logger = logr.Discard()
+	}
+	cp, err := controlplane.Start(controlplane.Options{AssetsDir: o.AssetsDir, Webhooks: true, TokenWebhook: o.TokenWebhook})
+	if err != nil {
+		return nil, err
+	}
+	lk := &Latchkey{ControlPlane: cp, Endpoint: fmt.Sprintf("https://%s:%d", cp.WebhookHost(), cp.WebhookPort())}
+	if err := lk.startOperator(ctx, o); err != nil {
+		_ = cp.Stop()
+		return nil, err
+	}
+	return lk, nil
+}
+
+func (lk *Latchkey) startOperator(ctx context.Context, o Options) error {
+	mgr, err := ctrl.NewManager(lk.Config, ctrl.Options{
+		Scheme:                 lk.Scheme,
+		Logger:                 o.Logger,
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
+		WebhookServer: webhook.NewServer(webhook.Options{
+			Host: lk.WebhookHost(), Port: lk.WebhookPort(), CertDir: lk.WebhookCertDir,
+			TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }},
+		}),
+		Cache:  cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
+		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}},
+	})
+	if err != nil {
+		return err
+	}
+	interval := o.LastUsedInterval
+	if interval == 0 {
+		interval = verifier.DefaultLastUsedInterval
+	}
+	lk.Operator, err = operator.Setup(mgr, operator.Options{
+		Clock:                   clock.RealClock{},
+		Random:                  rand.Reader,
+		Registry:                prometheus.NewRegistry(),
+		MaxConcurrentReconciles: controller.DefaultMaxConcurrentReconciles,
+		RecordRetention:         controller.DefaultRecordRetention,
+		SecretCheckInterval:     30 * time.Second,
+		Webhooks:                true,
+		FenceTTL:                verifier.DefaultFenceTTL,
+		LastUsedInterval:        interval,
+		FailedAuthRate:          10,
+		FailedAuthBurst:         50,
+	})
+	if err != nil {
+		return err
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(runCtx) }()
+	lk.stop = func() {
+		cancel()
+		if err := <-done; err != nil {
+			o.Logger.Error(err, "Operator stopped with an error")
+		}
+	}
+
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(lk.WebhookCA)
+	lk.HTTPClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+	}}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-done:
+			return fmt.Errorf("the operator stopped: %w", err)
+		default:
+		}
+		if resp, err := lk.HTTPClient.Get(lk.Endpoint + "/whoami"); err == nil {
+			_ = resp.Body.Close()
+			if lk.Operator.Verifier.Synced() {
+				return nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	lk.stop()
+	return errors.New("the operator's endpoints did not come up within 60s")
+}
+
+// Stop stops the operator, then kube-apiserver and etcd; nothing is left running.
+func (lk *Latchkey) Stop() error {
+	if lk.stop != nil {
+		lk.stop()
+	}
+	return lk.ControlPlane.Stop()
+}
+
+// Files are what WriteFiles wrote.
+type Files struct {
+	Kubeconfig, CA, Endpoint string
+}
+
+// WriteFiles writes an admin kubeconfig, the endpoints' CA and the
+// endpoints' base URL into dir, for people and scripts to use.
+func (lk *Latchkey) WriteFiles(dir string) (Files, error) {
+	f := Files{
+		Kubeconfig: filepath.Join(dir, "kubeconfig"),
+		CA:         filepath.Join(dir, "ca.crt"),
+		Endpoint:   filepath.Join(dir, "endpoint"),
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return f, err
+	}
+	if err := lk.WriteAdminKubeconfig(f.Kubeconfig); err != nil {
+		return f, err
+	}
+	if err := os.WriteFile(f.CA, lk.WebhookCA, 0o600); err != nil {
+		return f, err
+	}
+	return f, os.WriteFile(f.Endpoint, []byte(lk.Endpoint+"\n"), 0o600)
+}
