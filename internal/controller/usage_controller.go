@@ -79,7 +79,17 @@ func (r *UsageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		status.UpdatedAt = &at
 		// The whole status, zero counts included: a diff would leave a new
 		// Usage's zeros unwritten and its columns blank.
-		patch, err := json.Marshal(map[string]any{"status": status})
+		fields, err := toMap(status)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		// Figures that no longer apply are removed, not left as they were.
+		for _, k := range []string{"successRate", "averageDurationSeconds"} {
+			if _, ok := fields[k]; !ok {
+				fields[k] = nil
+			}
+		}
+		patch, err := json.Marshal(map[string]any{"status": fields})
 		if err != nil {
 			return ctrl.Result{}, err
 		}
@@ -145,4 +155,13 @@ func (r *UsageReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&authv1alpha1.UsageLedger{}, toUsage).
 		Named("usage").
 		Complete(r)
+}
+
+func toMap(v any) (map[string]any, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]any{}
+	return m, json.Unmarshal(b, &m)
 }
