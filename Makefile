@@ -83,8 +83,9 @@ lint-fix: golangci-lint ## Run golangci-lint and fix what it can.
 ##@ Build
 
 .PHONY: build
-build: manifests generate fmt vet ## Build the manager binary.
+build: manifests generate fmt vet ## Build the manager and the kubectl plugin (bin/manager, bin/kubectl-latchkey).
 	go build -o bin/manager cmd/main.go
+	go build -o bin/kubectl-latchkey ./cmd/kubectl-latchkey
 
 .PHONY: dev
 dev: envtest ## Run a complete local Latchkey with no cluster (etcd, kube-apiserver, CRDs, webhooks, operator); Ctrl-C stops it.

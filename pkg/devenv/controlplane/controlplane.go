@@ -16,7 +16,6 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -24,23 +23,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 
-	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/config/crd"
 	"github.com/latchkey-dev/latchkey/config/webhook"
 	"github.com/latchkey-dev/latchkey/internal/devcerts"
+	"github.com/latchkey-dev/latchkey/internal/scheme"
 )
-
-// Scheme holds the kinds Latchkey uses.
-func Scheme() *k8sruntime.Scheme {
-	s := k8sruntime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	if err := authv1alpha1.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	return s
-}
 
 // Options say what the control plane is started with.
 type Options struct {
@@ -78,7 +65,7 @@ func Start(o Options) (*ControlPlane, error) {
 		return nil, err
 	}
 	env := &envtest.Environment{BinaryAssetsDirectory: o.AssetsDir, CRDs: crds}
-	cp := &ControlPlane{Environment: env, Scheme: Scheme()}
+	cp := &ControlPlane{Environment: env, Scheme: scheme.New()}
 	if o.Webhooks || o.TokenWebhook {
 		vwc := &admissionregistrationv1.ValidatingWebhookConfiguration{}
 		if err := yaml.UnmarshalStrict(webhook.Manifests, vwc); err != nil {

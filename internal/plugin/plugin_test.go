@@ -1,0 +1,244 @@
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	clocktesting "k8s.io/utils/clock/testing"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/testenv"
+	"github.com/latchkey-dev/latchkey/pkg/devenv"
+)
+
+var (
+	update = flag.Bool("update", false, "rewrite the golden files")
+	lk     *devenv.Latchkey
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	assets, err := testenv.Assets()
+	if err == nil {
+		lk, err = devenv.Start(context.Background(), devenv.Options{AssetsDir: assets})
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = lk.Stop()
+	os.Exit(code)
+}
+
+// run runs the plugin with args in namespace ns at the clock's time, with stdin as input.
+func run(t *testing.T, now time.Time, stdin string, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	o := &Options{
+		Streams:   genericiooptions.IOStreams{In: strings.NewReader(stdin), Out: &out, ErrOut: &errOut},
+		Flags:     genericclioptions.NewConfigFlags(false),
+		Clock:     clocktesting.NewFakeClock(now),
+		Color:     ptr.To(false),
+		NewClient: func() (client.Client, error) { return lk.Client, nil },
+	}
+	cmd := NewCommand(o)
+	cmd.SetArgs(args)
+	err := cmd.Execute()
+	return out.String(), err
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	file := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(file, []byte(got), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatalf("%v (run with -update to write it)", err)
+	}
+	if got != string(want) {
+		t.Fatalf("output differs from %s:\n--- got\n%s--- want\n%s", file, got, want)
+	}
+}
+
+// hints and dates set by the API server and the random key differ each run.
+var (
+	hintRE = regexp.MustCompile(`(lk_[0-9A-Za-z]{5}|[0-9a-f]{8})…[0-9A-Za-z]{4}`)
+	dateRE = regexp.MustCompile(`\d{4}-\d{2}-\d{2}`)
+)
+
+func normalise(s string) string {
+	return dateRE.ReplaceAllString(hintRE.ReplaceAllString(s, "<hint>"), "<date>")
+}
+
+func TestCreateListRevoke(t *testing.T) {
+	ns := namespace(t)
+	now := time.Now()
+	out, err := run(t, now, "", "create", "ci", "--description", "GitHub Actions CI", "-n", ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := &corev1.Secret{}
+	if err := lk.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "ci"}, secret); err != nil {
+		t.Fatal(err)
+	}
+	raw := string(secret.Data[authv1alpha1.SecretKeyAPIKey])
+	if !strings.Contains(out, "\n  "+raw+"\n") || !strings.Contains(out, "Store it now") {
+		t.Fatalf("create printed:\n%s", out)
+	}
+
+	if _, err := run(t, now, "", "create", "ci", "-n", ns); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("creating it twice: %v", err)
+	}
+	if _, err := run(t, now, "", "create", "x", "--format", "base64", "-n", ns); err == nil || !strings.Contains(err.Error(), "--format must be prefixed or hex") {
+		t.Fatalf("a bad format: %v", err)
+	}
+
+	soon := metav1.NewTime(now.Add(time.Hour))
+	for _, k := range []*authv1alpha1.ApiKey{
+		{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "expiring"}, Spec: authv1alpha1.ApiKeySpec{ExpiresAt: &soon}},
+		{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "used"}},
+	} {
+		if err := lk.Client.Create(context.Background(), k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitActive(t, ns, "expiring", "used")
+	used := &authv1alpha1.ApiKey{}
+	_ = lk.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "used"}, used)
+	patch := client.RawPatch(types.MergePatchType, []byte(`{"status":{"lastUsedAt":"2026-11-20T09:30:00Z"}}`))
+	if err := lk.Client.Status().Patch(context.Background(), used, patch); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := run(t, now, "n\n", "revoke", "ci", "-n", ns); err == nil || !strings.Contains(err.Error(), "pass --yes") {
+		t.Fatalf("revoke without confirmation: %v", err)
+	}
+	out, err = run(t, now, "y\n", "revoke", "ci", "-n", ns)
+	if err != nil || !strings.Contains(out, "Revoked "+ns+"/ci") {
+		t.Fatalf("revoke: %v\n%s", err, out)
+	}
+	if _, err := run(t, now, "", "revoke", "nope", "-n", ns); err == nil || !strings.Contains(err.Error(), "no ApiKey \"nope\"") {
+		t.Fatalf("revoking a missing key: %v", err)
+	}
+
+	// Two hours on, the expiring key shows Expired: the injected clock decides.
+	out, err = run(t, now.Add(2*time.Hour), "", "list", "-n", ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "list.txt", normalise(out))
+	out, err = run(t, now, "", "ls", "-A")
+	if err != nil || !strings.Contains(out, "NAMESPACE") || !strings.Contains(out, ns) {
+		t.Fatalf("list -A: %v\n%s", err, out)
+	}
+	out, err = run(t, now, "", "list", "-n", ns, "-o", "json")
+	if err != nil || !strings.Contains(out, `"kind": "ApiKeyList"`) && !strings.Contains(out, `"items"`) {
+		t.Fatalf("list -o json: %v\n%s", err, out)
+	}
+	if strings.Contains(out, raw) {
+		t.Fatal("list printed a raw key")
+	}
+}
+
+func TestWhoAmI(t *testing.T) {
+	ns := namespace(t)
+	if _, err := run(t, time.Now(), "", "create", "svc", "-n", ns); err != nil {
+		t.Fatal(err)
+	}
+	secret := &corev1.Secret{}
+	_ = lk.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "svc"}, secret)
+	caFile := filepath.Join(t.TempDir(), "ca.crt")
+	_ = os.WriteFile(caFile, lk.WebhookCA, 0o600)
+
+	t.Setenv("LATCHKEY_API_KEY", string(secret.Data[authv1alpha1.SecretKeyAPIKey]))
+	out, err := run(t, time.Now(), "", "whoami", "--endpoint", lk.Endpoint, "--ca-file", caFile)
+	if err != nil || !strings.Contains(out, "Tenant:   "+ns) || !strings.Contains(out, "Key:      svc") {
+		t.Fatalf("whoami: %v\n%s", err, out)
+	}
+	t.Setenv("LATCHKEY_API_KEY", "lk_not-a-key")
+	if _, err := run(t, time.Now(), "", "whoami", "--endpoint", lk.Endpoint, "--ca-file", caFile); err == nil || !strings.Contains(err.Error(), "was refused") {
+		t.Fatalf("whoami with a wrong key: %v", err)
+	}
+	t.Setenv("LATCHKEY_API_KEY", "")
+	if _, err := run(t, time.Now(), "", "whoami", "--endpoint", lk.Endpoint); err == nil || !strings.Contains(err.Error(), "set LATCHKEY_API_KEY") {
+		t.Fatalf("whoami with no key: %v", err)
+	}
+}
+
+func TestUsageChart(t *testing.T) {
+	s := &authv1alpha1.UsageStatus{
+		Executions: 57, Succeeded: 40, Failed: 12, InFlight: 5, SuccessRate: "76.9", AverageDurationSeconds: "2.350",
+		Keys: authv1alpha1.UsageKeys{Active: 3, Revoked: 1},
+		Days: []authv1alpha1.UsageDay{
+			{Date: "2026-11-18", Total: 0},
+			{Date: "2026-11-19", Total: 10, Succeeded: 9, Failed: 1},
+			{Date: "2026-11-20", Total: 40, Succeeded: 28, Failed: 8, VerificationsAllowed: 90},
+			{Date: "2026-11-21", Total: 1, Failed: 1},
+			{Date: "2026-11-22", Total: 6, Succeeded: 3, Failed: 2},
+		},
+	}
+	var out bytes.Buffer
+	if err := printUsage(&out, "payments", s); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "usage.txt", out.String())
+
+	ns := namespace(t)
+	if _, err := run(t, time.Now(), "", "usage", "-n", ns); err == nil || !strings.Contains(err.Error(), "no usage in "+ns) {
+		t.Fatalf("usage with no keys: %v", err)
+	}
+	if _, err := run(t, time.Now(), "", "create", "k", "-n", ns); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if got, _ = run(t, time.Now(), "", "usage", "-n", ns, "-o", "json"); strings.Contains(got, `"active": 1`) {
+			return
+		}
+	}
+	t.Fatalf("usage -o json:\n%s", got)
+}
+
+func namespace(t *testing.T) string {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "plugin-"}}
+	if err := lk.Client.Create(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	return ns.Name
+}
+
+func waitActive(t *testing.T, ns string, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			k := &authv1alpha1.ApiKey{}
+			if lk.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, k) == nil && k.Status.Phase == authv1alpha1.PhaseActive {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never became Active", name)
+			}
+		}
+	}
+}

@@ -1,0 +1,129 @@
+package plugin
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// The Service `make deploy` and dist/install.yaml create for the endpoints.
+const (
+	serviceNamespace = "latchkey-system"
+	serviceName      = "latchkey-webhook-service"
+	devDir           = "bin/dev"
+)
+
+func newWhoAmI(o *Options) *cobra.Command {
+	var keyFile, endpoint, caFile string
+	cmd := &cobra.Command{
+		Use:   "whoami",
+		Short: "Show which tenant and key an API key resolves to",
+		Long: `Show which tenant and key an API key resolves to, by asking Latchkey's
+/whoami endpoint. The key comes from LATCHKEY_API_KEY or --key-file. The
+endpoint comes from --endpoint, LATCHKEY_ENDPOINT, bin/dev/endpoint (make
+dev), or the latchkey-webhook-service Service in the cluster.`,
+		Example: `  LATCHKEY_API_KEY=lk_… kubectl latchkey whoami
+  kubectl latchkey whoami --key-file ./key --endpoint https://latchkey.example.internal --ca-file ca.crt`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			key := os.Getenv("LATCHKEY_API_KEY")
+			if keyFile != "" {
+				b, err := os.ReadFile(keyFile)
+				if err != nil {
+					return fmt.Errorf("reading --key-file: %w", err)
+				}
+				key = strings.TrimSpace(string(b))
+			}
+			if key == "" {
+				return fmt.Errorf("no key: set LATCHKEY_API_KEY or pass --key-file")
+			}
+			url, ca, err := o.endpoint(endpoint, caFile)
+			if err != nil {
+				return err
+			}
+			httpClient := &http.Client{Timeout: 10 * time.Second}
+			if ca != "" {
+				pem, err := os.ReadFile(ca)
+				if err != nil {
+					return fmt.Errorf("reading the CA file: %w", err)
+				}
+				pool := x509.NewCertPool()
+				pool.AppendCertsFromPEM(pem)
+				httpClient.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
+			}
+			req, _ := http.NewRequest(http.MethodGet, strings.TrimRight(url, "/")+"/whoami", nil)
+			req.Header.Set("Authorization", "Bearer "+key)
+			resp, err := httpClient.Do(req)
+			if err != nil {
+				return fmt.Errorf("calling %s/whoami: %w", url, err)
+			}
+			defer func() { _ = resp.Body.Close() }()
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+			if resp.StatusCode == http.StatusUnauthorized {
+				reason := strings.TrimSpace(string(body))
+				return fmt.Errorf("the key was refused (%s): check it is complete and Active with `kubectl latchkey list`", reason)
+			}
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("%s/whoami answered %d: %s", url, resp.StatusCode, strings.TrimSpace(string(body)))
+			}
+			var who struct {
+				Tenant    string     `json:"tenant"`
+				KeyName   string     `json:"keyName"`
+				KeyHint   string     `json:"keyHint"`
+				CreatedAt time.Time  `json:"createdAt"`
+				ExpiresAt *time.Time `json:"expiresAt"`
+			}
+			if err := json.Unmarshal(body, &who); err != nil {
+				return fmt.Errorf("reading the answer of /whoami: %w", err)
+			}
+			expires := "never"
+			if who.ExpiresAt != nil {
+				expires = who.ExpiresAt.UTC().Format(time.RFC3339)
+			}
+			fmt.Fprintf(o.Streams.Out, "Tenant:   %s\nKey:      %s (%s)\nCreated:  %s\nExpires:  %s\n",
+				who.Tenant, who.KeyName, who.KeyHint, who.CreatedAt.UTC().Format(time.RFC3339), expires)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&keyFile, "key-file", "", "Read the key from this file instead of LATCHKEY_API_KEY.")
+	cmd.Flags().StringVar(&endpoint, "endpoint", os.Getenv("LATCHKEY_ENDPOINT"), "Base URL of Latchkey's endpoints.")
+	cmd.Flags().StringVar(&caFile, "ca-file", os.Getenv("LATCHKEY_CA_FILE"), "CA certificate that signed the endpoints' certificate.")
+	return cmd
+}
+
+// endpoint finds Latchkey's endpoints: the flag, make dev's files, or the
+// cluster's Service.
+func (o *Options) endpoint(flagURL, flagCA string) (string, string, error) {
+	if flagURL != "" {
+		return flagURL, flagCA, nil
+	}
+	if b, err := os.ReadFile(filepath.Join(devDir, "endpoint")); err == nil {
+		ca := flagCA
+		if ca == "" {
+			ca = filepath.Join(devDir, "ca.crt")
+		}
+		return strings.TrimSpace(string(b)), ca, nil
+	}
+	c, err := o.NewClient()
+	if err != nil {
+		return "", "", fmt.Errorf("no endpoint: pass --endpoint or set LATCHKEY_ENDPOINT (%w)", err)
+	}
+	ctx, cancel := withTimeout(10 * time.Second)
+	defer cancel()
+	svc := &corev1.Service{}
+	if err := c.Get(ctx, types.NamespacedName{Namespace: serviceNamespace, Name: serviceName}, svc); err != nil {
+		return "", "", fmt.Errorf("no endpoint: pass --endpoint or set LATCHKEY_ENDPOINT (Service %s/%s: %w)", serviceNamespace, serviceName, err)
+	}
+	return fmt.Sprintf("https://%s.%s.svc", serviceName, serviceNamespace), flagCA, nil
+}
