@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"flag"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -26,6 +27,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	"github.com/latchkey-dev/latchkey/internal/certs"
 	"github.com/latchkey-dev/latchkey/internal/controller"
 	"github.com/latchkey-dev/latchkey/internal/operator"
 	"github.com/latchkey-dev/latchkey/internal/scheme"
@@ -47,6 +49,7 @@ func main() {
 		failureRate                                        float64
 		failureBurst                                       int
 		trustedProxies, tokenAudiences                     string
+		certSecretName, webhookServiceName, webhookConfig  string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "The address the metrics endpoint binds to. "+
 		"Use :8443 for HTTPS or :8080 for HTTP, or leave as 0 to disable the metrics service.")
@@ -82,6 +85,11 @@ func main() {
 		"Comma-separated CIDRs of proxies whose X-Real-IP / X-Forwarded-For name the client, for rate limiting.")
 	flag.StringVar(&tokenAudiences, "token-audiences", "",
 		"Comma-separated audiences keys are valid for in TokenReviews; empty accepts any requested audience.")
+	flag.StringVar(&certSecretName, "cert-secret-name", "latchkey-webhook-server-cert",
+		"Without --webhook-cert-path: the Secret in the manager's namespace (POD_NAMESPACE) where it keeps and renews its own serving certificate.")
+	flag.StringVar(&webhookServiceName, "webhook-service-name", "latchkey-webhook-service", "The Service in front of the webhook server.")
+	flag.StringVar(&webhookConfig, "webhook-configuration-name", "latchkey-validating-webhook-configuration",
+		"The ValidatingWebhookConfiguration to inject the self-managed CA into.")
 	opts := zap.Options{Development: true}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -95,7 +103,17 @@ func main() {
 	}
 
 	var webhookCertWatcher, metricsCertWatcher *certwatcher.CertWatcher
+	var rotator *certs.Rotator
 	webhookTLSOpts := tlsOpts
+	if ns := os.Getenv("POD_NAMESPACE"); webhookCertPath == "" && ns != "" {
+		// In a cluster with no certificate given (cert-manager), the manager
+		// makes, renews and serves its own.
+		rotator = &certs.Rotator{
+			Clock: clock.RealClock{}, Namespace: ns, SecretName: certSecretName,
+			ServiceName: webhookServiceName, WebhookConfigName: webhookConfig,
+		}
+		webhookTLSOpts = append(webhookTLSOpts, func(c *tls.Config) { c.GetCertificate = rotator.GetCertificate })
+	}
 	if webhookCertPath != "" {
 		var err error
 		webhookCertWatcher, err = certwatcher.New(
@@ -176,6 +194,21 @@ func main() {
 		os.Exit(1)
 	}
 
+	if rotator != nil {
+		// A direct client: the certificate's Secret is read by name, never cached.
+		if rotator.Client, err = client.New(restConfig, client.Options{Scheme: mgr.GetScheme()}); err != nil {
+			setupLog.Error(err, "Failed to create a client for the certificate rotator")
+			os.Exit(1)
+		}
+		if err := mgr.Add(rotator); err != nil {
+			setupLog.Error(err, "Failed to add the certificate rotator")
+			os.Exit(1)
+		}
+		if err := mgr.AddReadyzCheck("serving-certificate", func(*http.Request) error { return rotator.Ready() }); err != nil {
+			setupLog.Error(err, "Failed to set up ready check")
+			os.Exit(1)
+		}
+	}
 	for _, w := range []*certwatcher.CertWatcher{webhookCertWatcher, metricsCertWatcher} {
 		if w == nil {
 			continue

@@ -39,12 +39,13 @@ func TestRoleNeverListsOrWatchesSecrets(t *testing.T) {
 				continue
 			}
 			for _, verb := range rule.Verbs {
-				if verb != "get" && verb != "create" {
-					t.Errorf("the manager role may %s secrets; only get (by name) and create are allowed", verb)
+				switch {
+				case verb == "get" || verb == "create":
+				case verb == "update" && len(rule.ResourceNames) == 1 && rule.ResourceNames[0] == "latchkey-webhook-server-cert":
+					// Its own serving certificate, renewed in place.
+				default:
+					t.Errorf("the manager role may %s secrets %v; only get (by name), create, and update of its certificate are allowed", verb, rule.ResourceNames)
 				}
-			}
-			if len(rule.ResourceNames) > 0 {
-				t.Errorf("unexpected resourceNames on secrets: %v", rule.ResourceNames)
 			}
 		}
 	}

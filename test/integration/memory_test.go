@@ -17,7 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
-	"github.com/latchkey-dev/latchkey/internal/devcerts"
+	"github.com/latchkey-dev/latchkey/internal/certs"
 	"github.com/latchkey-dev/latchkey/internal/keys"
 	"github.com/latchkey-dev/latchkey/internal/testenv"
 )
@@ -39,8 +39,8 @@ func BenchmarkManagerMemory(b *testing.B) {
 	if err := env.WriteAdminKubeconfig(kubeconfig); err != nil {
 		b.Fatal(err)
 	}
-	certs := filepath.Join(dir, "certs")
-	if _, err := devcerts.Write(certs); err != nil {
+	certDir := filepath.Join(dir, "certs")
+	if _, err := certs.WriteLocal(certDir); err != nil {
 		b.Fatal(err)
 	}
 
@@ -49,7 +49,7 @@ func BenchmarkManagerMemory(b *testing.B) {
 		for _, n := range []int{0, 10_000, 100_000} {
 			createRecords(b, created, n)
 			created = n
-			rss := managerRSS(b, manager, kubeconfig, certs)
+			rss := managerRSS(b, manager, kubeconfig, certDir)
 			b.Logf("FIGURE manager resident memory with %d key records: %.1f MiB", n, float64(rss)/(1<<20))
 			b.ReportMetric(float64(rss)/(1<<20), fmt.Sprintf("MiB-at-%d-records", n))
 		}
@@ -91,12 +91,12 @@ func createRecords(b *testing.B, from, to int) {
 }
 
 // managerRSS runs the manager until it is ready and returns its VmRSS.
-func managerRSS(b *testing.B, manager, kubeconfig, certs string) int64 {
+func managerRSS(b *testing.B, manager, kubeconfig, certDir string) int64 {
 	probe, webhook := freePort(b), freePort(b)
 	cmd := exec.Command(manager,
 		"--kubeconfig", kubeconfig, "--metrics-bind-address=0",
 		"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", probe),
-		"--webhook-port", strconv.Itoa(webhook), "--webhook-cert-path", certs)
+		"--webhook-port", strconv.Itoa(webhook), "--webhook-cert-path", certDir)
 	cmd.Env = append(os.Environ(), "ENABLE_WEBHOOKS=false")
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)

@@ -25,7 +25,7 @@ import (
 
 	"github.com/latchkey-dev/latchkey/config/crd"
 	"github.com/latchkey-dev/latchkey/config/webhook"
-	"github.com/latchkey-dev/latchkey/internal/devcerts"
+	"github.com/latchkey-dev/latchkey/internal/certs"
 	"github.com/latchkey-dev/latchkey/internal/scheme"
 )
 
@@ -81,7 +81,7 @@ func Start(o Options) (*ControlPlane, error) {
 		if cp.WebhookCertDir, err = os.MkdirTemp("", "latchkey-webhook-certs-"); err != nil {
 			return nil, err
 		}
-		if cp.WebhookCA, err = devcerts.Write(cp.WebhookCertDir); err != nil {
+		if cp.WebhookCA, err = certs.WriteLocal(cp.WebhookCertDir); err != nil {
 			return nil, err
 		}
 		if env.WebhookInstallOptions.LocalServingPort, err = freePort(); err != nil {
@@ -146,7 +146,7 @@ func (cp *ControlPlane) WriteAdminKubeconfig(file string) error {
 }
 
 // trustWebhookCA points the installed webhook configurations at the
-// devcerts CA instead of envtest's.
+// certs CA instead of envtest's.
 func (cp *ControlPlane) trustWebhookCA() error {
 	ctx := context.Background()
 	var list admissionregistrationv1.ValidatingWebhookConfigurationList
