@@ -36,11 +36,11 @@ vet: ## Run go vet.
 
 # Generated and formatted files must be committed as the generators write
 # them: regenerating may change no tracked file, nor add a generated one.
-GENERATED = api config/crd config/rbac/role.yaml config/webhook/manifests.yaml
+GENERATED = api config/crd config/rbac/role.yaml config/webhook/manifests.yaml dist/install.yaml
 .PHONY: verify-generated
 verify-generated:
 	@before="$$(git diff | sha256sum)"; \
-	$(MAKE) --no-print-directory manifests generate fmt; \
+	$(MAKE) --no-print-directory manifests generate fmt build-installer >/dev/null; \
 	after="$$(git diff | sha256sum)"; \
 	untracked="$$(git ls-files --others --exclude-standard -- $(GENERATED))"; \
 	if [ "$$before" != "$$after" ] || [ -n "$$untracked" ]; then \
@@ -99,6 +99,10 @@ run: manifests generate fmt vet ## Run the manager against the cluster of the cu
 .PHONY: docker-build
 docker-build: ## Build the manager image.
 	docker build -t ${IMG} .
+
+.PHONY: docker-push
+docker-push: ## Push the manager image.
+	docker push ${IMG}
 
 .PHONY: build-installer
 build-installer: manifests generate kustomize ## Write dist/install.yaml: CRDs and everything needed to deploy.
