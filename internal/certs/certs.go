@@ -28,6 +28,9 @@ const (
 	KeyFile  = "tls.key"
 )
 
+// organization names Latchkey in its certificates.
+const organization = "latchkey"
+
 // Authority is a CA able to issue serving certificates.
 type Authority struct {
 	Cert    *x509.Certificate
@@ -44,7 +47,7 @@ func NewAuthority(name string, now time.Time, validity time.Duration) (*Authorit
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: name, Organization: []string{"latchkey"}},
+		Subject:               pkix.Name{CommonName: name, Organization: []string{organization}},
 		NotBefore:             now.Add(-time.Hour),
 		NotAfter:              now.Add(validity),
 		IsCA:                  true,
@@ -98,7 +101,7 @@ func (a *Authority) Issue(dnsNames []string, ips []net.IP, now time.Time, validi
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: dnsNames[0], Organization: []string{"latchkey"}},
+		Subject:      pkix.Name{CommonName: dnsNames[0], Organization: []string{organization}},
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.Add(validity),
 		DNSNames:     dnsNames,

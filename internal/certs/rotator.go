@@ -17,6 +17,8 @@ import (
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 )
 
 // Validity of what the Rotator makes. The CA lives long so that renewing
@@ -130,7 +132,7 @@ func (r *Rotator) create(ctx context.Context) (*corev1.Secret, error) {
 	}
 	secret := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Namespace: r.Namespace, Name: r.SecretName,
-			Labels: map[string]string{"app.kubernetes.io/managed-by": "latchkey"}},
+			Labels: map[string]string{authv1alpha1.LabelManagedBy: authv1alpha1.ManagedByValue}},
 		Type: corev1.SecretTypeTLS,
 		Data: map[string][]byte{
 			caFile: ca.CertPEM, caKeyFile: ca.KeyPEM, corev1.TLSCertKey: cert, corev1.TLSPrivateKeyKey: key,

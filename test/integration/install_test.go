@@ -101,7 +101,7 @@ func TestInstalledServiceAccountHasLeastPrivilege(t *testing.T) {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	var lines []string
+	lines := make([]string, 0, len(keys))
 	for _, k := range keys {
 		lines = append(lines, k+" "+inventory[k])
 		if strings.Contains(k, " secrets ") {
