@@ -56,6 +56,12 @@ func TestInstallManifestIsAccepted(t *testing.T) {
 		g.Expect(out).To(ContainSubstring(want))
 	}
 
+	// The samples are accepted too, admission webhook and CEL included.
+	ns := env.Namespace(t)
+	out, errOut, err = env.Kubectl("", "apply", "--dry-run=server", "-n", ns, "-k", filepath.Join(testenv.RepoRoot(), "config", "samples"))
+	g.Expect(err).NotTo(HaveOccurred(), errOut)
+	g.Expect(out).To(ContainSubstring("apikey.auth.latchkey.dev/partner-acme created (server dry run)"))
+
 	deployment := docs["Deployment"][0]
 	for _, want := range []string{"replicas: 2", "runAsNonRoot: true", "readOnlyRootFilesystem: true",
 		"allowPrivilegeEscalation: false", "- ALL", "type: RuntimeDefault", "--leader-elect", "POD_NAMESPACE"} {
