@@ -13,11 +13,9 @@ import (
 	"strings"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	_ "k8s.io/client-go/plugin/pkg/client/auth"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/certwatcher"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -156,10 +154,8 @@ func main() {
 		HealthProbeBindAddress: probeAddr,
 		LeaderElection:         enableLeaderElection,
 		LeaderElectionID:       "latchkey.auth.latchkey.dev",
-		Cache:                  cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
-		// Secrets are read by name and never cached: a Secret cache would
-		// list and watch every Secret in the cluster.
-		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}},
+		Cache:                  operator.CacheOptions(),
+		Client:                 operator.ClientOptions(),
 	})
 	if err != nil {
 		setupLog.Error(err, "Failed to create manager")

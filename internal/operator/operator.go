@@ -13,9 +13,14 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/controller"
 	"github.com/latchkey-dev/latchkey/internal/endpoints"
 	"github.com/latchkey-dev/latchkey/internal/ledger"
@@ -112,4 +117,30 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 		return nil, err
 	}
 	return &Operator{Verifier: v, Activity: activity, Metrics: m}, nil
+}
+
+// CacheOptions keep the manager's cache small: no managed fields, and no
+// annotations on ApiKeys and records (kubectl's last-applied-configuration
+// would double each ApiKey; nothing reads them).
+func CacheOptions() cache.Options {
+	strip := func(obj any) (any, error) {
+		if o, ok := obj.(metav1.Object); ok {
+			o.SetManagedFields(nil)
+			o.SetAnnotations(nil)
+		}
+		return obj, nil
+	}
+	return cache.Options{
+		DefaultTransform: cache.TransformStripManagedFields(),
+		ByObject: map[client.Object]cache.ByObject{
+			&authv1alpha1.ApiKey{}:       {Transform: strip},
+			&authv1alpha1.ApiKeyRecord{}: {Transform: strip},
+		},
+	}
+}
+
+// ClientOptions never cache Secrets: a Secret cache would list and watch
+// every Secret in the cluster. They are read by name.
+func ClientOptions() client.Options {
+	return client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}}
 }

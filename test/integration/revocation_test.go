@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/operator"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 )
 
@@ -30,7 +31,9 @@ func TestRevocationIsImmediate(t *testing.T) {
 	ns := env.Namespace(t)
 	ctx := context.Background()
 
-	replicaCache, err := cache.New(env.Config, cache.Options{Scheme: env.Scheme, DefaultTransform: cache.TransformStripManagedFields()})
+	opts := operator.CacheOptions()
+	opts.Scheme = env.Scheme
+	replicaCache, err := cache.New(env.Config, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

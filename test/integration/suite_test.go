@@ -21,7 +21,6 @@ import (
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -78,8 +77,8 @@ func startOperator() (func(), error) {
 		WebhookServer: webhook.NewServer(webhook.Options{
 			Host: env.WebhookHost(), Port: env.WebhookPort(), CertDir: env.WebhookCertDir,
 		}),
-		Cache:  cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
-		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}},
+		Cache:  operator.CacheOptions(),
+		Client: operator.ClientOptions(),
 	})
 	if err != nil {
 		return nil, err
