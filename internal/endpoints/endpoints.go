@@ -109,10 +109,7 @@ type WhoAmIResponse struct {
 // WhoAmI answers GET with the tenant and key the presented key resolves to.
 func (s *Server) WhoAmI(w http.ResponseWriter, r *http.Request) {
 	defer s.observe("whoami", s.Clock.Now())
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", http.MethodGet)
-		s.count("whoami", "bad_request")
-		http.Error(w, "whoami takes GET", http.StatusMethodNotAllowed)
+	if !s.method(w, r, "whoami", http.MethodGet) {
 		return
 	}
 	id, ok := s.verifyBearer(w, r, "whoami")
@@ -159,10 +156,7 @@ var errMissingBearer = errors.New("no bearer key in the Authorization header")
 // kube-apiserver's webhook token authenticator and for services.
 func (s *Server) TokenReview(w http.ResponseWriter, r *http.Request) {
 	defer s.observe("tokenreview", s.Clock.Now())
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		s.count("tokenreview", "bad_request")
-		http.Error(w, "tokenreview takes POST", http.StatusMethodNotAllowed)
+	if !s.method(w, r, "tokenreview", http.MethodPost) {
 		return
 	}
 	body, err := readBody(w, r, MaxBodyBytes)
@@ -254,6 +248,17 @@ func (s *Server) denied(id verifier.Identity) {
 	if s.Activity != nil {
 		s.Activity.Denied(id)
 	}
+}
+
+// method answers 405 unless the request uses the endpoint's method.
+func (s *Server) method(w http.ResponseWriter, r *http.Request, endpoint, method string) bool {
+	if r.Method == method {
+		return true
+	}
+	w.Header().Set("Allow", method)
+	s.count(endpoint, "bad_request")
+	http.Error(w, endpoint+" takes "+method, http.StatusMethodNotAllowed)
+	return false
 }
 
 func (s *Server) badRequest(w http.ResponseWriter, endpoint, reason string) {

@@ -25,10 +25,7 @@ type ExecutionsResponse struct {
 // once the batch is durable in the API server.
 func (s *Server) Executions(w http.ResponseWriter, r *http.Request) {
 	defer s.observe("executions", s.Clock.Now())
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		s.count("executions", "bad_request")
-		http.Error(w, "executions takes POST", http.StatusMethodNotAllowed)
+	if !s.method(w, r, "executions", http.MethodPost) {
 		return
 	}
 	id, ok := s.verifyBearer(w, r, "executions")

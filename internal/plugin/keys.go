@@ -138,11 +138,7 @@ func newList(o *Options) *cobra.Command {
 			if err := checkOutput(output, "json", "yaml"); err != nil {
 				return err
 			}
-			ns, err := o.namespace(all)
-			if err != nil {
-				return err
-			}
-			c, err := o.NewClient()
+			ns, c, err := o.connect(all)
 			if err != nil {
 				return err
 			}
@@ -231,11 +227,7 @@ command reports success; a revoked key can never be restored.`,
   kubectl latchkey revoke ci-pipeline --yes -n payments`,
 		Args: exactlyOneName,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ns, err := o.namespace(false)
-			if err != nil {
-				return err
-			}
-			c, err := o.NewClient()
+			ns, c, err := o.connect(false)
 			if err != nil {
 				return err
 			}

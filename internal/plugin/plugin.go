@@ -89,6 +89,16 @@ func (o *Options) namespace(all bool) (string, error) {
 	return ns, nil
 }
 
+// connect returns the namespace to work in (all: every one) and a client.
+func (o *Options) connect(all bool) (string, client.Client, error) {
+	ns, err := o.namespace(all)
+	if err != nil {
+		return "", nil, err
+	}
+	c, err := o.NewClient()
+	return ns, c, err
+}
+
 func (o *Options) colour() bool {
 	if o.Color != nil {
 		return *o.Color

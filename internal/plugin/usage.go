@@ -26,11 +26,7 @@ func newUsage(o *Options) *cobra.Command {
 			if err := checkOutput(output, "json"); err != nil {
 				return err
 			}
-			ns, err := o.namespace(false)
-			if err != nil {
-				return err
-			}
-			c, err := o.NewClient()
+			ns, c, err := o.connect(false)
 			if err != nil {
 				return err
 			}
