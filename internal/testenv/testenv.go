@@ -18,6 +18,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -75,14 +76,26 @@ func Start(opts Options) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Tests create many objects quickly; client-side throttling would only
-	// measure itself.
-	cp.Config.QPS, cp.Config.Burst = 500, 1000
-	if cp.Client, err = client.New(cp.Config, client.Options{Scheme: cp.Scheme}); err != nil {
+	e, err := Wrap(cp)
+	if err != nil {
 		_ = cp.Stop()
+	}
+	return e, err
+}
+
+// Wrap gives a running control plane the test helpers, with a client that
+// is not throttled: tests create many objects quickly, and client-side
+// throttling would only measure itself.
+func Wrap(cp *controlplane.ControlPlane) (*Env, error) {
+	cfg := rest.CopyConfig(cp.Config)
+	cfg.QPS, cfg.Burst = 500, 1000
+	c, err := client.New(cfg, client.Options{Scheme: cp.Scheme})
+	if err != nil {
 		return nil, err
 	}
-	return &Env{ControlPlane: cp}, nil
+	wrapped := *cp
+	wrapped.Client = c
+	return &Env{ControlPlane: &wrapped}, nil
 }
 
 // Namespace creates a namespace for one test and deletes it afterwards.

@@ -50,6 +50,9 @@ type Options struct {
 	LastUsedInterval time.Duration
 	// Logger receives the operator's logs; default: discarded.
 	Logger logr.Logger
+	// Tune adjusts the operator's settings before it starts (this
+	// module's own tests use it).
+	Tune func(*operator.Options)
 }
 
 // Latchkey is a running local Latchkey.
@@ -62,6 +65,7 @@ type Latchkey struct {
 	HTTPClient *http.Client
 	// Operator is what runs inside, for tests that look.
 	Operator *operator.Operator
+	options  Options
 	stop     func()
 }
 
@@ -78,7 +82,7 @@ func Start(ctx context.Context, o Options) (*Latchkey, error) {
 	if err != nil {
 		return nil, err
 	}
-	lk := &Latchkey{ControlPlane: cp, Endpoint: fmt.Sprintf("https://%s:%d", cp.WebhookHost(), cp.WebhookPort())}
+	lk := &Latchkey{ControlPlane: cp, Endpoint: fmt.Sprintf("https://%s:%d", cp.WebhookHost(), cp.WebhookPort()), options: o}
 	if err := lk.startOperator(ctx, o); err != nil {
 		_ = cp.Stop()
 		return nil, err
@@ -107,7 +111,7 @@ func (lk *Latchkey) startOperator(ctx context.Context, o Options) error {
 	if interval == 0 {
 		interval = verifier.DefaultLastUsedInterval
 	}
-	lk.Operator, err = operator.Setup(mgr, operator.Options{
+	opts := operator.Options{
 		Clock:                   clock.RealClock{},
 		Random:                  rand.Reader,
 		Registry:                prometheus.NewRegistry(),
@@ -119,8 +123,11 @@ func (lk *Latchkey) startOperator(ctx context.Context, o Options) error {
 		LastUsedInterval:        interval,
 		FailedAuthRate:          10,
 		FailedAuthBurst:         50,
-	})
-	if err != nil {
+	}
+	if o.Tune != nil {
+		o.Tune(&opts)
+	}
+	if lk.Operator, err = operator.Setup(mgr, opts); err != nil {
 		return err
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -155,6 +162,13 @@ func (lk *Latchkey) startOperator(ctx context.Context, o Options) error {
 	}
 	lk.stop()
 	return errors.New("the operator's endpoints did not come up within 60s")
+}
+
+// RestartOperator stops the operator and starts a new one on the same
+// control plane, as a crash and restart of the manager would.
+func (lk *Latchkey) RestartOperator(ctx context.Context) error {
+	lk.stop()
+	return lk.startOperator(ctx, lk.options)
 }
 
 // Stop stops the operator, then kube-apiserver and etcd; nothing is left running.

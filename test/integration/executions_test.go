@@ -223,10 +223,7 @@ func TestAcknowledgedReportsSurviveARestart(t *testing.T) {
 	}})
 	NewWithT(t).Expect(status).To(Equal(http.StatusOK), body)
 
-	stopOperator()
-	var err error
-	stopOperator, err = startOperator()
-	NewWithT(t).Expect(err).NotTo(HaveOccurred())
+	restartOperator(t)
 
 	// The retry after the restart is recognised, and the summary is whole.
 	status, body = report(t, raw, usage.Batch{IdempotencyKey: "before-restart", Executions: []usage.Execution{

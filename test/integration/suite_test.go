@@ -5,8 +5,6 @@ package integration
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/tls"
 	"fmt"
 	"net/http"
 	"os"
@@ -14,22 +12,17 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
-	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/utils/clock"
-	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/operator"
 	"github.com/latchkey-dev/latchkey/internal/testenv"
+	"github.com/latchkey-dev/latchkey/pkg/devenv"
 )
 
 // lastUsedInterval is short so tests see last use written; production uses a minute.
@@ -37,106 +30,63 @@ const lastUsedInterval = time.Second
 
 var (
 	env *testenv.Env
+	lk  *devenv.Latchkey
 	op  *operator.Operator
 	// endpoint is the base URL of the manager's webhook server.
 	endpoint string
 	// httpsClient trusts the webhook server's certificate.
 	httpsClient *http.Client
-	// stopOperator stops the running operator and waits for it.
-	stopOperator func()
 )
 
+// TestMain runs Latchkey as make dev does (pkg/devenv): a control plane
+// whose kube-apiserver sends TokenReviews to the operator, and the operator
+// as cmd/main.go sets it up.
 func TestMain(m *testing.M) {
 	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapLevelError)))
-	e, err := testenv.Start(testenv.Options{Webhooks: true, TokenWebhook: true})
+	assets, err := testenv.Assets()
+	if err == nil {
+		lk, err = devenv.Start(context.Background(), devenv.Options{
+			AssetsDir: assets, TokenWebhook: true, LastUsedInterval: lastUsedInterval,
+			Logger: ctrl.Log,
+			Tune: func(o *operator.Options) {
+				o.RecordRetention = time.Hour
+				// Every test calls from 127.0.0.1: a limit this high only stops floods.
+				o.FailedAuthRate, o.FailedAuthBurst = 1000, 1000
+			},
+		})
+	}
+	if err == nil {
+		env, err = testenv.Wrap(lk.ControlPlane)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
+		if lk != nil {
+			_ = lk.Stop()
+		}
 		os.Exit(1)
 	}
-	env = e
-	stopOperator, err = startOperator()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		_ = env.Stop()
-		os.Exit(1)
-	}
+	useOperator()
 	code := m.Run()
-	stopOperator()
-	_ = env.Stop()
+	_ = lk.Stop()
 	os.Exit(code)
 }
 
-// startOperator runs everything cmd/main.go runs, serving on the port and
-// certificate kube-apiserver and the webhook configuration were given.
-func startOperator() (func(), error) {
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
-		Scheme:                 env.Scheme,
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
-		WebhookServer: webhook.NewServer(webhook.Options{
-			Host: env.WebhookHost(), Port: env.WebhookPort(), CertDir: env.WebhookCertDir,
-		}),
-		Cache:  operator.CacheOptions(),
-		Client: operator.ClientOptions(),
-	})
-	if err != nil {
-		return nil, err
-	}
-	op, err = operator.Setup(mgr, operator.Options{
-		Clock:                   clock.RealClock{},
-		Random:                  rand.Reader,
-		Registry:                prometheus.NewRegistry(),
-		MaxConcurrentReconciles: 4,
-		RecordRetention:         time.Hour,
-		SecretCheckInterval:     time.Minute,
-		Webhooks:                true,
-		FenceTTL:                30 * time.Second,
-		LastUsedInterval:        lastUsedInterval,
-		// Every test calls from 127.0.0.1: a limit this high only stops floods.
-		FailedAuthRate:  1000,
-		FailedAuthBurst: 1000,
-	})
-	if err != nil {
-		return nil, err
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := mgr.Start(ctx); err != nil {
-			fmt.Fprintln(os.Stderr, "manager:", err)
-		}
-	}()
-	// cancel stops the manager and waits until it has let go of its port.
-	cancel := func() {
-		stop()
-		<-done
-	}
-	endpoint = fmt.Sprintf("https://%s:%d", env.WebhookHost(), env.WebhookPort())
-	pool, err := certPool(env.WebhookCA)
-	if err != nil {
-		cancel()
-		return nil, err
-	}
+// useOperator points the tests at the running operator.
+func useOperator() {
+	op, endpoint = lk.Operator, lk.Endpoint
 	httpsClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
-		MaxIdleConnsPerHost: 64,
+		TLSClientConfig: lk.HTTPClient.Transport.(*http.Transport).TLSClientConfig, MaxIdleConnsPerHost: 64,
 	}}
-	// Wait until the webhook server answers and the index has synced.
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := httpsClient.Get(endpoint + "/whoami")
-		if err == nil {
-			_ = resp.Body.Close()
-			if op.Verifier.Synced() {
-				return cancel, nil
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
+}
+
+// restartOperator stops the operator and starts a new one, as a crash and
+// restart of the manager would.
+func restartOperator(t testing.TB) {
+	t.Helper()
+	if err := lk.RestartOperator(context.Background()); err != nil {
+		t.Fatal(err)
 	}
-	cancel()
-	return nil, fmt.Errorf("the webhook server did not come up")
+	useOperator()
 }
 
 // mint creates an ApiKey, waits until it is Active and returns it with its raw key.
