@@ -155,3 +155,39 @@ func isLowerHex(s string) bool {
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }
 
 func isLetter(c byte) bool { return 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' }
+
+// Match is a Latchkey key found in text, by its checksum.
+type Match struct {
+	// Offset is where the key starts in the text.
+	Offset int
+	// Hint is the masked key: Find never hands out a whole key.
+	Hint string
+}
+
+// Find returns the Prefixed keys in text whose checksum holds, so that
+// secret scanners report real keys and almost never noise (a random
+// 52-character lk_ string passes with odds of 1 in 4 billion). Hex keys
+// carry no checksum and cannot be told from other hex.
+func Find(text []byte) []Match {
+	var found []Match
+	for i := 0; i+PrefixedLen <= len(text); i++ {
+		if text[i] != 'l' || text[i+1] != 'k' || text[i+2] != '_' {
+			continue
+		}
+		if i > 0 && isWordByte(text[i-1]) {
+			continue
+		}
+		end := i + PrefixedLen
+		if end < len(text) && isWordByte(text[end]) {
+			continue
+		}
+		candidate := string(text[i:end])
+		if _, err := Parse(candidate); err == nil {
+			found = append(found, Match{Offset: i, Hint: Hint(candidate)})
+			i = end - 1
+		}
+	}
+	return found
+}
+
+func isWordByte(c byte) bool { return isDigit(c) || isLetter(c) || c == '_' }

@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/keys"
 	"github.com/latchkey-dev/latchkey/internal/testenv"
 	"github.com/latchkey-dev/latchkey/pkg/devenv"
 )
@@ -241,4 +242,39 @@ func waitActive(t *testing.T, ns string, names ...string) {
 			}
 		}
 	}
+}
+
+func TestScan(t *testing.T) {
+	dir := t.TempDir()
+	key := "lk_" + strings.Repeat("0", 43)
+	key += checksumOf(t, key)
+	_ = os.WriteFile(filepath.Join(dir, "ok.txt"), []byte("nothing here\nlk_"+strings.Repeat("a", 49)+"\n"), 0o600)
+	_ = os.MkdirAll(filepath.Join(dir, "deploy"), 0o700)
+	_ = os.WriteFile(filepath.Join(dir, "deploy", ".env"), []byte("# config\n\nAPI_KEY="+key+"\n"), 0o600)
+
+	out, err := run(t, time.Now(), "", "scan", dir)
+	if err == nil || !strings.Contains(err.Error(), "found 1 Latchkey API key") {
+		t.Fatalf("scan: %v", err)
+	}
+	want := filepath.Join(dir, "deploy", ".env") + ":3: Latchkey API key lk_00000…" + key[len(key)-4:] + "\n"
+	if out != want {
+		t.Fatalf("scan printed %q, want %q", out, want)
+	}
+	if strings.Contains(out, key) {
+		t.Fatal("scan printed the key")
+	}
+	if _, err := run(t, time.Now(), "", "scan", filepath.Join(dir, "ok.txt")); err != nil {
+		t.Fatalf("a clean file: %v", err)
+	}
+}
+
+// checksumOf completes a Prefixed key body with its checksum, by asking
+// Generate for the all-zero key.
+func checksumOf(t *testing.T, prefixAndBody string) string {
+	t.Helper()
+	k, err := keys.Generate(bytes.NewReader(make([]byte, 32)), keys.Prefixed)
+	if err != nil || k[:46] != prefixAndBody {
+		t.Fatalf("%v %s", err, k)
+	}
+	return k[46:]
 }
