@@ -61,6 +61,12 @@ bench: envtest ## Run the benchmarks and load runs and print their figures (see 
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -run 'RevocationIsImmediate|LastUseIsWritten|ConcurrentReporters' -v ./test/integration/ | grep -E 'FIGURE|^ok|FAIL'
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -run '^$$' -bench 'ExecutionsLoad|ManagerMemory' -benchtime 1x -timeout 30m ./test/integration/ | grep -E 'FIGURE|Benchmark|ok|FAIL'
 
+.PHONY: reliability
+reliability: envtest ## Run every reliability case (faults, floods, leaks, privilege, fuzzing 5 minutes per parser) and print the table.
+	$(MAKE) --no-print-directory fuzz FUZZTIME=5m
+	LATCHKEY_RELIABILITY=all KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -count=1 -timeout 60m -v ./test/reliability/ \
+		| grep -E '^CASE|^[0-9]{2} |^ok|FAIL|panic'
+
 FUZZTIME ?= 30s
 .PHONY: fuzz
 fuzz: ## Fuzz every parser reachable from the network for FUZZTIME each.

@@ -21,7 +21,8 @@ until [[ -s bin/dev/endpoint ]]; do
 done
 export KUBECONFIG=$PWD/bin/dev/kubeconfig PATH="$(bash hack/envtest.sh 2>/dev/null):$PATH"
 kubectl apply -n default -f config/samples/auth_v1alpha1_apikey.yaml >/dev/null
-until KEY=$(kubectl get secret ci-pipeline -n default -o jsonpath='{.data.api-key}' 2>/dev/null | base64 -d) && [[ -n "$KEY" ]]; do sleep 0.1; done
+kubectl wait -n default --for=condition=Ready apikey/ci-pipeline --timeout=60s >/dev/null
+KEY=$(kubectl get secret ci-pipeline -n default -o jsonpath='{.data.api-key}' | base64 -d)
 status=$(curl -s -o /dev/null -w '%{http_code}' --cacert bin/dev/ca.crt -H "Authorization: Bearer $KEY" "$(cat bin/dev/endpoint)/authorize")
 end=$(date +%s.%N)
 [[ "$status" == 200 ]] || { echo "the first request got $status" >&2; exit 1; }

@@ -88,6 +88,7 @@ func tour(f devenv.Files, assets string) string {
 
   export KUBECONFIG=$PWD/KUBECONFIG_FILE PATH=ASSETS:$PATH
   kubectl apply -n default -f config/samples/auth_v1alpha1_apikey.yaml
+  kubectl wait -n default --for=condition=Ready apikey/ci-pipeline
   kubectl get apikeys -n default
   KEY=$(kubectl get secret ci-pipeline -n default -o jsonpath='{.data.api-key}' | base64 -d)
   curl -i --cacert CA_FILE -H "Authorization: Bearer $KEY" "$(cat ENDPOINT_FILE)/authorize"

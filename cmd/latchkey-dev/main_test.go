@@ -15,7 +15,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/latchkey-dev/latchkey/internal/testenv"
 )
@@ -50,7 +49,7 @@ func TestDevTour(t *testing.T) {
 		}
 	}
 	go func() { _, _ = io.Copy(io.Discard, stdout) }()
-	for _, want := range []string{"Latchkey is running", "kubeconfig", "curl", "/authorize", "/whoami", "revoked"} {
+	for _, want := range []string{"Latchkey is running", "kubeconfig", "kubectl wait", "curl", "/authorize", "/whoami", "revoked"} {
 		if !strings.Contains(printed.String(), want) {
 			t.Fatalf("the tour lacks %q:\n%s", want, printed.String())
 		}
@@ -67,12 +66,11 @@ func TestDevTour(t *testing.T) {
 		return string(out)
 	}
 	kubectl("apply", "-n", "default", "-f", filepath.Join(testenv.RepoRoot(), "config", "samples", "auth_v1alpha1_apikey.yaml"))
+	kubectl("wait", "-n", "default", "--for=condition=Ready", "apikey/ci-pipeline", "--timeout=60s")
 	var key string
-	for deadline := time.Now().Add(30 * time.Second); key == "" && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if out, err := kubectlCmd("get", "secret", "ci-pipeline", "-n", "default", "-o", "jsonpath={.data.api-key}").Output(); err == nil && len(out) > 0 {
-			b, _ := base64.StdEncoding.DecodeString(string(out))
-			key = string(b)
-		}
+	if out, err := kubectlCmd("get", "secret", "ci-pipeline", "-n", "default", "-o", "jsonpath={.data.api-key}").Output(); err == nil {
+		b, _ := base64.StdEncoding.DecodeString(string(out))
+		key = string(b)
 	}
 	if key == "" {
 		t.Fatal("no key was delivered")

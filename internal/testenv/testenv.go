@@ -23,6 +23,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
 
 	"github.com/latchkey-dev/latchkey/pkg/devenv/controlplane"
 )
@@ -155,4 +156,22 @@ func (e *Env) KubectlWithToken(token string, args ...string) (stdout, stderr str
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err = cmd.Run()
 	return out.String(), errOut.String(), err
+}
+
+// InstallDocs splits dist/install.yaml into its documents, by kind.
+func InstallDocs(tb testing.TB) map[string][]string {
+	tb.Helper()
+	b, err := os.ReadFile(filepath.Join(RepoRoot(), "dist", "install.yaml"))
+	if err != nil {
+		tb.Fatalf("%v: run make build-installer", err)
+	}
+	docs := map[string][]string{}
+	for _, doc := range strings.Split(string(b), "\n---\n") {
+		var head struct{ Kind string }
+		if err := yaml.Unmarshal([]byte(doc), &head); err != nil || head.Kind == "" {
+			continue
+		}
+		docs[head.Kind] = append(docs[head.Kind], doc)
+	}
+	return docs
 }

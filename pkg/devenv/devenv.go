@@ -167,15 +167,22 @@ func (lk *Latchkey) startOperator(ctx context.Context, o Options) error {
 // RestartOperator stops the operator and starts a new one on the same
 // control plane, as a crash and restart of the manager would.
 func (lk *Latchkey) RestartOperator(ctx context.Context) error {
-	lk.stop()
+	lk.StopOperator()
 	return lk.startOperator(ctx, lk.options)
+}
+
+// StopOperator stops the operator and leaves the control plane running, as
+// when the manager is down; RestartOperator brings it back.
+func (lk *Latchkey) StopOperator() {
+	if lk.stop != nil {
+		lk.stop()
+		lk.stop = nil
+	}
 }
 
 // Stop stops the operator, then kube-apiserver and etcd; nothing is left running.
 func (lk *Latchkey) Stop() error {
-	if lk.stop != nil {
-		lk.stop()
-	}
+	lk.StopOperator()
 	return lk.ControlPlane.Stop()
 }
 

@@ -3,34 +3,13 @@ package integration
 import (
 	"os"
 	"path/filepath"
-	"regexp"
-	"sort"
 	"strings"
 	"testing"
 
 	. "github.com/onsi/gomega"
-	"sigs.k8s.io/yaml"
 
 	"github.com/latchkey-dev/latchkey/internal/testenv"
 )
-
-// installDocs splits dist/install.yaml into documents by kind.
-func installDocs(t *testing.T) map[string][]string {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "dist", "install.yaml"))
-	if err != nil {
-		t.Fatalf("%v: run make build-installer", err)
-	}
-	docs := map[string][]string{}
-	for _, doc := range strings.Split(string(b), "\n---\n") {
-		var head struct{ Kind string }
-		if err := yaml.Unmarshal([]byte(doc), &head); err != nil || head.Kind == "" {
-			continue
-		}
-		docs[head.Kind] = append(docs[head.Kind], doc)
-	}
-	return docs
-}
 
 // TestInstallManifestIsAccepted has a real API server accept every object
 // of dist/install.yaml (server-side dry run), and checks what the
@@ -38,7 +17,7 @@ func installDocs(t *testing.T) map[string][]string {
 // a webhook that can never block kube-system or the operator's namespace.
 func TestInstallManifestIsAccepted(t *testing.T) {
 	g := NewWithT(t)
-	docs := installDocs(t)
+	docs := testenv.InstallDocs(t)
 	_, errOut, err := env.Kubectl(strings.Join(docs["Namespace"], "\n---\n"), "apply", "-f", "-")
 	g.Expect(err).NotTo(HaveOccurred(), errOut)
 
@@ -72,53 +51,4 @@ func TestInstallManifestIsAccepted(t *testing.T) {
 	g.Expect(webhook).To(MatchRegexp(`(?s)namespaceSelector:.*NotIn.*kube-system.*latchkey-system`))
 	g.Expect(webhook).To(ContainSubstring("timeoutSeconds: 5"))
 	g.Expect(webhook).To(ContainSubstring("- apikeys"), "only ApiKeys go through the webhook")
-}
-
-// TestInstalledServiceAccountHasLeastPrivilege applies the RBAC of
-// dist/install.yaml for real and lists what the manager's ServiceAccount
-// may do (kubectl auth can-i --list): never list or watch Secrets, never
-// read them but by name, and nothing beyond the inventory below.
-func TestInstalledServiceAccountHasLeastPrivilege(t *testing.T) {
-	g := NewWithT(t)
-	docs := installDocs(t)
-	var rbac []string
-	for _, kind := range []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} {
-		rbac = append(rbac, docs[kind]...)
-	}
-	_, errOut, err := env.Kubectl(strings.Join(rbac, "\n---\n"), "apply", "-f", "-")
-	g.Expect(err).NotTo(HaveOccurred(), errOut)
-
-	tenant := env.Namespace(t)
-	as := "--as=system:serviceaccount:latchkey-system:latchkey-controller-manager"
-	inventory := map[string]string{}
-	for _, ns := range []string{tenant, "latchkey-system"} {
-		out, errOut, err := env.Kubectl("", "auth", "can-i", "--list", as, "-n", ns)
-		g.Expect(err).NotTo(HaveOccurred(), errOut)
-		for _, line := range strings.Split(out, "\n")[1:] {
-			f := regexp.MustCompile(`\s{2,}`).Split(strings.TrimSpace(line), -1)
-			if len(f) < 4 || strings.HasPrefix(f[0], "selfsubject") {
-				continue
-			}
-			inventory[ns+" "+f[0]+" "+f[2]] = f[3]
-		}
-	}
-	keys := make([]string, 0, len(inventory))
-	for k := range inventory {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	lines := make([]string, 0, len(keys))
-	for _, k := range keys {
-		lines = append(lines, k+" "+inventory[k])
-		if strings.Contains(k, " secrets ") {
-			g.Expect(inventory[k]).NotTo(ContainSubstring("list"), k)
-			g.Expect(inventory[k]).NotTo(ContainSubstring("watch"), k)
-		}
-	}
-	t.Logf("FIGURE verb inventory of the manager's ServiceAccount:\n%s", strings.Join(lines, "\n"))
-	for _, k := range keys {
-		if strings.Contains(k, " secrets ") && strings.Contains(k, "[]") {
-			g.Expect(inventory[k]).To(Equal("[create get]"), "unnamed Secrets: create, and get by name, only")
-		}
-	}
 }

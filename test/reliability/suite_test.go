@@ -1,0 +1,164 @@
+// Package reliability runs the fault, flood, leak and privilege cases
+// against a real control plane and operator, each with a measured figure,
+// and prints them as a table. `make reliability` runs it.
+package reliability
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap/zapcore"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/operator"
+	"github.com/latchkey-dev/latchkey/internal/testenv"
+	"github.com/latchkey-dev/latchkey/pkg/devenv"
+)
+
+var (
+	env *testenv.Env
+	lk  *devenv.Latchkey
+	// logs holds the operator's logs at the most verbose level, and
+	// registry its metrics, for the leak scan.
+	logs     = &syncBuffer{}
+	registry *prometheus.Registry
+	// minted holds every raw key the suite minted.
+	mintedMu sync.Mutex
+	minted   []string
+
+	resultsMu sync.Mutex
+	results   = map[string]result{}
+)
+
+type result struct {
+	figure string
+	pass   bool
+}
+
+// record notes a case's figure for the table; the case passes if its test does.
+func record(t *testing.T, name, figure string) { judge(t, name, figure, true) }
+
+// judge notes a figure whose goal is a timing on a shared, noisy machine:
+// the table says whether the goal was met, and the test does not fail on it.
+func judge(t *testing.T, name, figure string, met bool) {
+	t.Helper()
+	t.Cleanup(func() {
+		resultsMu.Lock()
+		defer resultsMu.Unlock()
+		results[name] = result{figure: figure, pass: met && !t.Failed()}
+	})
+	t.Logf("FIGURE %s: %s", name, figure)
+}
+
+// slow skips a case unless the whole suite runs (make reliability).
+func slow(t *testing.T) {
+	t.Helper()
+	if os.Getenv("LATCHKEY_RELIABILITY") != "all" {
+		t.Skip("a slow case: make reliability runs it (LATCHKEY_RELIABILITY=all)")
+	}
+}
+
+func TestMain(m *testing.M) {
+	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapError)))
+	assets, err := testenv.Assets()
+	if err == nil {
+		// Production settings: last use is written at most once a minute.
+		lk, err = devenv.Start(context.Background(), devenv.Options{
+			AssetsDir: assets,
+			Logger:    zap.New(zap.WriteTo(logs), zap.UseDevMode(true), zap.Level(zapcore.Level(-10))),
+			// A new registry each time the operator (re)starts; the scan reads the last.
+			Tune: func(o *operator.Options) {
+				registry = prometheus.NewRegistry()
+				o.Registry = registry
+			},
+		})
+	}
+	if err == nil {
+		env, err = testenv.Wrap(lk.ControlPlane)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = lk.Stop()
+	printTable()
+	os.Exit(code)
+}
+
+func printTable() {
+	resultsMu.Lock()
+	defer resultsMu.Unlock()
+	names := make([]string, 0, len(results))
+	for n := range results {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "\nCASE\tFIGURE\tRESULT")
+	for _, n := range names {
+		r := results[n]
+		verdict := "pass"
+		if !r.pass {
+			verdict = "FAIL"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\n", n, strings.ReplaceAll(r.figure, "\n", " "), verdict)
+	}
+	_ = w.Flush()
+}
+
+// mint creates an ApiKey, waits until it is Active and returns its raw key.
+func mint(t testing.TB, ns, name string) (*authv1alpha1.ApiKey, string) {
+	t.Helper()
+	g := NewWithT(t)
+	ctx := context.Background()
+	key := &authv1alpha1.ApiKey{}
+	key.Namespace, key.Name = ns, name
+	g.Expect(env.Client.Create(ctx, key)).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		g.Expect(env.Client.Get(ctx, client.ObjectKeyFromObject(key), key)).To(Succeed())
+		g.Expect(key.Status.Phase).To(Equal(authv1alpha1.PhaseActive))
+	}).WithTimeout(60 * time.Second).WithPolling(20 * time.Millisecond).Should(Succeed())
+	secret := &corev1.Secret{}
+	g.Expect(env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: key.SecretName()}, secret)).To(Succeed())
+	raw := string(secret.Data[authv1alpha1.SecretKeyAPIKey])
+	mintedMu.Lock()
+	minted = append(minted, raw)
+	mintedMu.Unlock()
+	g.Eventually(func() error { _, err := lk.Operator.Verifier.Verify(raw); return err }).
+		WithTimeout(10 * time.Second).WithPolling(5 * time.Millisecond).Should(Succeed())
+	return key, raw
+}
+
+// syncBuffer collects logs from many goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

@@ -1,0 +1,5 @@
+package reliability
+
+import "go.uber.org/zap/zapcore"
+
+const zapError = zapcore.ErrorLevel
