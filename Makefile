@@ -75,7 +75,7 @@ fuzz: ## Fuzz every parser reachable from the network for FUZZTIME each.
 		./internal/usage:FuzzDecodeAndApply; do \
 		pkg=$${target%%:*}; fn=$${target##*:}; \
 		echo "== $$fn ($$pkg, $(FUZZTIME))"; \
-		go test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg 2>&1 | grep -E 'elapsed: [0-9]+s, execs|^ok|FAIL|panic|failing input' | tail -3; \
+		go test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg 2>&1 | grep -E 'elapsed: [0-9hms]+, execs|^ok|FAIL|panic|failing input' | tail -3; \
 	done
 
 .PHONY: lint

@@ -44,37 +44,58 @@ func (e *Env) BuildManager(tb testing.TB) *ManagerBinary {
 	return m
 }
 
-// ReadyRSS runs the manager until it is ready (its key index synced) and
-// a few seconds more, and returns its resident memory in bytes.
-func (m *ManagerBinary) ReadyRSS(tb testing.TB) int64 {
+// Process is a running manager.
+type Process struct {
+	Cmd   *exec.Cmd
+	Probe int
+}
+
+// Start runs the manager with its probe on a free port, no metrics, and
+// the given flags (the webhook flags among them).
+func (m *ManagerBinary) Start(tb testing.TB, env []string, args ...string) *Process {
 	tb.Helper()
-	probe, webhook := freePort(tb), freePort(tb)
-	cmd := exec.Command(m.Path,
+	p := &Process{Probe: freePort(tb)}
+	p.Cmd = exec.Command(m.Path, append([]string{
 		"--kubeconfig", m.Kubeconfig, "--metrics-bind-address=0",
-		"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", probe),
-		"--webhook-port", strconv.Itoa(webhook), "--webhook-cert-path", m.CertDir)
-	cmd.Env = append(os.Environ(), "ENABLE_WEBHOOKS=false")
-	if err := cmd.Start(); err != nil {
+		"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", p.Probe),
+	}, args...)...)
+	p.Cmd.Env = append(os.Environ(), env...)
+	if err := p.Cmd.Start(); err != nil {
 		tb.Fatal(err)
 	}
-	defer func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	}()
-	for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", probe))
+	tb.Cleanup(func() { p.Kill() })
+	return p
+}
+
+// Kill stops the manager at once (SIGKILL), as a crash would.
+func (p *Process) Kill() {
+	if p.Cmd.ProcessState == nil {
+		_ = p.Cmd.Process.Kill()
+		_ = p.Cmd.Wait()
+	}
+}
+
+// WaitReady waits until the manager's /readyz answers 200.
+func (p *Process) WaitReady(tb testing.TB, timeout time.Duration) {
+	tb.Helper()
+	for deadline := time.Now().Add(timeout); ; time.Sleep(100 * time.Millisecond) {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", p.Probe))
 		if err == nil {
 			_ = resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				break
+				return
 			}
 		}
 		if time.Now().After(deadline) {
 			tb.Fatal("the manager did not become ready")
 		}
 	}
-	time.Sleep(3 * time.Second) // let start-up garbage be collected
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+}
+
+// RSS is the manager's resident memory in bytes.
+func (p *Process) RSS(tb testing.TB) int64 {
+	tb.Helper()
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Cmd.Process.Pid))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -89,6 +110,17 @@ func (m *ManagerBinary) ReadyRSS(tb testing.TB) int64 {
 	}
 	tb.Fatal("no VmRSS")
 	return 0
+}
+
+// ReadyRSS runs the manager (webhooks off) until it is ready, its key index
+// synced, and a few seconds more, and returns its resident memory in bytes.
+func (m *ManagerBinary) ReadyRSS(tb testing.TB) int64 {
+	tb.Helper()
+	p := m.Start(tb, []string{"ENABLE_WEBHOOKS=false"}, "--webhook-port", strconv.Itoa(freePort(tb)), "--webhook-cert-path", m.CertDir)
+	defer p.Kill()
+	p.WaitReady(tb, 5*time.Minute)
+	time.Sleep(3 * time.Second) // let start-up garbage be collected
+	return p.RSS(tb)
 }
 
 func freePort(tb testing.TB) int {
