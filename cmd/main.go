@@ -154,8 +154,10 @@ func main() {
 		HealthProbeBindAddress: probeAddr,
 		LeaderElection:         enableLeaderElection,
 		LeaderElectionID:       "latchkey.auth.latchkey.dev",
-		Cache:                  operator.CacheOptions(),
-		Client:                 operator.ClientOptions(),
+		// In a cluster the namespace comes from the ServiceAccount; elsewhere from POD_NAMESPACE.
+		LeaderElectionNamespace: os.Getenv("POD_NAMESPACE"),
+		Cache:                   operator.CacheOptions(),
+		Client:                  operator.ClientOptions(),
 	})
 	if err != nil {
 		setupLog.Error(err, "Failed to create manager")

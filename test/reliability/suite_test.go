@@ -122,8 +122,15 @@ func printTable() {
 	_ = w.Flush()
 }
 
-// mint creates an ApiKey, waits until it is Active and returns its raw key.
+// mint creates an ApiKey, waits until it is Active and the operator's
+// index knows it, and returns its raw key.
 func mint(t testing.TB, ns, name string) (*authv1alpha1.ApiKey, string) {
+	t.Helper()
+	return mintUntil(t, ns, name, func(raw string) error { _, err := lk.Operator.Verifier.Verify(raw); return err })
+}
+
+// mintUntil is mint with another notion of the key being usable.
+func mintUntil(t testing.TB, ns, name string, usable func(raw string) error) (*authv1alpha1.ApiKey, string) {
 	t.Helper()
 	g := NewWithT(t)
 	ctx := context.Background()
@@ -140,7 +147,7 @@ func mint(t testing.TB, ns, name string) (*authv1alpha1.ApiKey, string) {
 	mintedMu.Lock()
 	minted = append(minted, raw)
 	mintedMu.Unlock()
-	g.Eventually(func() error { _, err := lk.Operator.Verifier.Verify(raw); return err }).
+	g.Eventually(func() error { return usable(raw) }).
 		WithTimeout(10 * time.Second).WithPolling(5 * time.Millisecond).Should(Succeed())
 	return key, raw
 }
