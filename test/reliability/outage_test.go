@@ -1,0 +1,100 @@
+package reliability
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+)
+
+// TestAPIServerOutage (case 2): kube-apiserver and etcd are frozen
+// (SIGSTOP) for 30 seconds while keys are verified, then thawed.
+// Verification answers from the index throughout (keys cannot be revoked
+// while the API server is down, so this is safe), and the manager
+// reconnects by itself: minting resumes without a restart.
+func TestAPIServerOutage(t *testing.T) {
+	slow(t)
+	g := NewWithT(t)
+	ns := env.Namespace(t)
+	_, raw := mint(t, ns, "during-outage")
+	control := childProcesses(t, "kube-apiserver", "etcd")
+	g.Expect(control).To(HaveLen(2))
+
+	var calls, failed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	client := newClient(4)
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			calls.Add(1)
+			if status, err := authorize(client, raw); err != nil || status != http.StatusOK {
+				failed.Add(1)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+
+	for _, pid := range control {
+		g.Expect(syscall.Kill(pid, syscall.SIGSTOP)).To(Succeed())
+	}
+	time.Sleep(30 * time.Second)
+	for _, pid := range control {
+		g.Expect(syscall.Kill(pid, syscall.SIGCONT)).To(Succeed())
+	}
+	thawed := time.Now()
+	close(stop)
+	wg.Wait()
+
+	// Minting resumes in the same manager process.
+	mint(t, ns, "after-outage")
+	resumed := time.Since(thawed)
+	g.Expect(failed.Load()).To(BeZero())
+	record(t, "02 API server and etcd down for 30s", fmt.Sprintf("%d of %d verifications failed during the outage; a new key Active %.1fs after the API server came back, no manager restart",
+		failed.Load(), calls.Load(), resumed.Seconds()))
+}
+
+// childProcesses finds this process's children with the given names.
+func childProcesses(t *testing.T, names ...string) []int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	self := strconv.Itoa(os.Getpid())
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(stat)
+		comm := s[strings.IndexByte(s, '(')+1 : strings.LastIndexByte(s, ')')]
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(fields) < 2 || fields[1] != self {
+			continue
+		}
+		for _, n := range names {
+			if comm == n {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
