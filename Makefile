@@ -63,19 +63,34 @@ bench: envtest ## Run the benchmarks and load runs and print their figures (see 
 
 .PHONY: reliability
 reliability: envtest ## Run every reliability case (faults, floods, leaks, privilege, fuzzing 5 minutes per parser) and print the table.
-	$(MAKE) --no-print-directory fuzz FUZZTIME=5m
-	LATCHKEY_RELIABILITY=all KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -count=1 -timeout 60m -v ./test/reliability/ \
-		| grep -E '^CASE|^[0-9]{2} |^ok|FAIL|panic'
+	@mkdir -p bin
+	$(MAKE) --no-print-directory fuzz FUZZTIME=5m | tee bin/fuzz-report.txt
+	$(MAKE) --no-print-directory fuzz-corpus
+	LATCHKEY_FUZZ_REPORT="$(CURDIR)/bin/fuzz-report.txt" LATCHKEY_RELIABILITY=all KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" \
+		go test -count=1 -timeout 60m -v ./test/reliability/ | grep -E '^CASE|^[0-9]{2} |^ok|FAIL|panic'
+
+FUZZ_TARGETS = ./internal/keys:FuzzParse ./internal/keys:FuzzGenerateRoundTrip \
+	./internal/endpoints:FuzzDecodeTokenReview ./internal/endpoints:FuzzBearerToken \
+	./internal/usage:FuzzDecodeAndApply
+
+.PHONY: fuzz-corpus
+fuzz-corpus: ## Copy the inputs the fuzzers found interesting into each package's testdata, to commit.
+	@cache="$$(go env GOCACHE)/fuzz/github.com/latchkey-dev/latchkey"; \
+	for target in $(FUZZ_TARGETS); do \
+		pkg=$${target%%:*}; fn=$${target##*:}; \
+		if [ -d "$$cache/$${pkg#./}/$$fn" ]; then \
+			mkdir -p "$$pkg/testdata/fuzz/$$fn"; cp -n "$$cache/$${pkg#./}/$$fn"/* "$$pkg/testdata/fuzz/$$fn/"; \
+			echo "$$pkg/testdata/fuzz/$$fn: $$(ls "$$pkg/testdata/fuzz/$$fn" | wc -l) inputs"; \
+		fi; \
+	done
 
 FUZZTIME ?= 30s
 .PHONY: fuzz
 fuzz: ## Fuzz every parser reachable from the network for FUZZTIME each.
-	@for target in ./internal/keys:FuzzParse ./internal/keys:FuzzGenerateRoundTrip \
-		./internal/endpoints:FuzzDecodeTokenReview ./internal/endpoints:FuzzBearerToken \
-		./internal/usage:FuzzDecodeAndApply; do \
+	@for target in $(FUZZ_TARGETS); do \
 		pkg=$${target%%:*}; fn=$${target##*:}; \
 		echo "== $$fn ($$pkg, $(FUZZTIME))"; \
-		go test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg 2>&1 | grep -E 'elapsed: [0-9hms]+, execs|^ok|FAIL|panic|failing input' | tail -3; \
+		go test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg 2>&1 | grep -E 'elapsed: [0-9hms]+, execs|^ok|FAIL|panic|failing input' | tail -2; \
 	done
 
 .PHONY: lint

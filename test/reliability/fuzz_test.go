@@ -1,0 +1,43 @@
+package reliability
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// TestFuzzReport (case 12) reads what `make reliability` printed while
+// fuzzing every parser reachable from the network for five minutes each
+// (LATCHKEY_FUZZ_REPORT): executions per target, and crashers.
+func TestFuzzReport(t *testing.T) {
+	file := os.Getenv("LATCHKEY_FUZZ_REPORT")
+	if file == "" {
+		t.Skip("no fuzz report: make reliability fuzzes first and passes LATCHKEY_FUZZ_REPORT")
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	execs := regexp.MustCompile(`execs: (\d+)`)
+	var parts []string
+	crashers, total := 0, 0
+	for _, block := range strings.Split(string(b), "== ")[1:] {
+		name := strings.Fields(block)[0]
+		n := 0
+		for _, m := range execs.FindAllStringSubmatch(block, -1) {
+			n, _ = strconv.Atoi(m[1])
+		}
+		total += n
+		if strings.Contains(block, "FAIL") || strings.Contains(block, "failing input") {
+			crashers++
+		}
+		parts = append(parts, fmt.Sprintf("%s %d", name, n))
+	}
+	if crashers > 0 {
+		t.Errorf("%d fuzz targets found crashers", crashers)
+	}
+	record(t, "12 fuzzing, 5 minutes per parser", fmt.Sprintf("%d executions, %d crashers: %s", total, crashers, strings.Join(parts, ", ")))
+}
