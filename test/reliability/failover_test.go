@@ -28,7 +28,13 @@ func TestLeaderFailover(t *testing.T) {
 	ctx := context.Background()
 	manager := env.BuildManager(t)
 	lk.StopOperator()
-	defer func() { g.Expect(lk.RestartOperator(ctx)).To(Succeed()) }()
+	// Registered before any manager process starts, so it runs after their
+	// cleanups have killed them and freed the webhook port.
+	t.Cleanup(func() {
+		if err := lk.RestartOperator(context.Background()); err != nil {
+			t.Errorf("restarting the operator: %v", err)
+		}
+	})
 
 	const leaseNS = "latchkey-leases"
 	_ = env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: leaseNS}})
