@@ -22,9 +22,10 @@ func TestFuzzReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	execs := regexp.MustCompile(`execs: (\d+)`)
-	var parts []string
+	blocks := strings.Split(string(b), "== ")[1:]
+	parts := make([]string, 0, len(blocks))
 	crashers, total := 0, 0
-	for _, block := range strings.Split(string(b), "== ")[1:] {
+	for _, block := range blocks {
 		name := strings.Fields(block)[0]
 		n := 0
 		for _, m := range execs.FindAllStringSubmatch(block, -1) {
