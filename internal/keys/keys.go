@@ -93,8 +93,19 @@ func Parse(raw string) (Format, error) {
 
 // Hash is the lowercase hex SHA-256 of a raw key: what Latchkey stores.
 func Hash(raw string) string {
-	sum := sha256.Sum256([]byte(raw))
+	sum := Sum(raw)
 	return hex.EncodeToString(sum[:])
+}
+
+// Sum is the SHA-256 of a raw key. It does not allocate for keys of up to
+// 64 bytes (every Latchkey key): it is on every verification's path.
+func Sum(raw string) [32]byte {
+	if len(raw) > 64 {
+		return sha256.Sum256([]byte(raw))
+	}
+	var buf [64]byte
+	n := copy(buf[:], raw)
+	return sha256.Sum256(buf[:n])
 }
 
 // Hint masks a key for display: its first 8 and last 4 characters. Anything
@@ -115,7 +126,12 @@ func checksum(body string) string {
 // checksumInto writes the base62 CRC32 of body without allocating: it is
 // on every verification's path.
 func checksumInto(dst *[checksumLen]byte, body string) {
-	n := crc32.Update(0, crc32.IEEETable, []byte(body))
+	// CRC-32 (IEEE) by table over the string itself: no []byte copy.
+	n := ^uint32(0)
+	for i := 0; i < len(body); i++ {
+		n = crc32.IEEETable[byte(n)^body[i]] ^ (n >> 8)
+	}
+	n = ^n
 	for i := checksumLen - 1; i >= 0; i-- {
 		dst[i] = base62[n%62]
 		n /= 62

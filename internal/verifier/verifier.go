@@ -5,6 +5,7 @@ package verifier
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"sync"
 	"time"
@@ -62,8 +63,8 @@ type Verifier struct {
 	fenceTTL time.Duration
 
 	mu     sync.RWMutex
-	byHash map[string]*record
-	hashOf map[types.UID]string // record name (the ApiKey UID) → hash
+	byHash map[[32]byte]*record
+	hashOf map[types.UID][32]byte // record name (the ApiKey UID) → hash
 	keys   map[types.UID]keyState
 	fences map[types.UID]time.Time
 	synced func() bool
@@ -77,8 +78,8 @@ func New(clk clock.PassiveClock, fenceTTL time.Duration) *Verifier {
 	return &Verifier{
 		clock:    clk,
 		fenceTTL: fenceTTL,
-		byHash:   map[string]*record{},
-		hashOf:   map[types.UID]string{},
+		byHash:   map[[32]byte]*record{},
+		hashOf:   map[types.UID][32]byte{},
 		keys:     map[types.UID]keyState{},
 		fences:   map[types.UID]time.Time{},
 		synced:   func() bool { return false },
@@ -95,7 +96,7 @@ func (v *Verifier) Verify(raw string) (Identity, error) {
 	if _, err := keys.Parse(raw); err != nil {
 		return Identity{}, ErrMalformed
 	}
-	hash := keys.Hash(raw)
+	hash := keys.Sum(raw)
 	now := v.clock.Now()
 
 	v.mu.RLock()
@@ -179,11 +180,15 @@ func (v *Verifier) SetRecord(r *authv1alpha1.ApiKeyRecord) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if old, ok := v.hashOf[r.UID]; ok && old != r.Spec.Hash {
+	var hash [32]byte
+	if n, err := hex.Decode(hash[:], []byte(r.Spec.Hash)); err != nil || n != len(hash) {
+		return // the API server's schema admits no other hash
+	}
+	if old, ok := v.hashOf[r.UID]; ok && old != hash {
 		delete(v.byHash, old)
 	}
-	v.byHash[r.Spec.Hash] = rec
-	v.hashOf[r.UID] = r.Spec.Hash
+	v.byHash[hash] = rec
+	v.hashOf[r.UID] = hash
 	if rec.revoked {
 		delete(v.fences, rec.id.KeyUID)
 	}
