@@ -233,11 +233,16 @@ func (s *Server) limited(w http.ResponseWriter, r *http.Request, endpoint string
 	if s.Limiter == nil {
 		return false
 	}
-	ok, wait := s.Limiter.Allow(s.Limiter.ClientAddr(r), s.Clock.Now())
+	addr, direct := s.Limiter.ClientAddr(r)
+	now := s.Clock.Now()
+	ok, wait := s.Limiter.Allow(addr, now)
 	if ok {
 		return false
 	}
 	s.count(endpoint, "rate_limited")
+	if direct && !s.Limiter.Hold(r.Context(), addr, now, wait) {
+		w.Header().Set("Connection", "close")
+	}
 	secs := int(wait/time.Second) + 1
 	w.Header().Set("Retry-After", strconv.Itoa(secs))
 	http.Error(w, "too many failed attempts from this address; retry later", http.StatusTooManyRequests)

@@ -89,7 +89,7 @@ func newRig(t *testing.T, s *Server) *rig {
 		}
 	}
 	s.Verifier, s.Clock, s.Activity = v, clk, r.uses
-	s.Metrics = NewMetrics(prometheus.NewRegistry(), v)
+	s.Metrics = NewMetrics(prometheus.NewRegistry(), v, s.Limiter)
 	mux := http.NewServeMux()
 	s.Register(mux.Handle)
 	r.srv = httptest.NewTLSServer(mux)
@@ -293,7 +293,9 @@ func TestWhoAmI(t *testing.T) {
 }
 
 func TestFailuresAreRateLimitedButValidKeysNever(t *testing.T) {
-	r := newRig(t, &Server{Limiter: NewFailureLimiter(1, 5, nil)})
+	lim := NewFailureLimiter(1, 5, nil)
+	lim.maxHold = 10 * time.Millisecond
+	r := newRig(t, &Server{Limiter: lim})
 	wrong := http.Header{"Authorization": {"Bearer lk_nope"}}
 	var limited *http.Response
 	for range 6 {

@@ -35,7 +35,7 @@ func BenchmarkLoadAuthorize(b *testing.B) {
 		Verifier: v, Clock: clk,
 		Activity: verifier.NewActivity(nil, nil, clk, time.Hour, nil),
 		Limiter:  NewFailureLimiter(10, 50, nil),
-		Metrics:  NewMetrics(prometheus.NewRegistry(), v),
+		Metrics:  NewMetrics(prometheus.NewRegistry(), v, nil),
 	}
 	mux := http.NewServeMux()
 	s.Register(mux.Handle)

@@ -16,8 +16,9 @@ type Metrics struct {
 	LedgerWrites  *prometheus.CounterVec
 }
 
-// NewMetrics creates the metrics and registers them, with gauges reading v.
-func NewMetrics(reg prometheus.Registerer, v *verifier.Verifier) *Metrics {
+// NewMetrics creates the metrics and registers them, with gauges reading v
+// and l.
+func NewMetrics(reg prometheus.Registerer, v *verifier.Verifier, l *FailureLimiter) *Metrics {
 	m := &Metrics{
 		Verifications: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "latchkey_verifications_total",
@@ -46,6 +47,10 @@ func NewMetrics(reg prometheus.Registerer, v *verifier.Verifier) *Metrics {
 			Name: "latchkey_fences",
 			Help: "Keys fenced by admitted revocations not yet seen persisted.",
 		}, func() float64 { return float64(v.Fences()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "latchkey_refusals_held",
+			Help: "429 answers held until their client address has budget again.",
+		}, func() float64 { return float64(l.Held()) }),
 	)
 	return m
 }

@@ -11,7 +11,7 @@ func TestMetricsAreExported(t *testing.T) {
 	s := &Server{}
 	r := newRig(t, s)
 	reg := prometheus.NewRegistry()
-	s.Metrics = NewMetrics(reg, s.Verifier)
+	s.Metrics = NewMetrics(reg, s.Verifier, s.Limiter)
 	r.do(t, http.MethodGet, PathAuthorize, nil, http.Header{"Authorization": {"Bearer " + r.active}})
 	r.do(t, http.MethodGet, PathAuthorize, nil, http.Header{"Authorization": {"Bearer " + r.revoked}})
 	families, err := reg.Gather()
@@ -24,7 +24,7 @@ func TestMetricsAreExported(t *testing.T) {
 	}
 	for _, name := range []string{
 		"latchkey_verifications_total", "latchkey_verification_duration_seconds",
-		"latchkey_index_keys", "latchkey_fences",
+		"latchkey_index_keys", "latchkey_fences", "latchkey_refusals_held",
 	} {
 		if !got[name] {
 			t.Errorf("metric %s is not exported", name)

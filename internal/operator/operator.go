@@ -87,7 +87,8 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 	if err := v.Watch(context.Background(), mgr.GetCache()); err != nil {
 		return nil, fmt.Errorf("watching keys: %w", err)
 	}
-	m := endpoints.NewMetrics(o.Registry, v)
+	limiter := endpoints.NewFailureLimiter(o.FailedAuthRate, o.FailedAuthBurst, o.TrustedProxies)
+	m := endpoints.NewMetrics(o.Registry, v, limiter)
 	store := &ledger.Store{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Clock: o.Clock, Writes: m.LedgerWrites}
 	activity := verifier.NewActivity(mgr.GetClient(), store, o.Clock, o.LastUsedInterval, m.LastUsedWrite)
 	if err := mgr.Add(activity); err != nil {
@@ -97,7 +98,7 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 		Verifier:  v,
 		Activity:  activity,
 		Reports:   store,
-		Limiter:   endpoints.NewFailureLimiter(o.FailedAuthRate, o.FailedAuthBurst, o.TrustedProxies),
+		Limiter:   limiter,
 		Audiences: o.TokenAudiences,
 		Clock:     o.Clock,
 		Metrics:   m,
