@@ -85,13 +85,10 @@ fuzz-corpus: ## Copy the inputs the fuzzers found interesting into each package'
 	done
 
 FUZZTIME ?= 30s
+FUZZJOBS ?= 2
 .PHONY: fuzz
-fuzz: ## Fuzz every parser reachable from the network for FUZZTIME each.
-	@for target in $(FUZZ_TARGETS); do \
-		pkg=$${target%%:*}; fn=$${target##*:}; \
-		echo "== $$fn ($$pkg, $(FUZZTIME))"; \
-		go test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg 2>&1 | grep -E 'elapsed: [0-9hms]+, execs|^ok|FAIL|panic|failing input' | tail -2; \
-	done
+fuzz: ## Fuzz every parser reachable from the network for FUZZTIME each, FUZZJOBS targets at a time on one core each.
+	@FUZZTIME=$(FUZZTIME) FUZZJOBS=$(FUZZJOBS) bash hack/fuzz.sh $(FUZZ_TARGETS)
 
 .PHONY: lint
 lint: golangci-lint ## Run golangci-lint.
