@@ -74,6 +74,9 @@ func slow(t *testing.T) {
 }
 
 func TestMain(m *testing.M) {
+	if cpu := os.Getenv(floodEnv); cpu != "" {
+		os.Exit(runFlooder(cpu))
+	}
 	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapError)))
 	assets, err := testenv.Assets()
 	if err == nil {
