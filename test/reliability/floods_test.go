@@ -95,7 +95,7 @@ func TestWrongKeyFlood(t *testing.T) {
 	slow(t)
 	ns := env.Namespace(t)
 	_, raw := mint(t, ns, "valid")
-	const floodRate, conns, rounds, round, lead = 10_000, 8, 12, 3 * time.Second, time.Second
+	const floodRate, conns, rounds, round, lead = 10_000, 8, 10, 5 * time.Second, time.Second
 	floodCPU := 0
 	if all := runtime.NumCPU(); all >= 2 {
 		cpus := make([]int, all)
@@ -123,9 +123,9 @@ func TestWrongKeyFlood(t *testing.T) {
 
 	valid := newClient(4)
 	var mu sync.Mutex
-	var quiet, loaded []time.Duration
 	failures := 0
-	measure := func(into *[]time.Duration) {
+	measure := func() []time.Duration {
+		var lat []time.Duration
 		paced(100, 4, round, func() {
 			t0 := time.Now()
 			status, err := authorize(valid, raw)
@@ -136,34 +136,61 @@ func TestWrongKeyFlood(t *testing.T) {
 				failures++
 				return
 			}
-			*into = append(*into, d)
+			lat = append(lat, d)
 		})
+		return lat
+	}
+	p99 := func(lat []time.Duration) time.Duration {
+		lat = slices.Clone(lat)
+		slices.Sort(lat)
+		return lat[len(lat)*99/100]
 	}
 	var flood floodReport
+	quiet, loaded := make([]time.Duration, 0, rounds*100*int(round/time.Second)), make([]time.Duration, 0, rounds*100*int(round/time.Second))
+	ratios := make([]float64, 0, rounds)
+	held := 0.0
+	rssBefore := residentMiB(t)
 	for range rounds {
-		measure(&quiet)
+		q := measure()
 		NewWithT(t).Expect(f.start(floodSpec{Endpoint: lk.Endpoint, Rate: floodRate, Conns: conns, Duration: lead + round})).To(Succeed())
 		time.Sleep(lead) // past the burst a sustained flood spends once
-		measure(&loaded)
+		held = max(held, gauge(t, "latchkey_refusals_held"))
+		l := measure()
 		r, err := f.wait()
 		NewWithT(t).Expect(err).NotTo(HaveOccurred())
 		flood.add(r)
+		quiet, loaded = append(quiet, q...), append(loaded, l...)
+		ratios = append(ratios, float64(p99(l))/float64(p99(q)))
 	}
 	rss := residentMiB(t)
 	NewWithT(t).Expect(failures).To(BeZero(), "the valid client was never refused")
 	NewWithT(t).Expect(flood.Errors).To(BeZero(), "the flood's connections were never dropped")
-	p99 := func(lat []time.Duration) time.Duration {
-		slices.Sort(lat)
-		return lat[len(lat)*99/100]
-	}
-	q, l := p99(quiet), p99(loaded)
-	ratio := float64(l) / float64(q)
+	// Each pair of rounds gives a ratio; their median is what the flood
+	// does, the occasional pause of a shared machine in either round aside.
+	slices.Sort(ratios)
+	ratio := ratios[len(ratios)/2]
 	answered := flood.answered()
 	secs := flood.Elapsed.Seconds()
 	judge(t, "07 wrong-key flood from one address", fmt.Sprintf(
-		"flood of %d req/s over %d pipelined connections from another process: the server held each 429 until the address had budget again, so it answered %.0f req/s (%.1f%% 429, %d 401 within budget), and the flooder got %.0f req/s out before its connections filled; valid client p99 %v without, %v with (%.2f×, goal ≤1.10×), %d alternating rounds of %v; RSS %d MiB",
-		floodRate, conns, float64(answered)/secs, 100*float64(flood.Answered[http.StatusTooManyRequests])/float64(answered), flood.Answered[http.StatusUnauthorized],
-		float64(flood.Sent)/secs, q.Round(time.Microsecond), l.Round(time.Microsecond), ratio, rounds, round, rss), ratio <= 1.10)
+		"flood of %d req/s over %d pipelined connections from another process: each 429 held until the address had budget again (at most %.0f held at once), so the server answered %.0f req/s (%.1f%% 429, %d 401 within budget) and the flooder got %.0f req/s out before its connections filled; valid client p99 %v without, %v with, median of %d alternating %v pairs %.2f× (goal ≤1.10×); RSS %d MiB before, %d after",
+		floodRate, conns, held, float64(answered)/secs, 100*float64(flood.Answered[http.StatusTooManyRequests])/float64(answered), flood.Answered[http.StatusUnauthorized],
+		float64(flood.Sent)/secs, p99(quiet).Round(time.Microsecond), p99(loaded).Round(time.Microsecond), rounds, round, ratio, rssBefore, rss), ratio <= 1.10)
+}
+
+// gauge reads a gauge of the operator's metrics.
+func gauge(t *testing.T, name string) float64 {
+	t.Helper()
+	families, err := registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name && len(f.GetMetric()) > 0 {
+			return f.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }
 
 // residentMiB is this process's resident memory: the operator runs in it.
