@@ -173,6 +173,12 @@ func main() {
 		}
 		trusted = append(trusted, p)
 	}
+	// The ServiceAccount, for the command a namespace runs to opt in to key
+	// delivery; the Deployment passes both through the downward API.
+	serviceAccount := ""
+	if ns, name := os.Getenv("POD_NAMESPACE"), os.Getenv("SERVICE_ACCOUNT_NAME"); ns != "" && name != "" {
+		serviceAccount = ns + ":" + name
+	}
 	if _, err := operator.Setup(mgr, operator.Options{
 		Clock:                   clock.RealClock{},
 		Random:                  rand.Reader,
@@ -180,6 +186,7 @@ func main() {
 		MaxConcurrentReconciles: maxConcurrentReconciles,
 		RecordRetention:         recordRetention,
 		SecretCheckInterval:     secretCheckInterval,
+		ServiceAccount:          serviceAccount,
 		Webhooks:                os.Getenv("ENABLE_WEBHOOKS") != "false",
 		FenceTTL:                fenceTTL,
 		LastUsedInterval:        lastUsedInterval,

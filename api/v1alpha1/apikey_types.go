@@ -89,6 +89,7 @@ const (
 	ReasonSecretNotOwned     = "SecretNotOwned"
 	ReasonNotDelivered       = "NotDelivered"
 	ReasonDeliveryImpossible = "DeliveryImpossible"
+	ReasonSecretAccessDenied = "SecretAccessDenied"
 )
 
 // ApiKeyStatus is what Latchkey observed and did. It never holds the raw key.

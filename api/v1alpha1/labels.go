@@ -18,6 +18,13 @@ const (
 	// SecretKeyName is the Secret data key holding the ApiKey's name (not secret).
 	SecretKeyName = "name"
 
+	// KeyDeliveryClusterRole lets Latchkey get and create Secrets where it
+	// is bound: a namespace's RoleBinding to it opts the namespace in.
+	KeyDeliveryClusterRole = "latchkey-key-delivery"
+	// DefaultServiceAccount is the manager's ServiceAccount as installed,
+	// namespace:name.
+	DefaultServiceAccount = "latchkey-system:latchkey-controller-manager"
+
 	// Finalizer makes Latchkey revoke a key's record before the ApiKey goes.
 	Finalizer = "auth.latchkey.dev/revoke-record"
 )

@@ -53,7 +53,10 @@ type Rotator struct {
 	current *tls.Certificate
 }
 
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=update,resourceNames=latchkey-webhook-server-cert
+// The Secret lives in the manager's own namespace ("system" until kustomize
+// names it), the only one where the manager itself holds Secret access.
+// +kubebuilder:rbac:groups="",namespace=system,resources=secrets,verbs=get;create
+// +kubebuilder:rbac:groups="",namespace=system,resources=secrets,verbs=update,resourceNames=latchkey-webhook-server-cert
 // +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingwebhookconfigurations,verbs=get;update,resourceNames=latchkey-validating-webhook-configuration
 
 // GetCertificate serves the current certificate (tls.Config.GetCertificate).

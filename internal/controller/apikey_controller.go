@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -36,12 +37,19 @@ const (
 	EventSecretMissing  = "SecretMissing"
 	EventKeyRevoked     = "KeyRevoked"
 	EventKeyExpired     = "KeyExpired"
+	// EventSecretAccessDenied: the namespace has not let Latchkey at its Secrets.
+	EventSecretAccessDenied = "SecretAccessDenied"
 )
 
 // DefaultSecretCheckInterval is how often an Active key's Secret is looked
 // at. Latchkey may not watch Secrets (that would cache every Secret in the
 // cluster), so a deleted Secret is noticed on this schedule.
 const DefaultSecretCheckInterval = 10 * time.Minute
+
+// secretAccessRetry is how soon a key waiting for its namespace to grant
+// Secret access looks again: the grant is a RoleBinding, which Latchkey
+// does not watch.
+const secretAccessRetry = 30 * time.Second
 
 // Defaults of the manager's tuning flags.
 const (
@@ -64,6 +72,9 @@ type ApiKeyReconciler struct {
 	Random io.Reader
 	// SecretCheckInterval is how often an Active key's Secret is checked.
 	SecretCheckInterval time.Duration
+	// ServiceAccount is the manager's, namespace:name, for the command that
+	// grants it a namespace's Secrets; empty means DefaultServiceAccount.
+	ServiceAccount string
 }
 
 // +kubebuilder:rbac:groups=auth.latchkey.dev,resources=apikeys,verbs=get;list;watch;patch
@@ -71,7 +82,9 @@ type ApiKeyReconciler struct {
 // +kubebuilder:rbac:groups=auth.latchkey.dev,resources=apikeys/finalizers,verbs=update
 // +kubebuilder:rbac:groups=auth.latchkey.dev,resources=apikeyrecords,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=auth.latchkey.dev,resources=apikeyrecords/status,verbs=get;patch
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;create
+// Secrets in tenants' namespaces (get by name, create) come from the
+// latchkey-key-delivery ClusterRole (config/rbac/key_delivery_role.yaml),
+// bound per namespace: the manager holds no cluster-wide Secret access.
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile brings one ApiKey's record, Secret and status in line with its spec.
@@ -137,10 +150,16 @@ func (r *ApiKeyReconciler) reconcileNormal(ctx context.Context, key *authv1alpha
 	if record == nil {
 		var done bool
 		record, done, err = r.mint(ctx, key)
+		if accessDenied(err) {
+			r.setSecretAccessDenied(key, true)
+			return ctrl.Result{RequeueAfter: min(secretAccessRetry, r.secretCheckInterval())}, nil
+		}
 		if err != nil || done {
 			return ctrl.Result{RequeueAfter: r.secretCheckInterval()}, err
 		}
-	} else if err := r.checkSecret(ctx, key); err != nil {
+	} else if err := r.checkSecret(ctx, key); accessDenied(err) {
+		r.setSecretAccessDenied(key, false)
+	} else if err != nil {
 		return ctrl.Result{}, err
 	}
 
@@ -272,6 +291,33 @@ func (r *ApiKeyReconciler) checkSecret(ctx context.Context, key *authv1alpha1.Ap
 		r.setDelivered(key)
 	}
 	return nil
+}
+
+// accessDenied tells RBAC's refusals from other 403s, such as an admission
+// webhook's: the authorizer's message says who "cannot" do what.
+func accessDenied(err error) bool {
+	return apierrors.IsForbidden(err) && strings.Contains(err.Error(), " cannot ")
+}
+
+// setSecretAccessDenied reports a namespace that has not let Latchkey at
+// its Secrets, with the command that does. Before minting the key waits,
+// Pending; once minted it keeps working and only the check is unknown.
+func (r *ApiKeyReconciler) setSecretAccessDenied(key *authv1alpha1.ApiKey, minting bool) {
+	sa := r.ServiceAccount
+	if sa == "" {
+		sa = authv1alpha1.DefaultServiceAccount
+	}
+	msg := fmt.Sprintf("Latchkey may not get or create Secrets in namespace %q. To let it deliver keys here: kubectl create rolebinding %s -n %s --clusterrole=%s --serviceaccount=%s",
+		key.Namespace, authv1alpha1.KeyDeliveryClusterRole, key.Namespace, authv1alpha1.KeyDeliveryClusterRole, sa)
+	status := metav1.ConditionUnknown
+	if minting {
+		status = metav1.ConditionFalse
+		key.Status.Phase = authv1alpha1.PhasePending
+		r.setCondition(key, authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonSecretAccessDenied, msg)
+	}
+	if r.setCondition(key, authv1alpha1.ConditionKeyDelivered, status, authv1alpha1.ReasonSecretAccessDenied, msg) {
+		r.Recorder.Eventf(key, nil, corev1.EventTypeWarning, EventSecretAccessDenied, "Deliver", "%s", msg)
+	}
 }
 
 func (r *ApiKeyReconciler) setDelivered(key *authv1alpha1.ApiKey) {

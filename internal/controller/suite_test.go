@@ -83,8 +83,9 @@ type managerOptions struct {
 	// defaultRateLimits uses cmd/main.go's client rate limits instead of
 	// the test client's generous ones.
 	defaultRateLimits bool
-	// asManager runs with only the generated RBAC role, as its ServiceAccount.
-	asManager bool
+	// asManager runs with only the generated RBAC roles, as its
+	// ServiceAccount, with the key-delivery role bound in ns unless optedOut.
+	asManager, optedOut bool
 }
 
 // startManager runs the controllers, as cmd/main.go wires them, with a cache
@@ -95,7 +96,11 @@ func startManager(t testing.TB, ns string, o managerOptions) *running {
 	logger := zap.New(zap.WriteTo(logs), zap.UseDevMode(true), zap.Level(zapcore.Level(-10)))
 	cfg := rest.CopyConfig(env.Config)
 	if o.asManager {
-		cfg = asManager(t)
+		var tenants []string
+		if !o.optedOut {
+			tenants = append(tenants, ns)
+		}
+		cfg = asManager(t, tenants...)
 	}
 	if o.defaultRateLimits {
 		cfg.QPS, cfg.Burst = DefaultKubeAPIQPS, DefaultKubeAPIBurst

@@ -38,6 +38,9 @@ type Options struct {
 	MaxConcurrentReconciles int
 	RecordRetention         time.Duration
 	SecretCheckInterval     time.Duration
+	// ServiceAccount is the manager's, namespace:name; empty means the
+	// installed default.
+	ServiceAccount string
 
 	// Webhooks registers the admission webhook (off for `make run`).
 	Webhooks         bool
@@ -67,6 +70,7 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 		Clock:               o.Clock,
 		Random:              o.Random,
 		SecretCheckInterval: o.SecretCheckInterval,
+		ServiceAccount:      o.ServiceAccount,
 	}).SetupWithManager(mgr, o.MaxConcurrentReconciles); err != nil {
 		return nil, fmt.Errorf("apikey controller: %w", err)
 	}

@@ -115,6 +115,10 @@ func waitReady(ctx context.Context, c client.Client, key *authv1alpha1.ApiKey) e
 		if meta.IsStatusConditionTrue(key.Status.Conditions, authv1alpha1.ConditionReady) {
 			return nil
 		}
+		if cond := meta.FindStatusCondition(key.Status.Conditions, authv1alpha1.ConditionKeyDelivered); cond != nil && cond.Reason == authv1alpha1.ReasonSecretAccessDenied {
+			return fmt.Errorf("the key waits until Latchkey may deliver keys in %s: run `kubectl latchkey enable -n %s` (or ask an admin of the namespace), and it is minted then",
+				key.Namespace, key.Namespace)
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("the key was not Ready in time (phase %q): is the Latchkey operator running? Check `kubectl get apikey %s -o yaml`", key.Status.Phase, key.Name)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
@@ -277,4 +278,26 @@ func checksumOf(t *testing.T, prefixAndBody string) string {
 		t.Fatalf("%v %s", err, k)
 	}
 	return k[46:]
+}
+
+func TestEnable(t *testing.T) {
+	ns := namespace(t)
+	out, err := run(t, time.Now(), "", "enable", "-n", ns)
+	if err != nil || !strings.Contains(out, "Latchkey may now deliver keys in "+ns) {
+		t.Fatalf("enable: %v\n%s", err, out)
+	}
+	rb := &rbacv1.RoleBinding{}
+	if err := lk.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: authv1alpha1.KeyDeliveryClusterRole}, rb); err != nil {
+		t.Fatal(err)
+	}
+	want := rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Namespace: "latchkey-system", Name: "latchkey-controller-manager"}
+	if rb.RoleRef.Name != authv1alpha1.KeyDeliveryClusterRole || len(rb.Subjects) != 1 || rb.Subjects[0] != want {
+		t.Fatalf("the RoleBinding binds %+v to %+v", rb.RoleRef, rb.Subjects)
+	}
+	if out, err := run(t, time.Now(), "", "enable", "-n", ns); err != nil || !strings.Contains(out, "already delivers keys") {
+		t.Fatalf("enabling twice: %v\n%s", err, out)
+	}
+	if _, err := run(t, time.Now(), "", "enable", "-n", ns, "--service-account", "latchkey"); err == nil || !strings.Contains(err.Error(), "NAMESPACE:NAME") {
+		t.Fatalf("a bad --service-account: %v", err)
+	}
 }
