@@ -111,7 +111,7 @@ func TestDevTour(t *testing.T) {
 		t.Fatalf("a second instance: %v\n%s", err, out)
 	}
 
-	children := childrenOf(dev.Process.Pid)
+	children := testenv.ChildrenOf(dev.Process.Pid)
 	if len(children) < 2 {
 		t.Fatalf("expected etcd and kube-apiserver as children, found %v", children)
 	}
@@ -126,26 +126,4 @@ func TestDevTour(t *testing.T) {
 			t.Errorf("process %d outlived latchkey-dev", pid)
 		}
 	}
-}
-
-// childrenOf lists the processes whose parent is pid.
-func childrenOf(pid int) []int {
-	entries, _ := os.ReadDir("/proc")
-	var kids []int
-	for _, e := range entries {
-		p, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid …
-		fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
-			kids = append(kids, p)
-		}
-	}
-	return kids
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/latchkey-dev/latchkey/internal/testenv"
 	. "github.com/onsi/gomega"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -102,7 +103,7 @@ func TestWrongKeyFlood(t *testing.T) {
 		for i := range cpus {
 			cpus[i] = i
 		}
-		plane := children()
+		plane := testenv.ChildrenOf(os.Getpid())
 		NewWithT(t).Expect(pinProcess(os.Getpid(), 0)).To(Succeed())
 		for _, pid := range plane {
 			NewWithT(t).Expect(pinProcess(pid, 1)).To(Succeed())
