@@ -165,8 +165,14 @@ func InstallDocs(tb testing.TB) map[string][]string {
 	if err != nil {
 		tb.Fatalf("%v: run make build-installer", err)
 	}
+	return DocsByKind(string(b))
+}
+
+// DocsByKind splits a multi-document manifest, as kustomize writes it, into
+// its documents, by kind.
+func DocsByKind(manifest string) map[string][]string {
 	docs := map[string][]string{}
-	for _, doc := range strings.Split(string(b), "\n---\n") {
+	for _, doc := range strings.Split(manifest, "\n---\n") {
 		var head struct{ Kind string }
 		if err := yaml.Unmarshal([]byte(doc), &head); err != nil || head.Kind == "" {
 			continue
