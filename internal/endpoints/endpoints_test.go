@@ -21,6 +21,7 @@ import (
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/keys"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
+	"github.com/latchkey-dev/latchkey/internal/verifier/verifiertest"
 )
 
 type usesSeen struct {
@@ -152,7 +153,7 @@ func TestTokenReview(t *testing.T) {
 		{"a revoked key is refused with a reason", func() string { return r.revoked }, nil, false, "key revoked", nil},
 		{"an expired key is refused with a reason", func() string { return r.expired }, nil, false, "key expired", nil},
 		{"an unknown key is refused", func() string { k, _ := keys.Generate(rand.Reader, keys.Hex); return k }, nil, false, "unknown key", nil},
-		{"a key with a bad checksum is refused", func() string { return r.active[:len(r.active)-1] + "x" }, nil, false, "malformed key", nil},
+		{"a key with a bad checksum is refused", func() string { return verifiertest.BadChecksum(r.active) }, nil, false, "malformed key", nil},
 		{"the requested audiences the key is valid for are echoed", func() string { return r.active },
 			[]string{"latchkey", "elsewhere"}, true, "", []string{"latchkey"}},
 		{"a key valid for none of the requested audiences is refused", func() string { return r.active },

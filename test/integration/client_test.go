@@ -10,6 +10,7 @@ import (
 	. "github.com/onsi/gomega"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/verifier/verifiertest"
 	"github.com/latchkey-dev/latchkey/pkg/latchkey"
 )
 
@@ -52,7 +53,7 @@ func TestGoClientMiddleware(t *testing.T) {
 			g.Expect(call("/ok", callerRaw)).To(Equal(http.StatusOK))
 			g.Expect(call("/ok", callerRaw)).To(Equal(http.StatusOK))
 			g.Expect(call("/boom", callerRaw)).To(Equal(http.StatusInternalServerError))
-			g.Expect(call("/ok", callerRaw[:len(callerRaw)-1]+"x")).To(Equal(http.StatusUnauthorized))
+			g.Expect(call("/ok", verifiertest.BadChecksum(callerRaw))).To(Equal(http.StatusUnauthorized))
 
 			revoke(t, callerKey)
 			g.Expect(call("/ok", callerRaw)).To(Equal(http.StatusUnauthorized), "no cache: revocation is immediate")

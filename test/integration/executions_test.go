@@ -20,6 +20,7 @@ import (
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/ledger"
 	"github.com/latchkey-dev/latchkey/internal/usage"
+	"github.com/latchkey-dev/latchkey/internal/verifier/verifiertest"
 )
 
 // report posts a batch to /v1/executions with the key and returns the
@@ -162,7 +163,7 @@ func TestExecutionsAreSummarisedPerTenant(t *testing.T) {
 		NewWithT(t).Expect(after.Executions).To(Equal(before.Executions), "nothing of a refused batch was applied")
 	})
 	t.Run("revoked and unknown keys cannot report", func(t *testing.T) {
-		status, _ := report(t, "lk_"+keyA[3:len(keyA)-1]+"x", usage.Batch{IdempotencyKey: "z", Executions: []usage.Execution{execution("z", usage.Running, now, 0)}})
+		status, _ := report(t, verifiertest.BadChecksum(keyA), usage.Batch{IdempotencyKey: "z", Executions: []usage.Execution{execution("z", usage.Running, now, 0)}})
 		NewWithT(t).Expect(status).To(Equal(http.StatusUnauthorized))
 	})
 	t.Run("verifications are counted per day with the flush", func(t *testing.T) {

@@ -1,9 +1,11 @@
-// Package verifiertest fills a verifier with many keys, for benchmarks and load runs.
+// Package verifiertest fills a verifier with many keys, for benchmarks and
+// load runs, and spoils keys for tests.
 package verifiertest
 
 import (
 	"crypto/rand"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -40,4 +42,14 @@ func Populated(tb testing.TB, n int) (*verifier.Verifier, []string) {
 		})
 	}
 	return v, raws
+}
+
+// BadChecksum is raw with its last character changed, so that its checksum
+// no longer holds.
+func BadChecksum(raw string) string {
+	last := "x"
+	if strings.HasSuffix(raw, last) {
+		last = "y"
+	}
+	return raw[:len(raw)-1] + last
 }
