@@ -77,7 +77,7 @@ func main() {
 	flag.DurationVar(&lastUsedInterval, "last-used-interval", verifier.DefaultLastUsedInterval,
 		"How often keys' last use is written to their status (at most one write per key per interval).")
 	flag.Float64Var(&failureRate, "failed-auth-rate", 10,
-		"Failed verifications allowed per second per client address before 429 (0 disables the limit).")
+		"Failed verifications at /authorize and /whoami allowed per second per client address before 429 (0 disables the limit).")
 	flag.IntVar(&failureBurst, "failed-auth-burst", 50, "Burst of failed verifications allowed per client address.")
 	flag.StringVar(&trustedProxies, "trusted-proxies", "",
 		"Comma-separated CIDRs of proxies whose X-Real-IP / X-Forwarded-For name the client, for rate limiting.")

@@ -55,7 +55,8 @@ type Server struct {
 	Reports interface {
 		Apply(ctx context.Context, tenant string, b *usage.Batch) (bool, error)
 	}
-	// Limiter limits failed attempts per client address; nil disables it.
+	// Limiter limits failed attempts at /authorize and /whoami per client
+	// address; nil disables it.
 	Limiter *FailureLimiter
 	// Audiences are the audiences keys are valid for in a TokenReview;
 	// empty means any audience the caller asks for.
@@ -176,10 +177,10 @@ func (s *Server) TokenReview(w http.ResponseWriter, r *http.Request) {
 	review.Status = authnv1.TokenReviewStatus{}
 	switch {
 	case verr != nil:
+		// A reviewer asks on behalf of its callers, so their failures are
+		// not charged to its address: a 429 would refuse its other callers,
+		// and kube-apiserver retries 429s, multiplying a flood.
 		s.denied(id)
-		if s.limited(w, r, "tokenreview") {
-			return
-		}
 		s.count("tokenreview", resultOf(verr))
 		review.Status.Error = verr.Error()
 	default:

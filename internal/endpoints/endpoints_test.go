@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -315,5 +316,25 @@ func TestFailuresAreRateLimitedButValidKeysNever(t *testing.T) {
 	resp, _ := r.do(t, http.MethodGet, PathAuthorize, nil, http.Header{"Authorization": {"Bearer " + r.active}})
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("a valid key from a limited address got %d", resp.StatusCode)
+	}
+}
+
+// A reviewer's address is not the key holder's: however many wrong keys it
+// asks about, it gets TokenReview answers, never a 429 that kube-apiserver
+// would retry, nor a held answer or a closed connection.
+func TestTokenReviewFailuresAreNotChargedToTheReviewer(t *testing.T) {
+	lim := NewFailureLimiter(1, 1, nil)
+	r := newRig(t, &Server{Limiter: lim})
+	for i := range 40 {
+		resp, body := r.do(t, http.MethodPost, PathTokenReview, strings.NewReader(reviewBody("lk_nope")), nil)
+		if resp.StatusCode != http.StatusOK || resp.Close || !strings.Contains(body, `"error":"malformed key"`) {
+			t.Fatalf("wrong key %d: status %d, close %v: %s", i, resp.StatusCode, resp.Close, body)
+		}
+	}
+	if lim.Held() != 0 {
+		t.Fatalf("%d answers held", lim.Held())
+	}
+	if ok, _ := lim.Allow(netip.MustParseAddr("127.0.0.1"), time.Now()); !ok {
+		t.Fatal("the reviewer's failure budget was spent")
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -155,10 +156,17 @@ func (c *Client) Middleware(next http.Handler) http.Handler {
 			unauthorized(w)
 			return
 		}
-		caller, err := c.Verify(r.Context(), key)
+		caller, err := c.verify(r.Context(), key, callerAddr(r))
+		var limited *TooManyFailuresError
 		switch {
 		case errors.Is(err, ErrInvalidKey):
 			unauthorized(w)
+			return
+		case errors.As(err, &limited):
+			if limited.RetryAfter != "" {
+				w.Header().Set("Retry-After", limited.RetryAfter)
+			}
+			http.Error(w, "too many failed attempts; retry later", http.StatusTooManyRequests)
 			return
 		case err != nil:
 			// Fail closed: no answer from Latchkey is not a yes.
@@ -183,8 +191,26 @@ func (c *Client) Middleware(next http.Handler) http.Handler {
 // ErrInvalidKey means Latchkey refused the key.
 var ErrInvalidKey = errors.New("latchkey: invalid API key")
 
+// TooManyFailuresError means Latchkey would not verify a key: too many keys
+// from the caller's address failed. It comes from Authorize verification only.
+type TooManyFailuresError struct {
+	// RetryAfter is Latchkey's Retry-After header: seconds to wait.
+	RetryAfter string
+}
+
+func (e *TooManyFailuresError) Error() string {
+	return "latchkey: too many failed attempts from this address; retry after " + e.RetryAfter + "s"
+}
+
 // Verify checks a key with Latchkey (or the positive cache).
 func (c *Client) Verify(ctx context.Context, key string) (Caller, error) {
+	return c.verify(ctx, key, "")
+}
+
+// verify is Verify on behalf of the caller at addr, which Authorize names
+// to Latchkey in X-Real-IP: Latchkey charges failures to it rather than to
+// this service when it lists the service in --trusted-proxies.
+func (c *Client) verify(ctx context.Context, key, addr string) (Caller, error) {
 	sum := sha256.Sum256([]byte(key))
 	if c.cfg.CacheTTL > 0 {
 		c.mu.Lock()
@@ -199,7 +225,7 @@ func (c *Client) Verify(ctx context.Context, key string) (Caller, error) {
 	if c.cfg.Verification == TokenReview {
 		caller, err = c.tokenReview(ctx, key)
 	} else {
-		caller, err = c.authorize(ctx, key)
+		caller, err = c.authorize(ctx, key, addr)
 	}
 	if err == nil && c.cfg.CacheTTL > 0 {
 		c.mu.Lock()
@@ -212,12 +238,15 @@ func (c *Client) Verify(ctx context.Context, key string) (Caller, error) {
 	return caller, err
 }
 
-func (c *Client) authorize(ctx context.Context, key string) (Caller, error) {
+func (c *Client) authorize(ctx context.Context, key, addr string) (Caller, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.cfg.Endpoint+"/authorize", nil)
 	if err != nil {
 		return Caller{}, err
 	}
 	req.Header.Set("Authorization", "Bearer "+key)
+	if addr != "" {
+		req.Header.Set("X-Real-IP", addr)
+	}
 	resp, err := c.cfg.HTTPClient.Do(req)
 	if err != nil {
 		return Caller{}, fmt.Errorf("latchkey: %w", err)
@@ -228,6 +257,8 @@ func (c *Client) authorize(ctx context.Context, key string) (Caller, error) {
 		return Caller{Tenant: resp.Header.Get("X-Latchkey-Tenant"), Key: resp.Header.Get("X-Latchkey-Key")}, nil
 	case http.StatusUnauthorized, http.StatusForbidden:
 		return Caller{}, ErrInvalidKey
+	case http.StatusTooManyRequests:
+		return Caller{}, &TooManyFailuresError{RetryAfter: resp.Header.Get("Retry-After")}
 	default:
 		return Caller{}, fmt.Errorf("latchkey: /authorize answered %d", resp.StatusCode)
 	}
@@ -396,6 +427,15 @@ func bearer(h string) (string, bool) {
 		return "", false
 	}
 	return h[7:], true
+}
+
+// callerAddr is the address of the caller of this service.
+func callerAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return ""
+	}
+	return host
 }
 
 func unauthorized(w http.ResponseWriter) {
