@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/latchkey-dev/latchkey/internal/testenv"
 	. "github.com/onsi/gomega"
 )
 
@@ -25,7 +26,7 @@ func TestAPIServerOutage(t *testing.T) {
 	g := NewWithT(t)
 	ns := env.Namespace(t)
 	_, raw := mint(t, ns, "during-outage")
-	control := childProcesses(t, "kube-apiserver", "etcd")
+	control := childProcesses("kube-apiserver", "etcd")
 	g.Expect(control).To(HaveLen(2))
 
 	var calls, failed atomic.Int64
@@ -67,33 +68,12 @@ func TestAPIServerOutage(t *testing.T) {
 }
 
 // childProcesses finds this process's children with the given names.
-func childProcesses(t *testing.T, names ...string) []int {
-	t.Helper()
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
+func childProcesses(names ...string) []int {
 	var pids []int
-	self := strconv.Itoa(os.Getpid())
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		s := string(stat)
-		comm := s[strings.IndexByte(s, '(')+1 : strings.LastIndexByte(s, ')')]
-		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		if len(fields) < 2 || fields[1] != self {
-			continue
-		}
-		for _, n := range names {
-			if comm == n {
-				pids = append(pids, pid)
-			}
+	for _, pid := range testenv.ChildrenOf(os.Getpid()) {
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if err == nil && slices.Contains(names, strings.TrimSpace(string(comm))) {
+			pids = append(pids, pid)
 		}
 	}
 	return pids
