@@ -1,5 +1,7 @@
 package v1alpha1
 
+import "time"
+
 // Labels, annotations and data keys Latchkey puts on the objects it writes.
 const (
 	// LabelTenant is the namespace a record's key authenticates for.
@@ -24,6 +26,9 @@ const (
 	// DefaultServiceAccount is the manager's ServiceAccount as installed,
 	// namespace:name.
 	DefaultServiceAccount = "latchkey-system:latchkey-controller-manager"
+	// KeyDeliveryRetry is how soon a key waiting for its namespace to opt in
+	// looks again: the opt-in is a RoleBinding, which Latchkey does not watch.
+	KeyDeliveryRetry = 30 * time.Second
 
 	// Finalizer makes Latchkey revoke a key's record before the ApiKey goes.
 	Finalizer = "auth.latchkey.dev/revoke-record"

@@ -46,11 +46,6 @@ const (
 // cluster), so a deleted Secret is noticed on this schedule.
 const DefaultSecretCheckInterval = 10 * time.Minute
 
-// secretAccessRetry is how soon a key waiting for its namespace to grant
-// Secret access looks again: the grant is a RoleBinding, which Latchkey
-// does not watch.
-const secretAccessRetry = 30 * time.Second
-
 // Defaults of the manager's tuning flags.
 const (
 	DefaultMaxConcurrentReconciles = 4
@@ -152,7 +147,7 @@ func (r *ApiKeyReconciler) reconcileNormal(ctx context.Context, key *authv1alpha
 		record, done, err = r.mint(ctx, key)
 		if accessDenied(err) {
 			r.setSecretAccessDenied(key, true)
-			return ctrl.Result{RequeueAfter: min(secretAccessRetry, r.secretCheckInterval())}, nil
+			return ctrl.Result{RequeueAfter: min(authv1alpha1.KeyDeliveryRetry, r.secretCheckInterval())}, nil
 		}
 		if err != nil || done {
 			return ctrl.Result{RequeueAfter: r.secretCheckInterval()}, err

@@ -57,7 +57,8 @@ Undo with: kubectl delete rolebinding latchkey-key-delivery -n NAMESPACE`,
 			case err != nil:
 				return fmt.Errorf("creating RoleBinding %s: %w", rb.Name, err)
 			}
-			fmt.Fprintf(o.Streams.Out, "Latchkey may now deliver keys in %s: RoleBinding %s lets %s get and create Secrets there.\n", ns, rb.Name, serviceAccount)
+			fmt.Fprintf(o.Streams.Out, "Latchkey may now deliver keys in %s: RoleBinding %s lets %s get and create Secrets there. Keys waiting there are minted within %s.\n",
+				ns, rb.Name, serviceAccount, authv1alpha1.KeyDeliveryRetry)
 			return nil
 		},
 	}
