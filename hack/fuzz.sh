@@ -19,8 +19,9 @@ one() {
 	else
 		out=$(tail -30 <<<"$out")
 	fi
-	# One write per block, so that blocks of parallel targets do not mix.
-	printf '== %s (%s, %s)\n%s\n' "$fn" "$pkg" "$fuzztime" "$out"
+	# One write per block, so that blocks of parallel targets do not mix:
+	# bash's printf writes line by line, cat the whole block at once.
+	cat <<<"$(printf '== %s (%s, %s)\n%s' "$fn" "$pkg" "$fuzztime" "$out")"
 	return "$rc"
 }
 export -f one
