@@ -2,7 +2,6 @@ package testenv
 
 import (
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/latchkey-dev/latchkey/internal/certs"
+	"github.com/latchkey-dev/latchkey/pkg/devenv/controlplane"
 )
 
 // ManagerBinary builds bin/manager's code into a temporary directory and
@@ -54,7 +54,7 @@ type Process struct {
 // the given flags (the webhook flags among them).
 func (m *ManagerBinary) Start(tb testing.TB, env []string, args ...string) *Process {
 	tb.Helper()
-	p := &Process{Probe: freePort(tb)}
+	p := &Process{Probe: FreePort(tb)}
 	p.Cmd = exec.Command(m.Path, append([]string{
 		"--kubeconfig", m.Kubeconfig, "--metrics-bind-address=0",
 		"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", p.Probe),
@@ -116,18 +116,19 @@ func (p *Process) RSS(tb testing.TB) int64 {
 // synced, and a few seconds more, and returns its resident memory in bytes.
 func (m *ManagerBinary) ReadyRSS(tb testing.TB) int64 {
 	tb.Helper()
-	p := m.Start(tb, []string{"ENABLE_WEBHOOKS=false"}, "--webhook-port", strconv.Itoa(freePort(tb)), "--webhook-cert-path", m.CertDir)
+	p := m.Start(tb, []string{"ENABLE_WEBHOOKS=false"}, "--webhook-port", strconv.Itoa(FreePort(tb)), "--webhook-cert-path", m.CertDir)
 	defer p.Kill()
 	p.WaitReady(tb, 5*time.Minute)
 	time.Sleep(3 * time.Second) // let start-up garbage be collected
 	return p.RSS(tb)
 }
 
-func freePort(tb testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+// FreePort is a loopback port nothing listens on, for a process to serve.
+func FreePort(tb testing.TB) int {
+	tb.Helper()
+	port, err := controlplane.FreePort()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().(*net.TCPAddr).Port
+	return port
 }

@@ -28,15 +28,7 @@ func TestKilledWhileMinting(t *testing.T) {
 	slow(t)
 	g := NewWithT(t)
 	ctx := context.Background()
-	manager := env.BuildManager(t)
-	lk.StopOperator()
-	// Registered before any manager process starts, so it runs after their
-	// cleanups have killed them and freed the webhook port.
-	t.Cleanup(func() {
-		if err := lk.RestartOperator(context.Background()); err != nil {
-			t.Errorf("restarting the operator: %v", err)
-		}
-	})
+	manager := managerInsteadOfOperator(t)
 	args := []string{"--webhook-port", strconv.Itoa(lk.WebhookPort()), "--webhook-cert-path", lk.WebhookCertDir, "--leader-elect=false"}
 	p := manager.Start(t, nil, args...)
 	p.WaitReady(t, time.Minute)

@@ -4,11 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"net"
 	"net/http"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,6 +14,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/latchkey-dev/latchkey/internal/testenv"
 )
 
 // TestLeaderFailover (case 3): two managers with leader election; the
@@ -26,15 +25,7 @@ func TestLeaderFailover(t *testing.T) {
 	slow(t)
 	g := NewWithT(t)
 	ctx := context.Background()
-	manager := env.BuildManager(t)
-	lk.StopOperator()
-	// Registered before any manager process starts, so it runs after their
-	// cleanups have killed them and freed the webhook port.
-	t.Cleanup(func() {
-		if err := lk.RestartOperator(context.Background()); err != nil {
-			t.Errorf("restarting the operator: %v", err)
-		}
-	})
+	manager := managerInsteadOfOperator(t)
 
 	const leaseNS = "latchkey-leases"
 	_ = env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: leaseNS}})
@@ -44,7 +35,7 @@ func TestLeaderFailover(t *testing.T) {
 	}
 	// The leader-to-be starts first, on a port of its own; the survivor serves
 	// the admission webhook's port, so keys can be created after the kill.
-	otherPort := freePort(t)
+	otherPort := testenv.FreePort(t)
 	leader := manager.Start(t, podEnv, flags(otherPort)...)
 	leader.WaitReady(t, time.Minute)
 	lease := &coordinationv1.Lease{}
@@ -59,7 +50,7 @@ func TestLeaderFailover(t *testing.T) {
 	usableOn := func(ports ...int) func(string) error {
 		return func(raw string) error {
 			for _, port := range ports {
-				if status, err := authorizeAt(port, raw); err != nil || status != http.StatusOK {
+				if status, err := authorizePort(port, raw); err != nil || status != http.StatusOK {
 					return fmt.Errorf("port %d: %d %v", port, status, err)
 				}
 			}
@@ -69,26 +60,10 @@ func TestLeaderFailover(t *testing.T) {
 	_, raw := mintUntil(t, ns, "before", usableOn(otherPort, lk.WebhookPort()))
 	// Both replicas verify, whoever leads.
 	for _, port := range []int{otherPort, lk.WebhookPort()} {
-		g.Expect(authorizeAt(port, raw)).To(Equal(http.StatusOK))
+		g.Expect(authorizePort(port, raw)).To(Equal(http.StatusOK))
 	}
 
-	var calls, failed atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			calls.Add(1)
-			if status, err := authorizeAt(lk.WebhookPort(), raw); err != nil || status != http.StatusOK {
-				failed.Add(1)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	})
+	stop := keepVerifying(func() (int, error) { return authorizePort(lk.WebhookPort(), raw) })
 
 	leader.Kill()
 	killed := time.Now()
@@ -100,37 +75,18 @@ func TestLeaderFailover(t *testing.T) {
 	}).WithTimeout(60 * time.Second).WithPolling(100 * time.Millisecond).Should(Succeed())
 	_, _ = mintUntil(t, ns, "after", usableOn(lk.WebhookPort()))
 	minting := time.Since(killed)
-	close(stop)
-	wg.Wait()
+	calls, failed := stop()
 
-	g.Expect(failed.Load()).To(BeZero())
+	g.Expect(failed).To(BeZero())
 	g.Expect(takeover).To(BeNumerically("<", 20*time.Second), "within the 15s lease and a retry")
 	record(t, "03 leader killed", fmt.Sprintf("takeover %.1fs after SIGKILL (lease 15s); a new key Active %.1fs after; %d of %d verifications on the survivor failed",
-		takeover.Seconds(), minting.Seconds(), failed.Load(), calls.Load()))
+		takeover.Seconds(), minting.Seconds(), failed, calls))
 }
 
-// authorizeAt calls /authorize on a manager's webhook port.
-func authorizeAt(port int, raw string) (int, error) {
+// authorizePort calls /authorize on a manager's webhook port.
+func authorizePort(port int, raw string) (int, error) {
 	tr := lk.HTTPClient.Transport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{RootCAs: tr.TLSClientConfig.RootCAs, MinVersion: tls.VersionTLS12}
-	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
 	defer tr.CloseIdleConnections()
-	req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("https://127.0.0.1:%d/authorize", port), nil)
-	req.Header.Set("Authorization", "Bearer "+raw)
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	_ = resp.Body.Close()
-	return resp.StatusCode, nil
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().(*net.TCPAddr).Port
+	return authorizeAt(&http.Client{Transport: tr, Timeout: 5 * time.Second}, fmt.Sprintf("https://127.0.0.1:%d", port), raw)
 }

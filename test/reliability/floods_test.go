@@ -19,7 +19,12 @@ import (
 )
 
 func authorize(client *http.Client, raw string) (int, error) {
-	req, _ := http.NewRequest(http.MethodGet, lk.Endpoint+"/authorize", nil)
+	return authorizeAt(client, lk.Endpoint, raw)
+}
+
+// authorizeAt calls /authorize at endpoint with raw as the bearer token.
+func authorizeAt(client *http.Client, endpoint, raw string) (int, error) {
+	req, _ := http.NewRequest(http.MethodGet, endpoint+"/authorize", nil)
 	req.Header.Set("Authorization", "Bearer "+raw)
 	resp, err := client.Do(req)
 	if err != nil {

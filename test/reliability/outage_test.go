@@ -2,12 +2,9 @@ package reliability
 
 import (
 	"fmt"
-	"net/http"
 	"os"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -29,24 +26,8 @@ func TestAPIServerOutage(t *testing.T) {
 	control := childProcesses("kube-apiserver", "etcd")
 	g.Expect(control).To(HaveLen(2))
 
-	var calls, failed atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
 	client := newClient(4)
-	wg.Go(func() {
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			calls.Add(1)
-			if status, err := authorize(client, raw); err != nil || status != http.StatusOK {
-				failed.Add(1)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	})
+	stop := keepVerifying(func() (int, error) { return authorize(client, raw) })
 
 	for _, pid := range control {
 		g.Expect(syscall.Kill(pid, syscall.SIGSTOP)).To(Succeed())
@@ -56,15 +37,14 @@ func TestAPIServerOutage(t *testing.T) {
 		g.Expect(syscall.Kill(pid, syscall.SIGCONT)).To(Succeed())
 	}
 	thawed := time.Now()
-	close(stop)
-	wg.Wait()
+	calls, failed := stop()
 
 	// Minting resumes in the same manager process.
 	mint(t, ns, "after-outage")
 	resumed := time.Since(thawed)
-	g.Expect(failed.Load()).To(BeZero())
+	g.Expect(failed).To(BeZero())
 	record(t, "02 API server and etcd down for 30s", fmt.Sprintf("%d of %d verifications failed during the outage; a new key Active %.1fs after the API server came back, no manager restart",
-		failed.Load(), calls.Load(), resumed.Seconds()))
+		failed, calls, resumed.Seconds()))
 }
 
 // childProcesses finds this process's children with the given names.

@@ -4,13 +4,14 @@
 package reliability
 
 import (
-	"bytes"
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"text/tabwriter"
 	"time"
@@ -34,8 +35,10 @@ var (
 	env *testenv.Env
 	lk  *devenv.Latchkey
 	// logs holds the operator's logs at the most verbose level, and
-	// registry its metrics, for the leak scan.
-	logs     = &syncBuffer{}
+	// registry its metrics, for the leak scan. The logs go to a file, not
+	// memory: tens of MiB in this process's heap would hide what the
+	// operator's own memory does (case 7).
+	logs     *os.File
 	registry *prometheus.Registry
 	// minted holds every raw key the suite minted.
 	mintedMu sync.Mutex
@@ -73,12 +76,59 @@ func slow(t *testing.T) {
 	}
 }
 
+// managerInsteadOfOperator builds the manager binary and stops the
+// in-process operator, so that the case's manager processes serve its
+// webhook port; the operator comes back when the case ends.
+func managerInsteadOfOperator(t *testing.T) *testenv.ManagerBinary {
+	t.Helper()
+	manager := env.BuildManager(t)
+	lk.StopOperator()
+	// Registered before any manager process starts, so it runs after their
+	// cleanups have killed them and freed the webhook port.
+	t.Cleanup(func() {
+		if err := lk.RestartOperator(context.Background()); err != nil {
+			t.Errorf("restarting the operator: %v", err)
+		}
+	})
+	return manager
+}
+
+// keepVerifying calls verify every 5ms, counting the calls that do not
+// answer 200, until the returned stop is called.
+func keepVerifying(verify func() (int, error)) (stop func() (calls, failed int64)) {
+	var n, bad atomic.Int64
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			n.Add(1)
+			if status, err := verify(); err != nil || status != http.StatusOK {
+				bad.Add(1)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+	return func() (int64, int64) {
+		close(done)
+		wg.Wait()
+		return n.Load(), bad.Load()
+	}
+}
+
 func TestMain(m *testing.M) {
 	if cpu := os.Getenv(floodEnv); cpu != "" {
 		os.Exit(runFlooder(cpu))
 	}
 	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapError)))
 	assets, err := testenv.Assets()
+	if err == nil {
+		logs, err = os.CreateTemp("", "latchkey-reliability-logs-")
+	}
 	if err == nil {
 		// Production settings: last use is written at most once a minute.
 		lk, err = devenv.Start(context.Background(), devenv.Options{
@@ -96,10 +146,14 @@ func TestMain(m *testing.M) {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
+		if logs != nil {
+			_ = os.Remove(logs.Name())
+		}
 		os.Exit(1)
 	}
 	code := m.Run()
 	_ = lk.Stop()
+	_ = os.Remove(logs.Name())
 	printTable()
 	os.Exit(code)
 }
@@ -153,22 +207,4 @@ func mintUntil(t testing.TB, ns, name string, usable func(raw string) error) (*a
 	g.Eventually(func() error { return usable(raw) }).
 		WithTimeout(10 * time.Second).WithPolling(5 * time.Millisecond).Should(Succeed())
 	return key, raw
-}
-
-// syncBuffer collects logs from many goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -68,7 +69,9 @@ func TestNoKeyLeaks(t *testing.T) {
 	g.Expect(env.Client.Delete(ctx, key)).To(Succeed())
 	time.Sleep(2 * time.Second)
 
-	places := map[string]string{"operator logs": logs.String(), "HTTP answers": bodies.String()}
+	logged, err := os.ReadFile(logs.Name())
+	g.Expect(err).NotTo(HaveOccurred())
+	places := map[string]string{"operator logs": string(logged), "HTTP answers": bodies.String()}
 	listed := make([]string, 0, 7)
 	for _, l := range []client.ObjectList{
 		&authv1alpha1.ApiKeyList{}, &authv1alpha1.ApiKeyRecordList{}, &authv1alpha1.UsageList{}, &authv1alpha1.UsageLedgerList{},

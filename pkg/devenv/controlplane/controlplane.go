@@ -84,7 +84,7 @@ func Start(o Options) (*ControlPlane, error) {
 		if cp.WebhookCA, err = certs.WriteLocal(cp.WebhookCertDir); err != nil {
 			return nil, err
 		}
-		if env.WebhookInstallOptions.LocalServingPort, err = freePort(); err != nil {
+		if env.WebhookInstallOptions.LocalServingPort, err = FreePort(); err != nil {
 			return nil, err
 		}
 	}
@@ -186,7 +186,8 @@ func embeddedCRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {
 	return crds, err
 }
 
-func freePort() (int, error) {
+// FreePort is a loopback port nothing listens on, for a server to take.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
