@@ -24,7 +24,7 @@ func TestFuzzReport(t *testing.T) {
 	execs := regexp.MustCompile(`execs: (\d+)`)
 	blocks := strings.Split(string(b), "== ")[1:]
 	parts := make([]string, 0, len(blocks))
-	crashers, total := 0, 0
+	crashers, raced, total := 0, 0, 0
 	for _, block := range blocks {
 		name := strings.Fields(block)[0]
 		n := 0
@@ -35,10 +35,19 @@ func TestFuzzReport(t *testing.T) {
 		if strings.Contains(block, "FAIL") || strings.Contains(block, "failing input") {
 			crashers++
 		}
+		if strings.Contains(block, "go.dev/issue/75804") {
+			raced++
+		}
 		parts = append(parts, fmt.Sprintf("%s %d", name, n))
 	}
 	if crashers > 0 {
 		t.Errorf("%d fuzz targets found crashers", crashers)
 	}
-	record(t, "12 fuzzing, 5 minutes per parser", fmt.Sprintf("%d executions, %d crashers: %s", total, crashers, strings.Join(parts, ", ")))
+	figure := fmt.Sprintf("%d executions, %d crashers: %s", total, crashers, strings.Join(parts, ", "))
+	if raced > 0 {
+		// hack/fuzz.sh passes these: the target ran its full time and no
+		// input failed, but Go 1.26 reported its own deadline as a failure.
+		figure += fmt.Sprintf("; %d ended by Go's fuzztime deadline race (go.dev/issue/75804), no input written", raced)
+	}
+	record(t, "12 fuzzing, 5 minutes per parser", figure)
 }
