@@ -1,0 +1,130 @@
+package serving
+
+import (
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Why a connection was refused at accept.
+const (
+	refusedPerAddress = "per_address"
+	refusedTotal      = "total"
+)
+
+// limitListener caps the connections open at once, from one address and
+// in all. Past a cap it closes the new connection as soon as it is
+// accepted, before any TLS or HTTP work: a flood of connections costs a
+// map lookup each, and what the open ones may cost is bounded by the cap.
+type limitListener struct {
+	net.Listener
+	perAddress, total int
+	// exempt addresses (trusted proxies, which carry every client's
+	// requests) count towards the total only.
+	exempt []netip.Prefix
+	// refused counts by reason; open is read by a gauge.
+	refused *prometheus.CounterVec
+
+	mu     sync.Mutex
+	open   int
+	byAddr map[netip.Addr]int
+}
+
+func newLimitListener(l net.Listener, perAddress, total int, exempt []netip.Prefix, refused *prometheus.CounterVec) *limitListener {
+	return &limitListener{Listener: l, perAddress: perAddress, total: total, exempt: exempt, refused: refused, byAddr: map[netip.Addr]int{}}
+}
+
+// Accept returns the next connection within the caps; the others are
+// closed without being handed on.
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		addr, exempt := l.classify(c)
+		if reason := l.acquire(addr, exempt); reason != "" {
+			l.refused.WithLabelValues(reason).Inc()
+			// No lingering: a refused connection leaves nothing behind.
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.SetLinger(0)
+			}
+			_ = c.Close()
+			continue
+		}
+		return &limitedConn{Conn: c, release: func() { l.release(addr, exempt) }}, nil
+	}
+}
+
+func (l *limitListener) acquire(addr netip.Addr, exempt bool) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.open >= l.total {
+		return refusedTotal
+	}
+	if !exempt {
+		if l.byAddr[addr] >= l.perAddress {
+			return refusedPerAddress
+		}
+		l.byAddr[addr]++
+	}
+	l.open++
+	return ""
+}
+
+func (l *limitListener) release(addr netip.Addr, exempt bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.open--
+	if exempt {
+		return
+	}
+	if l.byAddr[addr]--; l.byAddr[addr] <= 0 {
+		delete(l.byAddr, addr)
+	}
+}
+
+// Open is how many accepted connections are open.
+func (l *limitListener) Open() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.open
+}
+
+// classify says who a connection counts against, and whether it is
+// exempt from the per-address cap: its peer's IPv4 address, or its IPv6
+// /64 — a single host is routinely given a whole /64, so capping per /128
+// would cap nothing (the failure limiter keys IPv6 clients the same way).
+func (l *limitListener) classify(c net.Conn) (netip.Addr, bool) {
+	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	addr := ap.Addr().Unmap()
+	for _, p := range l.exempt {
+		if p.Contains(addr) {
+			return addr, true
+		}
+	}
+	if addr.Is6() {
+		if p, err := addr.Prefix(64); err == nil {
+			return p.Addr(), false
+		}
+	}
+	return addr, false
+}
+
+// limitedConn gives its place back once, when closed.
+type limitedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}

@@ -1,0 +1,407 @@
+// Package serving is Latchkey's webhook server: controller-runtime's
+// webhook.Server, so that ctrl.NewWebhookManagedBy registers admission
+// webhooks as usual, but on two listeners with every bound explicit.
+//
+// The verification listener serves /tokenreview, /authorize, /whoami and
+// /v1/executions to proxies and reviewers. The admission listener serves
+// only the admission webhooks, and only to kube-apiserver when a client CA
+// is given: an admission review fences keys, so no one else may send one.
+//
+// Memory is bounded by the connection caps: a connection's worst case is
+// about 150 KiB (two TLS record buffers of 16 KiB, 8 KiB of bufio, the
+// header limit, a grown goroutine stack, and the largest body read before
+// a key is checked, /tokenreview's 64 KiB), so the verification listener's
+// 1,024 connections come to about 150 MiB. The admission listener's 64, at
+// its 1 MiB body limit, come to about 64 MiB more. Both together stay far
+// below the manager's 512 MiB limit beside its key index.
+package serving
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	stdlog "log"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"sigs.k8s.io/controller-runtime/pkg/certwatcher"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	"github.com/latchkey-dev/latchkey/internal/certs"
+)
+
+// Ports the manager listens on by default.
+const (
+	DefaultVerificationPort = 9443
+	DefaultAdmissionPort    = 9444
+)
+
+// Limits bound what one listener's clients can hold.
+type Limits struct {
+	// ReadHeaderTimeout bounds the TLS handshake and the request headers;
+	// ReadTimeout the whole request, body included; WriteTimeout the
+	// handler and its answer; IdleTimeout a keep-alive connection between
+	// requests.
+	ReadHeaderTimeout, ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	MaxHeaderBytes                                            int
+	// MaxBodyBytes bounds a request body where no handler does (0: the
+	// handlers' own limits).
+	MaxBodyBytes int64
+	// MaxConnsPerAddress and MaxConns cap the connections open at once from
+	// one address (IPv6: one /64) and in all.
+	MaxConnsPerAddress, MaxConns int
+}
+
+// The verification listener's defaults. WriteTimeout leaves room for a
+// held 429 (at most endpoints.DefaultMaxHold) and an execution report's
+// write to the API server. A client has DefaultMaxConnsPerAddress
+// connections: twice the failure limiter's held refusals per address
+// (endpoints.DefaultMaxHeldPerAddress), so that an address whose refusals
+// are all held still has as many for its valid requests.
+const (
+	DefaultReadHeaderTimeout  = 5 * time.Second
+	DefaultReadTimeout        = 10 * time.Second
+	DefaultWriteTimeout       = 20 * time.Second
+	DefaultIdleTimeout        = 60 * time.Second
+	DefaultMaxHeaderBytes     = 16 << 10
+	DefaultMaxConnsPerAddress = 64
+	DefaultMaxConns           = 1024
+)
+
+// The admission listener's: kube-apiserver waits 5 s for the webhook
+// (timeoutSeconds), and sends an ApiKey, old and new, well under 1 MiB
+// (annotations are capped at 256 KiB). A few kube-apiservers call it.
+const (
+	DefaultAdmissionMaxBodyBytes = 1 << 20
+	DefaultAdmissionMaxConns     = 64
+)
+
+// DefaultLimits are the verification listener's.
+func DefaultLimits() Limits {
+	return Limits{
+		ReadHeaderTimeout: DefaultReadHeaderTimeout, ReadTimeout: DefaultReadTimeout,
+		WriteTimeout: DefaultWriteTimeout, IdleTimeout: DefaultIdleTimeout,
+		MaxHeaderBytes:     DefaultMaxHeaderBytes,
+		MaxConnsPerAddress: DefaultMaxConnsPerAddress, MaxConns: DefaultMaxConns,
+	}
+}
+
+// DefaultAdmissionLimits are the admission listener's.
+func DefaultAdmissionLimits() Limits {
+	l := DefaultLimits()
+	l.ReadTimeout, l.WriteTimeout = DefaultReadTimeout, DefaultReadTimeout
+	l.MaxBodyBytes = DefaultAdmissionMaxBodyBytes
+	l.MaxConnsPerAddress, l.MaxConns = DefaultAdmissionMaxConns, DefaultAdmissionMaxConns
+	return l
+}
+
+// Options configure a Server.
+type Options struct {
+	// Host both listeners bind to; empty means every interface.
+	Host string
+	// VerificationPort and AdmissionPort are the listeners' ports; 0 means
+	// the defaults. The admission listener opens only if an admission
+	// webhook is registered.
+	VerificationPort, AdmissionPort int
+	// TLSOpts adjust both listeners' TLS configuration; one of them may
+	// set GetCertificate (a certwatcher or the certs Rotator). Without it
+	// the certificate is read from CertDir (tls.crt, tls.key) and watched.
+	TLSOpts []func(*tls.Config)
+	CertDir string
+	// AdmissionClientCA is a PEM file: the admission listener requires a
+	// client certificate it signed, as kube-apiserver presents when its
+	// AdmissionConfiguration names a kubeconfig for the webhook. Empty
+	// serves admission to anyone who can reach it (a warning is logged).
+	AdmissionClientCA string
+	// AdmissionClientNames, if any, are the only client certificate names
+	// (common name or DNS SAN) admitted.
+	AdmissionClientNames []string
+	// Verification and Admission bound each listener; zero values are
+	// replaced by DefaultLimits and DefaultAdmissionLimits.
+	Verification, Admission Limits
+	// UncappedAddresses (trusted proxies, which carry many clients'
+	// requests) count towards the verification listener's total only.
+	UncappedAddresses []netip.Prefix
+}
+
+// IsAdmissionPath says whether controller-runtime serves an admission (or
+// conversion) webhook at path: its builder names them so.
+func IsAdmissionPath(path string) bool {
+	return strings.HasPrefix(path, "/validate-") || strings.HasPrefix(path, "/mutate-") || path == "/convert"
+}
+
+// Server is a webhook.Server on two listeners.
+type Server struct {
+	o Options
+
+	verification, admission *http.ServeMux
+
+	mu        sync.Mutex
+	paths     map[string]bool
+	hasHooks  bool
+	started   bool
+	listeners map[string]*limitListener
+
+	open    *prometheus.GaugeVec
+	refused *prometheus.CounterVec
+}
+
+var _ webhook.Server = &Server{}
+
+// Listener names, as metrics label them.
+const (
+	listenerVerification = "verification"
+	listenerAdmission    = "admission"
+)
+
+// New returns a Server; nothing listens until Start.
+func New(o Options) *Server {
+	if o.VerificationPort == 0 {
+		o.VerificationPort = DefaultVerificationPort
+	}
+	if o.AdmissionPort == 0 {
+		o.AdmissionPort = DefaultAdmissionPort
+	}
+	if o.Verification == (Limits{}) {
+		o.Verification = DefaultLimits()
+	}
+	if o.Admission == (Limits{}) {
+		o.Admission = DefaultAdmissionLimits()
+	}
+	s := &Server{
+		o:            o,
+		verification: http.NewServeMux(),
+		admission:    http.NewServeMux(),
+		paths:        map[string]bool{},
+		listeners:    map[string]*limitListener{},
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "latchkey_serving_connections_refused_total",
+			Help: "Connections closed at accept because a connection cap was reached, by listener and cap (per_address, total).",
+		}, []string{"listener", "cap"}),
+	}
+	return s
+}
+
+// Collectors are the server's metrics, for the operator's registry.
+func (s *Server) Collectors() []prometheus.Collector {
+	open := func(name string) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "latchkey_serving_connections",
+			Help:        "Connections open, by listener.",
+			ConstLabels: prometheus.Labels{"listener": name},
+		}, func() float64 {
+			s.mu.Lock()
+			l := s.listeners[name]
+			s.mu.Unlock()
+			if l == nil {
+				return 0
+			}
+			return float64(l.Open())
+		})
+	}
+	return []prometheus.Collector{s.refused, open(listenerVerification), open(listenerAdmission)}
+}
+
+// NeedLeaderElection is false: every replica serves.
+func (*Server) NeedLeaderElection() bool { return false }
+
+// Register serves hook at path: on the admission listener if path is an
+// admission webhook's, on the verification listener otherwise.
+func (s *Server) Register(path string, hook http.Handler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.paths[path] {
+		panic(fmt.Errorf("can't register duplicate path: %v", path))
+	}
+	s.paths[path] = true
+	if IsAdmissionPath(path) {
+		s.hasHooks = true
+		s.admission.Handle(path, hook)
+		return
+	}
+	s.verification.Handle(path, hook)
+}
+
+// WebhookMux is the verification listener's mux. Handlers added to it
+// directly are served unauthenticated: admission webhooks go through
+// Register.
+func (s *Server) WebhookMux() *http.ServeMux { return s.verification }
+
+// StartedChecker passes once the listeners are open.
+func (s *Server) StartedChecker() healthz.Checker {
+	return func(*http.Request) error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if !s.started {
+			return errors.New("the webhook server has not started yet")
+		}
+		return nil
+	}
+}
+
+// Start opens the listeners and serves until ctx ends.
+func (s *Server) Start(ctx context.Context) error {
+	logger := log.FromContext(ctx).WithName("serving")
+	base := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
+	for _, op := range s.o.TLSOpts {
+		op(base)
+	}
+	if base.GetCertificate == nil {
+		w, err := certwatcher.New(filepath.Join(s.o.CertDir, certs.CertFile), filepath.Join(s.o.CertDir, certs.KeyFile))
+		if err != nil {
+			return err
+		}
+		base.GetCertificate = w.GetCertificate
+		go func() {
+			if err := w.Start(ctx); err != nil {
+				logger.Error(err, "Certificate watcher failed")
+			}
+		}()
+	}
+
+	type served struct {
+		name   string
+		port   int
+		tls    *tls.Config
+		limits Limits
+		mux    http.Handler
+		exempt []netip.Prefix
+	}
+	list := []served{{listenerVerification, s.o.VerificationPort, base, s.o.Verification, s.verification, s.o.UncappedAddresses}}
+	s.mu.Lock()
+	hasHooks := s.hasHooks
+	s.mu.Unlock()
+	if hasHooks {
+		admissionTLS, err := s.admissionTLS(base)
+		if err != nil {
+			return err
+		}
+		if admissionTLS.ClientCAs == nil {
+			logger.Info("WARNING: the admission webhook is served to any client, unauthenticated: anyone who can reach " +
+				"its port can fence keys for --fence-ttl. Give kube-apiserver a client certificate for it " +
+				"(AdmissionConfiguration) and set --admission-client-ca, or at least keep the shipped NetworkPolicy.")
+		}
+		list = append(list, served{listenerAdmission, s.o.AdmissionPort, admissionTLS, s.o.Admission, s.admission, nil})
+	}
+
+	servers := make([]*http.Server, 0, len(list))
+	listeners := make([]net.Listener, 0, len(list))
+	for _, sv := range list {
+		tcp, err := net.Listen("tcp", net.JoinHostPort(s.o.Host, strconv.Itoa(sv.port)))
+		if err != nil {
+			for _, l := range listeners {
+				_ = l.Close()
+			}
+			return fmt.Errorf("the %s listener: %w", sv.name, err)
+		}
+		limited := newLimitListener(tcp, sv.limits.MaxConnsPerAddress, sv.limits.MaxConns, sv.exempt,
+			s.refused.MustCurryWith(prometheus.Labels{"listener": sv.name}))
+		s.mu.Lock()
+		s.listeners[sv.name] = limited
+		s.mu.Unlock()
+		listeners = append(listeners, tls.NewListener(limited, sv.tls))
+		handler := sv.mux
+		if sv.limits.MaxBodyBytes > 0 {
+			handler = limitBody(handler, sv.limits.MaxBodyBytes)
+		}
+		servers = append(servers, &http.Server{
+			Handler:           handler,
+			ReadHeaderTimeout: sv.limits.ReadHeaderTimeout,
+			ReadTimeout:       sv.limits.ReadTimeout,
+			WriteTimeout:      sv.limits.WriteTimeout,
+			IdleTimeout:       sv.limits.IdleTimeout,
+			MaxHeaderBytes:    sv.limits.MaxHeaderBytes,
+			// A flood of bad handshakes would otherwise write a line each
+			// to stderr.
+			ErrorLog:    stdlog.New(logWriter{logger.WithValues("listener", sv.name).V(1)}, "", 0),
+			BaseContext: func(net.Listener) context.Context { return ctx },
+		})
+		logger.Info("Serving", "listener", sv.name, "host", s.o.Host, "port", sv.port)
+	}
+	s.mu.Lock()
+	s.started = true
+	s.mu.Unlock()
+
+	errs := make(chan error, len(servers))
+	for i, srv := range servers {
+		go func() {
+			if err := srv.Serve(listeners[i]); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errs <- err
+				return
+			}
+			errs <- nil
+		}()
+	}
+	var failed error
+	select {
+	case <-ctx.Done():
+	case failed = <-errs:
+	}
+	shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	for _, srv := range servers {
+		if err := srv.Shutdown(shutdown); err != nil {
+			logger.Error(err, "Shutting down a listener")
+		}
+	}
+	return failed
+}
+
+// admissionTLS is base, requiring kube-apiserver's client certificate
+// when a client CA is given.
+func (s *Server) admissionTLS(base *tls.Config) (*tls.Config, error) {
+	cfg := base.Clone()
+	if s.o.AdmissionClientCA == "" {
+		return cfg, nil
+	}
+	pem, err := os.ReadFile(s.o.AdmissionClientCA)
+	if err != nil {
+		return nil, fmt.Errorf("reading --admission-client-ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--admission-client-ca %s holds no PEM certificate", s.o.AdmissionClientCA)
+	}
+	cfg.ClientCAs = pool
+	cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	if names := s.o.AdmissionClientNames; len(names) > 0 {
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			leaf := cs.PeerCertificates[0]
+			if slices.Contains(names, leaf.Subject.CommonName) || slices.ContainsFunc(leaf.DNSNames, func(n string) bool { return slices.Contains(names, n) }) {
+				return nil
+			}
+			return fmt.Errorf("client certificate %q is not one of --admission-client-names", leaf.Subject.CommonName)
+		}
+	}
+	return cfg, nil
+}
+
+// limitBody bounds request bodies to n bytes.
+func limitBody(h http.Handler, n int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, n)
+		h.ServeHTTP(w, r)
+	})
+}
+
+// logWriter hands net/http's error lines to a logr.Logger.
+type logWriter struct{ logr.Logger }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.Info(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
