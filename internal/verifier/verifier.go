@@ -59,30 +59,33 @@ type keyState struct {
 
 // Verifier is the in-memory index. It is safe for concurrent use.
 type Verifier struct {
-	clock    clock.PassiveClock
-	fenceTTL time.Duration
+	clock clock.PassiveClock
+	// fences has its own lock: fencing never takes the index's.
+	fences *fenceTable
 
 	mu     sync.RWMutex
 	byHash map[[32]byte]*record
 	hashOf map[types.UID][32]byte // record name (the ApiKey UID) → hash
 	keys   map[types.UID]keyState
-	fences map[types.UID]time.Time
 	synced func() bool
 }
 
 // New returns an empty verifier.
-func New(clk clock.PassiveClock, fenceTTL time.Duration) *Verifier {
+func New(clk clock.PassiveClock, fenceTTL time.Duration, opts ...Option) *Verifier {
 	if fenceTTL <= 0 {
 		fenceTTL = DefaultFenceTTL
 	}
+	o := options{maxFences: DefaultMaxFences, confirmAfter: DefaultFenceConfirmAfter}
+	for _, opt := range opts {
+		opt(&o)
+	}
 	return &Verifier{
-		clock:    clk,
-		fenceTTL: fenceTTL,
-		byHash:   map[[32]byte]*record{},
-		hashOf:   map[types.UID][32]byte{},
-		keys:     map[types.UID]keyState{},
-		fences:   map[types.UID]time.Time{},
-		synced:   func() bool { return false },
+		clock:  clk,
+		fences: newFenceTable(clk, fenceTTL, o.confirmAfter, o.maxFences),
+		byHash: map[[32]byte]*record{},
+		hashOf: map[types.UID][32]byte{},
+		keys:   map[types.UID]keyState{},
+		synced: func() bool { return false },
 	}
 }
 
@@ -110,7 +113,7 @@ func (v *Verifier) Verify(raw string) (Identity, error) {
 	if !ok || rec.revoked || ks.revoked || ks.deleting {
 		return id, ErrRevoked
 	}
-	if until, fenced := v.fences[id.KeyUID]; fenced && now.Before(until) {
+	if v.fences.holds(id.KeyUID, now) {
 		return id, ErrRevoked
 	}
 	if ks.expiresAt != nil {
@@ -122,15 +125,12 @@ func (v *Verifier) Verify(raw string) (Identity, error) {
 	return id, nil
 }
 
-// Fence stops the key from authenticating until fenceTTL passes, or for
-// good once its revocation is seen. It implements the admission webhook's
-// RevocationFence; it cannot fail.
+// Fence stops the key from authenticating until fenceTTL passes, for good
+// once its revocation is seen, or until the API server, asked when the
+// watch stays silent, shows no revocation. It implements the admission
+// webhook's RevocationFence; it fails only when the fence table is full.
 func (v *Verifier) Fence(_ context.Context, key *authv1alpha1.ApiKey) error {
-	v.mu.Lock()
-	v.fences[key.UID] = v.clock.Now().Add(v.fenceTTL)
-	v.expireFencesLocked()
-	v.mu.Unlock()
-	return nil
+	return v.fences.add(key)
 }
 
 // Size is how many records the index holds.
@@ -141,25 +141,11 @@ func (v *Verifier) Size() int {
 }
 
 // Fences is how many fences hold now.
-func (v *Verifier) Fences() int {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	v.expireFencesLocked()
-	return len(v.fences)
-}
+func (v *Verifier) Fences() int { return v.fences.len() }
 
 // Synced reports whether the index holds everything the API server had
 // when it started watching.
 func (v *Verifier) Synced() bool { return v.synced() }
-
-func (v *Verifier) expireFencesLocked() {
-	now := v.clock.Now()
-	for uid, until := range v.fences {
-		if !now.Before(until) {
-			delete(v.fences, uid)
-		}
-	}
-}
 
 // SetRecord indexes a record; the watch calls it, as do tests.
 func (v *Verifier) SetRecord(r *authv1alpha1.ApiKeyRecord) {
@@ -190,7 +176,7 @@ func (v *Verifier) SetRecord(r *authv1alpha1.ApiKeyRecord) {
 	v.byHash[hash] = rec
 	v.hashOf[r.UID] = hash
 	if rec.revoked {
-		delete(v.fences, rec.id.KeyUID)
+		v.fences.drop(rec.id.KeyUID)
 	}
 }
 
@@ -215,7 +201,7 @@ func (v *Verifier) SetKey(k *authv1alpha1.ApiKey) {
 	defer v.mu.Unlock()
 	v.keys[k.UID] = ks
 	if ks.revoked || ks.deleting {
-		delete(v.fences, k.UID)
+		v.fences.drop(k.UID)
 	}
 }
 
@@ -224,7 +210,7 @@ func (v *Verifier) RemoveKey(k *authv1alpha1.ApiKey) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	delete(v.keys, k.UID)
-	delete(v.fences, k.UID)
+	v.fences.drop(k.UID)
 }
 
 // Watch feeds the index from the cache's informers for ApiKeyRecords and
