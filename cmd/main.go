@@ -27,6 +27,7 @@ import (
 
 	"github.com/latchkey-dev/latchkey/internal/certs"
 	"github.com/latchkey-dev/latchkey/internal/controller"
+	"github.com/latchkey-dev/latchkey/internal/endpoints"
 	"github.com/latchkey-dev/latchkey/internal/operator"
 	"github.com/latchkey-dev/latchkey/internal/scheme"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
@@ -44,9 +45,10 @@ func main() {
 		kubeAPIQPS                                         float64
 		recordRetention, secretCheckInterval               time.Duration
 		fenceTTL, lastUsedInterval                         time.Duration
-		failureRate                                        float64
-		failureBurst                                       int
-		trustedProxies, tokenAudiences                     string
+		failureRate, globalFailureRate                     float64
+		failureBurst, globalFailureBurst                   int
+		trustedProxies, clientAddressHeader                string
+		tokenAudiences, apiServerAudiences                 string
 		certSecretName, webhookServiceName, webhookConfig  string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "The address the metrics endpoint binds to. "+
@@ -79,10 +81,18 @@ func main() {
 	flag.Float64Var(&failureRate, "failed-auth-rate", 10,
 		"Failed verifications at /authorize and /whoami allowed per second per client address before 429 (0 disables the limit).")
 	flag.IntVar(&failureBurst, "failed-auth-burst", 50, "Burst of failed verifications allowed per client address.")
+	flag.Float64Var(&globalFailureRate, "failed-auth-global-rate", endpoints.DefaultGlobalFailureRate,
+		"Failed verifications at /authorize and /whoami allowed per second from all client addresses together before 429 (0 disables the limit).")
+	flag.IntVar(&globalFailureBurst, "failed-auth-global-burst", endpoints.DefaultGlobalFailureBurst, "Burst of failed verifications allowed from all client addresses together.")
 	flag.StringVar(&trustedProxies, "trusted-proxies", "",
-		"Comma-separated CIDRs of proxies whose X-Real-IP / X-Forwarded-For name the client, for rate limiting.")
-	flag.StringVar(&tokenAudiences, "token-audiences", "",
-		"Comma-separated audiences keys are valid for in TokenReviews; empty accepts any requested audience.")
+		"Comma-separated CIDRs of proxies whose --client-address-header names the client, for rate limiting.")
+	flag.StringVar(&clientAddressHeader, "client-address-header", endpoints.DefaultClientAddressHeader,
+		"The one header in which trusted proxies name the client, such as X-Real-IP or X-Forwarded-For (its last hop, the one the proxy appended); any other is ignored.")
+	flag.StringVar(&tokenAudiences, "token-audiences", endpoints.DefaultAudience,
+		"Comma-separated audiences keys are valid for in TokenReviews from services; a review for any other audience refuses a key.")
+	flag.StringVar(&apiServerAudiences, "apiserver-audiences", "",
+		"Comma-separated audiences of kube-apiserver (its --api-audiences, by default its --service-account-issuer) when it authenticates keys "+
+			"with --authentication-token-webhook-config-file; empty: keys are not valid for the Kubernetes API.")
 	flag.StringVar(&certSecretName, "cert-secret-name", "latchkey-webhook-server-cert",
 		"Without --webhook-cert-path: the Secret in the manager's namespace (POD_NAMESPACE) where it keeps and renews its own serving certificate.")
 	flag.StringVar(&webhookServiceName, "webhook-service-name", "latchkey-webhook-service", "The Service in front of the webhook server.")
@@ -192,8 +202,12 @@ func main() {
 		LastUsedInterval:        lastUsedInterval,
 		FailedAuthRate:          failureRate,
 		FailedAuthBurst:         failureBurst,
+		FailedAuthGlobalRate:    globalFailureRate,
+		FailedAuthGlobalBurst:   globalFailureBurst,
 		TrustedProxies:          trusted,
+		ClientAddressHeader:     clientAddressHeader,
 		TokenAudiences:          splitList(tokenAudiences),
+		APIServerAudiences:      splitList(apiServerAudiences),
 	}); err != nil {
 		setupLog.Error(err, "Failed to set up Latchkey")
 		os.Exit(1)

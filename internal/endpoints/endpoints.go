@@ -40,6 +40,12 @@ const (
 	ExtraKeyHint       = "latchkey.dev/key-hint"
 )
 
+// DefaultAudience is what keys are valid for when no audience is
+// configured: a service reviewing a Latchkey key asks for it, so that a
+// review meant for another issuer's tokens (a Vault, a service account's)
+// never accepts one.
+const DefaultAudience = "latchkey.dev"
+
 // MaxBodyBytes caps a request body.
 const MaxBodyBytes = 64 << 10
 
@@ -58,11 +64,17 @@ type Server struct {
 	// Limiter limits failed attempts at /authorize and /whoami per client
 	// address; nil disables it.
 	Limiter *FailureLimiter
-	// Audiences are the audiences keys are valid for in a TokenReview;
-	// empty means any audience the caller asks for.
+	// Audiences are the audiences keys are valid for in a TokenReview, for
+	// services that review keys; empty means DefaultAudience.
 	Audiences []string
-	Clock     clock.PassiveClock
-	Metrics   *Metrics
+	// APIServerAudiences are kube-apiserver's own audiences (its
+	// --api-audiences, which default to its --service-account-issuer).
+	// Keys are valid for them as well, and a review that names no audience,
+	// which means the API server's, authenticates only when they are set:
+	// empty, keys are not Kubernetes credentials.
+	APIServerAudiences []string
+	Clock              clock.PassiveClock
+	Metrics            *Metrics
 }
 
 // Register adds the endpoints to a mux, such as the webhook server.
@@ -82,6 +94,12 @@ func (s *Server) Authorize(w http.ResponseWriter, r *http.Request) {
 	defer s.observe("authorize", s.Clock.Now())
 	if len(r.Header.Values("Authorization")) > 1 {
 		s.badRequest(w, "authorize", "more than one Authorization header")
+		return
+	}
+	if len(r.Header.Values(HeaderTenantRequired)) > 1 {
+		// Proxies differ in which of two they pass on: pinning must not
+		// depend on it.
+		s.badRequest(w, "authorize", "more than one "+HeaderTenantRequired+" header")
 		return
 	}
 	id, ok := s.verifyBearer(w, r, "authorize")
@@ -184,10 +202,10 @@ func (s *Server) TokenReview(w http.ResponseWriter, r *http.Request) {
 		s.count("tokenreview", resultOf(verr))
 		review.Status.Error = verr.Error()
 	default:
-		audiences, ok := s.audiences(requested)
-		if !ok {
+		audiences, err := s.audiences(requested)
+		if err != nil {
 			s.count("tokenreview", "wrong_audience")
-			review.Status.Error = "key is not valid for any of the requested audiences"
+			review.Status.Error = err.Error()
 			break
 		}
 		s.count("tokenreview", "allowed")
@@ -209,24 +227,38 @@ func (s *Server) TokenReview(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(review)
 }
 
-// audiences answers a review that asked for the requested audiences, the
-// way kube-apiserver expects: the requested audiences the key is valid for,
-// none when it asked for none, and a failure when none apply.
-func (s *Server) audiences(requested []string) ([]string, bool) {
+// audiences answers a review that asked for the requested audiences, as
+// authentication.k8s.io/v1 defines it: the requested audiences the key is
+// valid for, and a failure when none are. A review that asks for none asks
+// for the API server's audience, which an empty answer affirms: so it
+// passes only when the API server's audience is configured.
+func (s *Server) audiences(requested []string) ([]string, error) {
 	if len(requested) == 0 {
-		return nil, true
+		if len(s.APIServerAudiences) == 0 {
+			return nil, errNotAPIServerAudience
+		}
+		return nil, nil
 	}
-	if len(s.Audiences) == 0 {
-		return requested, true
+	valid := s.Audiences
+	if len(valid) == 0 {
+		valid = []string{DefaultAudience}
 	}
 	var ok []string
 	for _, a := range requested {
-		if slices.Contains(s.Audiences, a) {
+		if slices.Contains(valid, a) || slices.Contains(s.APIServerAudiences, a) {
 			ok = append(ok, a)
 		}
 	}
-	return ok, len(ok) > 0
+	if len(ok) == 0 {
+		return nil, errWrongAudience
+	}
+	return ok, nil
 }
+
+var (
+	errNotAPIServerAudience = errors.New("keys are not valid for the Kubernetes API server: the review names no audience, and the manager has no --apiserver-audiences")
+	errWrongAudience        = errors.New("key is not valid for any of the requested audiences")
+)
 
 // limited spends a failure of the client's budget and answers 429 when it
 // is spent.
@@ -236,16 +268,24 @@ func (s *Server) limited(w http.ResponseWriter, r *http.Request, endpoint string
 	}
 	addr, direct := s.Limiter.ClientAddr(r)
 	now := s.Clock.Now()
-	ok, wait := s.Limiter.Allow(addr, now)
+	ok, wait, own := s.Limiter.Allow(addr, now)
 	if ok {
 		return false
+	}
+	secs := strconv.Itoa(int(wait/time.Second) + 1)
+	if !own {
+		// The global budget is everyone's: this client may be within its
+		// own, so its connection is neither held nor closed.
+		s.count(endpoint, "rate_limited_global")
+		w.Header().Set("Retry-After", secs)
+		http.Error(w, "too many failed attempts from all addresses; retry later", http.StatusTooManyRequests)
+		return true
 	}
 	s.count(endpoint, "rate_limited")
 	if direct && !s.Limiter.Hold(r.Context(), addr, now, wait) {
 		w.Header().Set("Connection", "close")
 	}
-	secs := int(wait/time.Second) + 1
-	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	w.Header().Set("Retry-After", secs)
 	http.Error(w, "too many failed attempts from this address; retry later", http.StatusTooManyRequests)
 	return true
 }

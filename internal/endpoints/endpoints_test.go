@@ -141,7 +141,7 @@ func reviewBody(token string, audiences ...string) string {
 }
 
 func TestTokenReview(t *testing.T) {
-	r := newRig(t, &Server{Audiences: []string{"https://kubernetes.default.svc", "latchkey"}})
+	r := newRig(t, &Server{Audiences: []string{"latchkey"}, APIServerAudiences: []string{"https://kubernetes.default.svc"}})
 	tests := []struct {
 		name          string
 		token         func() string
@@ -189,6 +189,48 @@ func TestTokenReview(t *testing.T) {
 					fmt.Sprint(u.Extra[ExtraKeyHint]) != "["+keys.Hint(r.active)+"]" {
 					t.Fatalf("user = %+v", u)
 				}
+			}
+		})
+	}
+}
+
+// A key is valid for its own audiences only: a review meant for another
+// issuer's tokens refuses it, and a review naming no audience, which means
+// the Kubernetes API server's, accepts it only where the API server's
+// audience is configured.
+func TestTokenReviewAudiences(t *testing.T) {
+	const apiServer = "https://127.0.0.1:6443/"
+	tests := []struct {
+		name          string
+		server        *Server
+		audiences     []string
+		wantError     string
+		wantAudiences []string
+	}{
+		{"by default a key is valid for Latchkey's audience", &Server{}, []string{"vault", DefaultAudience}, "", []string{DefaultAudience}},
+		{"by default a review meant for another service refuses a key", &Server{}, []string{"vault"}, "not valid for any of the requested audiences", nil},
+		{"by default a review naming no audience refuses a key", &Server{}, nil, "no --apiserver-audiences", nil},
+		{"a configured audience replaces the default", &Server{Audiences: []string{"payments"}}, []string{DefaultAudience}, "not valid for any of the requested audiences", nil},
+		{"the API server's audience, once configured, is a key's too", &Server{APIServerAudiences: []string{apiServer}}, []string{apiServer}, "", []string{apiServer}},
+		{"once it is configured, a review naming no audience passes with none, meaning the API server's", &Server{APIServerAudiences: []string{apiServer}}, nil, "", nil},
+		{"the API server's audience does not open others", &Server{APIServerAudiences: []string{apiServer}}, []string{"vault"}, "not valid for any of the requested audiences", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRig(t, tt.server)
+			_, body := r.do(t, http.MethodPost, PathTokenReview, strings.NewReader(reviewBody(r.active, tt.audiences...)), nil)
+			var got authnv1.TokenReview
+			if err := json.Unmarshal([]byte(body), &got); err != nil {
+				t.Fatal(err)
+			}
+			if got.Status.Authenticated != (tt.wantError == "") || !strings.Contains(got.Status.Error, tt.wantError) {
+				t.Fatalf("status = %+v, want error %q", got.Status, tt.wantError)
+			}
+			if fmt.Sprint(got.Status.Audiences) != fmt.Sprint(tt.wantAudiences) {
+				t.Fatalf("audiences = %v, want %v", got.Status.Audiences, tt.wantAudiences)
+			}
+			if !got.Status.Authenticated && got.Status.User.Username != "" {
+				t.Fatalf("a refused review names a user: %+v", got.Status.User)
 			}
 		})
 	}
@@ -273,6 +315,22 @@ func TestAuthorize(t *testing.T) {
 	}
 }
 
+// Two pinned tenants are a bad request whatever their order, where the
+// first used to win: which of two a proxy passes on is not to decide.
+func TestAuthorizeRefusesTwoPinnedTenants(t *testing.T) {
+	r := newRig(t, &Server{})
+	for _, pinned := range [][]string{{"tenant-a", "tenant-b"}, {"tenant-b", "tenant-a"}, {"tenant-a", "tenant-a"}} {
+		h := http.Header{"Authorization": {"Bearer " + r.active}, HeaderTenantRequired: pinned}
+		resp, body := r.do(t, http.MethodGet, PathAuthorize, nil, h)
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "more than one X-Latchkey-Tenant-Required header") {
+			t.Fatalf("pinned %v: %d %q, want 400 with the reason", pinned, resp.StatusCode, body)
+		}
+		if resp.Header.Get(HeaderTenant) != "" || resp.Header.Get(HeaderKey) != "" {
+			t.Fatalf("pinned %v: a refusal named the key: %v", pinned, resp.Header)
+		}
+	}
+}
+
 func TestWhoAmI(t *testing.T) {
 	r := newRig(t, &Server{})
 	resp, body := r.do(t, http.MethodGet, PathWhoAmI, nil, http.Header{"Authorization": {"Bearer " + r.active}})
@@ -319,6 +377,31 @@ func TestFailuresAreRateLimitedButValidKeysNever(t *testing.T) {
 	}
 }
 
+// A refusal by the global budget is answered at once, on a connection kept
+// open: the client refused is within its own budget, and the valid key it
+// sends next on that connection is served.
+func TestGlobalRefusalsAreNeitherHeldNorClosing(t *testing.T) {
+	lim := NewFailureLimiter(1000, 1000, nil, WithGlobalBudget(0.001, 1))
+	lim.maxHold = time.Hour // were a refusal held, the request would time out
+	r := newRig(t, &Server{Limiter: lim})
+	r.client.Timeout = 30 * time.Second
+	wrong := http.Header{"Authorization": {"Bearer lk_nope"}}
+	if resp, _ := r.do(t, http.MethodGet, PathAuthorize, nil, wrong); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("the first wrong key: %d, want 401", resp.StatusCode)
+	}
+	resp, body := r.do(t, http.MethodGet, PathAuthorize, nil, wrong)
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Close || resp.Header.Get("Retry-After") == "" ||
+		!strings.Contains(body, "from all addresses") {
+		t.Fatalf("past the global budget: %d, close %v, Retry-After %q: %s", resp.StatusCode, resp.Close, resp.Header.Get("Retry-After"), body)
+	}
+	if lim.Held() != 0 {
+		t.Fatalf("%d global refusals held", lim.Held())
+	}
+	if resp, _ := r.do(t, http.MethodGet, PathAuthorize, nil, http.Header{"Authorization": {"Bearer " + r.active}}); resp.StatusCode != http.StatusOK {
+		t.Fatalf("a valid key past the global budget: %d", resp.StatusCode)
+	}
+}
+
 // A reviewer's address is not the key holder's: however many wrong keys it
 // asks about, it gets TokenReview answers, never a 429 that kube-apiserver
 // would retry, nor a held answer or a closed connection.
@@ -334,7 +417,7 @@ func TestTokenReviewFailuresAreNotChargedToTheReviewer(t *testing.T) {
 	if lim.Held() != 0 {
 		t.Fatalf("%d answers held", lim.Held())
 	}
-	if ok, _ := lim.Allow(netip.MustParseAddr("127.0.0.1"), time.Now()); !ok {
+	if ok, _, _ := lim.Allow(netip.MustParseAddr("127.0.0.1"), time.Now()); !ok {
 		t.Fatal("the reviewer's failure budget was spent")
 	}
 }

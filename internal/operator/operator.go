@@ -50,8 +50,19 @@ type Options struct {
 	// client address; a rate of 0 disables the limit.
 	FailedAuthRate  float64
 	FailedAuthBurst int
-	TrustedProxies  []netip.Prefix
-	TokenAudiences  []string
+	// FailedAuthGlobalRate and FailedAuthGlobalBurst limit them from all
+	// addresses together; a rate of 0 disables that limit.
+	FailedAuthGlobalRate  float64
+	FailedAuthGlobalBurst int
+	TrustedProxies        []netip.Prefix
+	// ClientAddressHeader is the one header trusted proxies name the client
+	// in; empty means X-Real-IP.
+	ClientAddressHeader string
+	// TokenAudiences are the audiences keys are valid for in TokenReviews
+	// (empty: endpoints.DefaultAudience); APIServerAudiences are
+	// kube-apiserver's own, for which keys are valid only when set.
+	TokenAudiences     []string
+	APIServerAudiences []string
 }
 
 // Operator is what Setup wired, for callers that look inside (tests).
@@ -91,7 +102,9 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 	if err := v.Watch(context.Background(), mgr.GetCache()); err != nil {
 		return nil, fmt.Errorf("watching keys: %w", err)
 	}
-	limiter := endpoints.NewFailureLimiter(o.FailedAuthRate, o.FailedAuthBurst, o.TrustedProxies)
+	limiter := endpoints.NewFailureLimiter(o.FailedAuthRate, o.FailedAuthBurst, o.TrustedProxies,
+		endpoints.WithGlobalBudget(o.FailedAuthGlobalRate, o.FailedAuthGlobalBurst),
+		endpoints.WithClientAddressHeader(o.ClientAddressHeader))
 	m := endpoints.NewMetrics(o.Registry, v, limiter)
 	store := &ledger.Store{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Clock: o.Clock, Writes: m.LedgerWrites}
 	activity := verifier.NewActivity(mgr.GetClient(), store, o.Clock, o.LastUsedInterval, m.LastUsedWrite)
@@ -99,13 +112,14 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 		return nil, err
 	}
 	(&endpoints.Server{
-		Verifier:  v,
-		Activity:  activity,
-		Reports:   store,
-		Limiter:   limiter,
-		Audiences: o.TokenAudiences,
-		Clock:     o.Clock,
-		Metrics:   m,
+		Verifier:           v,
+		Activity:           activity,
+		Reports:            store,
+		Limiter:            limiter,
+		Audiences:          o.TokenAudiences,
+		APIServerAudiences: o.APIServerAudiences,
+		Clock:              o.Clock,
+		Metrics:            m,
 	}).Register(mgr.GetWebhookServer().Register)
 
 	if o.Webhooks {

@@ -3,12 +3,16 @@ package plugin
 import (
 	"bytes"
 	"context"
+	"encoding/pem"
 	"flag"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -184,6 +188,59 @@ func TestWhoAmI(t *testing.T) {
 	t.Setenv("LATCHKEY_API_KEY", "")
 	if _, err := run(t, time.Now(), "", "whoami", "--endpoint", lk.Endpoint); err == nil || !strings.Contains(err.Error(), "set LATCHKEY_API_KEY") {
 		t.Fatalf("whoami with no key: %v", err)
+	}
+}
+
+// whoami run inside a checkout that names a server of its own in
+// bin/dev/endpoint (what it used to read) sends that server nothing: with no
+// endpoint given or named by the kubeconfig it refuses to guess.
+func TestWhoAmIIgnoresTheCurrentDirectory(t *testing.T) {
+	var got atomic.Int32
+	planted := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.Add(1)
+		_, _ = w.Write([]byte(`{"tenant":"planted"}`))
+	}))
+	defer planted.Close()
+	checkout := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(checkout, "bin", "dev"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: planted.Certificate().Raw})
+	_ = os.WriteFile(filepath.Join(checkout, "bin", "dev", "endpoint"), []byte(planted.URL+"\n"), 0o600)
+	_ = os.WriteFile(filepath.Join(checkout, "bin", "dev", "ca.crt"), ca, 0o600)
+	t.Chdir(checkout)
+	t.Setenv("KUBECONFIG", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("LATCHKEY_ENDPOINT", "")
+	t.Setenv("LATCHKEY_API_KEY", "lk_the-key-of-whoever-runs-it")
+
+	out, err := run(t, time.Now(), "", "whoami")
+	if err == nil || !strings.Contains(err.Error(), "no endpoint") {
+		t.Fatalf("whoami in a checkout with bin/dev/endpoint: %v\n%s", err, out)
+	}
+	if n := got.Load(); n != 0 {
+		t.Fatalf("the checkout's server received %d requests", n)
+	}
+}
+
+// make dev's kubeconfig names the endpoints and their CA: whoami finds them
+// there, with no flag.
+func TestWhoAmIFromTheKubeconfig(t *testing.T) {
+	ns := namespace(t)
+	if _, err := run(t, time.Now(), "", "create", "svc", "-n", ns); err != nil {
+		t.Fatal(err)
+	}
+	secret := &corev1.Secret{}
+	_ = lk.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "svc"}, secret)
+	files, err := lk.WriteFiles(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(t.TempDir())
+	t.Setenv("LATCHKEY_ENDPOINT", "")
+	t.Setenv("LATCHKEY_API_KEY", string(secret.Data[authv1alpha1.SecretKeyAPIKey]))
+	out, err := run(t, time.Now(), "", "whoami", "--kubeconfig", files.Kubeconfig)
+	if err != nil || !strings.Contains(out, "Tenant:   "+ns) || !strings.Contains(out, "Key:      svc") {
+		t.Fatalf("whoami with make dev's kubeconfig: %v\n%s", err, out)
 	}
 }
 

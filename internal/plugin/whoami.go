@@ -4,24 +4,25 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/latchkey-dev/latchkey/internal/plugin/clusterext"
 )
 
 // The Service `make deploy` and dist/install.yaml create for the endpoints.
 const (
 	serviceNamespace = "latchkey-system"
 	serviceName      = "latchkey-webhook-service"
-	devDir           = "bin/dev"
 )
 
 func newWhoAmI(o *Options) *cobra.Command {
@@ -31,8 +32,11 @@ func newWhoAmI(o *Options) *cobra.Command {
 		Short: "Show which tenant and key an API key resolves to",
 		Long: `Show which tenant and key an API key resolves to, by asking Latchkey's
 /whoami endpoint. The key comes from LATCHKEY_API_KEY or --key-file. The
-endpoint comes from --endpoint, LATCHKEY_ENDPOINT, bin/dev/endpoint (make
-dev), or the latchkey-webhook-service Service in the cluster.`,
+endpoint comes from --endpoint (or LATCHKEY_ENDPOINT) with --ca-file, from
+the kubeconfig's cluster (its extension latchkey.dev/endpoints, which make
+dev writes into bin/dev/kubeconfig), or is the latchkey-webhook-service
+Service of the cluster. Never from a file in the current directory: a
+directory you run in could name a server of its own and receive your key.`,
 		Example: `  LATCHKEY_API_KEY=lk_… kubectl latchkey whoami
   kubectl latchkey whoami --key-file ./key --endpoint https://latchkey.example.internal --ca-file ca.crt`,
 		Args: cobra.NoArgs,
@@ -53,13 +57,11 @@ dev), or the latchkey-webhook-service Service in the cluster.`,
 				return err
 			}
 			httpClient := &http.Client{Timeout: 10 * time.Second}
-			if ca != "" {
-				pem, err := os.ReadFile(ca)
-				if err != nil {
-					return fmt.Errorf("reading the CA file: %w", err)
-				}
+			if ca != nil {
 				pool := x509.NewCertPool()
-				pool.AppendCertsFromPEM(pem)
+				if !pool.AppendCertsFromPEM(ca) {
+					return errors.New("the endpoints' CA holds no PEM certificate")
+				}
 				httpClient.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
 			}
 			req, _ := http.NewRequest(http.MethodGet, strings.TrimRight(url, "/")+"/whoami", nil)
@@ -102,28 +104,72 @@ dev), or the latchkey-webhook-service Service in the cluster.`,
 	return cmd
 }
 
-// endpoint finds Latchkey's endpoints: the flag, make dev's files, or the
+// endpoint finds Latchkey's endpoints and the CA of their certificate
+// (nil: the system's roots): the flag, the kubeconfig's cluster, or the
 // cluster's Service.
-func (o *Options) endpoint(flagURL, flagCA string) (string, string, error) {
-	if flagURL != "" {
-		return flagURL, flagCA, nil
+func (o *Options) endpoint(flagURL, flagCA string) (string, []byte, error) {
+	ca, err := readCA(flagCA)
+	if err != nil {
+		return "", nil, err
 	}
-	if b, err := os.ReadFile(filepath.Join(devDir, "endpoint")); err == nil {
-		ca := flagCA
-		if ca == "" {
-			ca = filepath.Join(devDir, "ca.crt")
+	if flagURL != "" {
+		return flagURL, ca, nil
+	}
+	named, ok, err := o.kubeconfigEndpoints()
+	if err != nil {
+		return "", nil, err
+	}
+	if ok {
+		if ca == nil {
+			ca = named.CertificateAuthorityData
 		}
-		return strings.TrimSpace(string(b)), ca, nil
+		return named.URL, ca, nil
 	}
 	c, err := o.NewClient()
 	if err != nil {
-		return "", "", fmt.Errorf("no endpoint: pass --endpoint or set LATCHKEY_ENDPOINT (%w)", err)
+		return "", nil, fmt.Errorf("no endpoint: pass --endpoint or set LATCHKEY_ENDPOINT (%w)", err)
 	}
 	ctx, cancel := withTimeout(10 * time.Second)
 	defer cancel()
 	svc := &corev1.Service{}
 	if err := c.Get(ctx, types.NamespacedName{Namespace: serviceNamespace, Name: serviceName}, svc); err != nil {
-		return "", "", fmt.Errorf("no endpoint: pass --endpoint or set LATCHKEY_ENDPOINT (Service %s/%s: %w)", serviceNamespace, serviceName, err)
+		return "", nil, fmt.Errorf("no endpoint: pass --endpoint or set LATCHKEY_ENDPOINT (Service %s/%s: %w)", serviceNamespace, serviceName, err)
 	}
-	return fmt.Sprintf("https://%s.%s.svc", serviceName, serviceNamespace), flagCA, nil
+	return fmt.Sprintf("https://%s.%s.svc", serviceName, serviceNamespace), ca, nil
+}
+
+func readCA(file string) ([]byte, error) {
+	if file == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("reading --ca-file: %w", err)
+	}
+	return pem, nil
+}
+
+// kubeconfigEndpoints are the endpoints the kubeconfig's cluster names, as
+// kubectl picks the cluster: --cluster, or the context's.
+func (o *Options) kubeconfigEndpoints() (clusterext.Endpoints, bool, error) {
+	raw, err := o.Flags.ToRawKubeConfigLoader().RawConfig()
+	if err != nil {
+		return clusterext.Endpoints{}, false, fmt.Errorf("reading the kubeconfig: %w", err)
+	}
+	current := raw.CurrentContext
+	if o.Flags.Context != nil && *o.Flags.Context != "" {
+		current = *o.Flags.Context
+	}
+	cluster := ""
+	if c, ok := raw.Contexts[current]; ok {
+		cluster = c.Cluster
+	}
+	if o.Flags.ClusterName != nil && *o.Flags.ClusterName != "" {
+		cluster = *o.Flags.ClusterName
+	}
+	c, ok := raw.Clusters[cluster]
+	if !ok {
+		return clusterext.Endpoints{}, false, nil
+	}
+	return clusterext.Get(c)
 }

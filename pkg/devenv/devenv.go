@@ -24,6 +24,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -32,7 +33,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/latchkey-dev/latchkey/internal/controller"
+	"github.com/latchkey-dev/latchkey/internal/endpoints"
 	"github.com/latchkey-dev/latchkey/internal/operator"
+	"github.com/latchkey-dev/latchkey/internal/plugin/clusterext"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 	"github.com/latchkey-dev/latchkey/pkg/devenv/controlplane"
 )
@@ -123,6 +126,13 @@ func (lk *Latchkey) startOperator(ctx context.Context, o Options) error {
 		LastUsedInterval:        interval,
 		FailedAuthRate:          10,
 		FailedAuthBurst:         50,
+		FailedAuthGlobalRate:    endpoints.DefaultGlobalFailureRate,
+		FailedAuthGlobalBurst:   endpoints.DefaultGlobalFailureBurst,
+	}
+	if o.TokenWebhook {
+		// kube-apiserver asks for its own audience, which defaults to its
+		// service account issuer: envtest's is its own URL.
+		opts.APIServerAudiences = []string{lk.Environment.ControlPlane.APIServer.SecureServing.URL("https", "/").String()}
 	}
 	if o.Tune != nil {
 		o.Tune(&opts)
@@ -192,7 +202,9 @@ type Files struct {
 }
 
 // WriteFiles writes an admin kubeconfig, the endpoints' CA and the
-// endpoints' base URL into dir, for people and scripts to use.
+// endpoints' base URL into dir, for people and scripts to use. The
+// kubeconfig's cluster names the endpoints too (clusterext), for `kubectl
+// latchkey whoami`.
 func (lk *Latchkey) WriteFiles(dir string) (Files, error) {
 	f := Files{
 		Kubeconfig: filepath.Join(dir, "kubeconfig"),
@@ -205,8 +217,25 @@ func (lk *Latchkey) WriteFiles(dir string) (Files, error) {
 	if err := lk.WriteAdminKubeconfig(f.Kubeconfig); err != nil {
 		return f, err
 	}
+	if err := lk.nameEndpoints(f.Kubeconfig); err != nil {
+		return f, err
+	}
 	if err := os.WriteFile(f.CA, lk.WebhookCA, 0o600); err != nil {
 		return f, err
 	}
 	return f, os.WriteFile(f.Endpoint, []byte(lk.Endpoint+"\n"), 0o600)
+}
+
+// nameEndpoints names the endpoints in every cluster of the kubeconfig.
+func (lk *Latchkey) nameEndpoints(kubeconfig string) error {
+	cfg, err := clientcmd.LoadFromFile(kubeconfig)
+	if err != nil {
+		return err
+	}
+	for _, c := range cfg.Clusters {
+		if err := clusterext.Set(c, clusterext.Endpoints{URL: lk.Endpoint, CertificateAuthorityData: lk.WebhookCA}); err != nil {
+			return err
+		}
+	}
+	return clientcmd.WriteToFile(*cfg, kubeconfig)
 }

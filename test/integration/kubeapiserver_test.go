@@ -8,10 +8,12 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
+	authnv1 "k8s.io/api/authentication/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/endpoints"
 )
 
 // TestKubeAPIServerAuthenticatesKeys has kube-apiserver itself call
@@ -73,4 +75,33 @@ func TestKubeAPIServerAuthenticatesKeys(t *testing.T) {
 	_, errOut, err = env.KubectlWithToken(raw, "auth", "whoami")
 	g.Expect(err).To(HaveOccurred())
 	g.Expect(strings.Contains(errOut, raw)).To(BeFalse())
+}
+
+// Keys are valid for their own audiences only, and kube-apiserver's
+// TokenReview API passes a review's audiences on to Latchkey: a review
+// meant for another service refuses a key, one for the API server (none
+// named) or for Latchkey's audience accepts it.
+func TestKubeAPIServerReviewsKeysForTheirAudiencesOnly(t *testing.T) {
+	ctx := context.Background()
+	ns := env.Namespace(t)
+	_, raw := mint(t, ns, "ci", authv1alpha1.ApiKeySpec{})
+	tests := []struct {
+		name          string
+		audiences     []string
+		authenticated bool
+	}{
+		{"a review meant for another service refuses a key", []string{"vault"}, false},
+		{"a review naming no audience, the API server's, accepts a key", nil, true},
+		{"a review for Latchkey's audience accepts a key", []string{endpoints.DefaultAudience}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			review := &authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: raw, Audiences: tt.audiences}}
+			NewWithT(t).Expect(env.Client.Create(ctx, review)).To(Succeed())
+			NewWithT(t).Expect(review.Status.Authenticated).To(Equal(tt.authenticated), "%+v", review.Status)
+			if tt.authenticated {
+				NewWithT(t).Expect(review.Status.User.Username).To(Equal("latchkey:" + ns + ":ci"))
+			}
+		})
+	}
 }
