@@ -80,15 +80,17 @@ const (
 
 // Condition reasons of an ApiKey.
 const (
-	ReasonActive             = "Active"
-	ReasonMinting            = "Minting"
-	ReasonRevoked            = "Revoked"
-	ReasonExpired            = "Expired"
-	ReasonDelivered          = "Delivered"
-	ReasonSecretMissing      = "SecretMissing"
-	ReasonSecretNotOwned     = "SecretNotOwned"
+	ReasonActive         = "Active"
+	ReasonMinting        = "Minting"
+	ReasonRevoked        = "Revoked"
+	ReasonExpired        = "Expired"
+	ReasonDelivered      = "Delivered"
+	ReasonSecretMissing  = "SecretMissing"
+	ReasonSecretNotOwned = "SecretNotOwned"
+	// ReasonSecretChanged means the Secret is Latchkey's but no longer holds
+	// the key it delivered; the delivered key still works.
+	ReasonSecretChanged      = "SecretChanged"
 	ReasonNotDelivered       = "NotDelivered"
-	ReasonDeliveryImpossible = "DeliveryImpossible"
 	ReasonSecretAccessDenied = "SecretAccessDenied"
 )
 
@@ -129,6 +131,7 @@ type ApiKeyStatus struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=ak,categories=latchkey
+// +kubebuilder:validation:XValidation:rule="self.metadata.name.size() <= 63",message="metadata.name must be at most 63 characters: Latchkey labels the key's Secret and record with it",reason=FieldValueInvalid
 // +kubebuilder:printcolumn:name="Key",type=string,JSONPath=`.status.keyHint`
 // +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.phase`
 // +kubebuilder:printcolumn:name="Created",type=date,JSONPath=`.metadata.creationTimestamp`

@@ -16,10 +16,12 @@ const (
 )
 
 // ApiKeyRecordSpec is the hashed record of one minted key. It is written
-// only by the operator; the API server keeps the hash and tenant immutable
-// and revocation one way.
+// only by the operator; the API server keeps the hash and tenant immutable,
+// revocation one way, and delivery one way: a record that has authenticated
+// can never be pending again.
 // +kubebuilder:validation:XValidation:rule="!oldSelf.revoked || self.revoked",message="revoked cannot be changed from true to false: a revoked record can never become active again",fieldPath=".revoked",reason=FieldValueForbidden
 // +kubebuilder:validation:XValidation:rule="!self.revoked || has(self.revokedAt)",message="revokedAt is required when revoked is true",fieldPath=".revokedAt",reason=FieldValueRequired
+// +kubebuilder:validation:XValidation:rule="!(has(self.pending) && self.pending) || (has(oldSelf.pending) && oldSelf.pending)",message="pending cannot be set again: a delivered key's record stays delivered",fieldPath=".pending",reason=FieldValueForbidden
 type ApiKeyRecordSpec struct {
 	// hash is the lowercase hex SHA-256 of the raw key.
 	// +required
@@ -63,6 +65,13 @@ type ApiKeyRecordSpec struct {
 	// +optional
 	ExpiresAt *metav1.Time `json:"expiresAt,omitempty"`
 
+	// pending is true from the moment the key's hash is recorded until the
+	// raw key is confirmed delivered to its Secret. A pending record never
+	// authenticates: its key may exist nowhere but in a minting process
+	// that died. It goes from true to false once, never back.
+	// +optional
+	Pending bool `json:"pending,omitempty"`
+
 	// revoked is true once the key is revoked; it never goes back.
 	// +optional
 	// +default=false
@@ -88,13 +97,21 @@ type ApiKeyRecordStatus struct {
 
 // ApiKeyRecord is the operator's hashed record of a minted key: the verifier
 // looks keys up by its hash, and it outlives the ApiKey for audit. Its name
-// is the UID of the ApiKey, so an ApiKey can never have two records.
+// is the hash itself, so the API server refuses a second record of one key
+// value, whatever state the first is in: a hash belongs to one record for
+// as long as any record of it exists.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:scope=Cluster,categories=latchkey
+// +kubebuilder:selectablefield:JSONPath=`.spec.keyUID`
+// +kubebuilder:selectablefield:JSONPath=`.spec.tenant`
+// Name and hash are both immutable, so checking at creation is enough; it
+// also leaves records from before this rule revocable.
+// +kubebuilder:validation:XValidation:rule="oldSelf.hasValue() || self.metadata.name == self.spec.hash",optionalOldSelf=true,message="metadata.name must be spec.hash: one record per key value",reason=FieldValueInvalid
 // +kubebuilder:printcolumn:name="Tenant",type=string,JSONPath=`.spec.tenant`
 // +kubebuilder:printcolumn:name="Key Name",type=string,JSONPath=`.spec.keyName`
 // +kubebuilder:printcolumn:name="Key",type=string,JSONPath=`.spec.hint`
+// +kubebuilder:printcolumn:name="Pending",type=boolean,JSONPath=`.spec.pending`,priority=1
 // +kubebuilder:printcolumn:name="Revoked",type=boolean,JSONPath=`.spec.revoked`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.spec.revocationReason`
 // +kubebuilder:printcolumn:name="Created",type=date,JSONPath=`.metadata.creationTimestamp`

@@ -8,6 +8,9 @@ const (
 	LabelTenant = "auth.latchkey.dev/tenant"
 	// LabelKeyName is the name of the ApiKey an object belongs to.
 	LabelKeyName = "auth.latchkey.dev/key-name"
+	// LabelKeyUID is the UID of the ApiKey a record belongs to: records are
+	// named by hash, and found by the key they belong to with this label.
+	LabelKeyUID = "auth.latchkey.dev/key-uid"
 	// LabelManagedBy marks objects Latchkey created.
 	LabelManagedBy = "app.kubernetes.io/managed-by"
 	// ManagedByValue is LabelManagedBy's value.

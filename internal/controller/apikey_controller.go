@@ -13,7 +13,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
@@ -27,7 +26,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
-	"github.com/latchkey-dev/latchkey/internal/keys"
 )
 
 // Event reasons of an ApiKey.
@@ -35,6 +33,7 @@ const (
 	EventKeyMinted      = "KeyMinted"
 	EventSecretNotOwned = "SecretNotOwned"
 	EventSecretMissing  = "SecretMissing"
+	EventSecretChanged  = "SecretChanged"
 	EventKeyRevoked     = "KeyRevoked"
 	EventKeyExpired     = "KeyExpired"
 	// EventSecretAccessDenied: the namespace has not let Latchkey at its Secrets.
@@ -114,14 +113,12 @@ func (r *ApiKeyReconciler) reconcileDelete(ctx context.Context, key *authv1alpha
 	if !controllerutil.ContainsFinalizer(key, authv1alpha1.Finalizer) {
 		return nil
 	}
-	record, err := r.getRecord(ctx, key)
+	records, err := r.keyRecords(ctx, key)
 	if err != nil {
 		return err
 	}
-	if record != nil {
-		if err := r.revokeRecord(ctx, record, authv1alpha1.RevocationDeleted); err != nil {
-			return err
-		}
+	if err := r.revokeRecords(ctx, records, authv1alpha1.RevocationDeleted); err != nil {
+		return err
 	}
 	base := key.DeepCopy()
 	controllerutil.RemoveFinalizer(key, authv1alpha1.Finalizer)
@@ -133,159 +130,41 @@ func (r *ApiKeyReconciler) reconcileDelete(ctx context.Context, key *authv1alpha
 }
 
 func (r *ApiKeyReconciler) reconcileNormal(ctx context.Context, key *authv1alpha1.ApiKey) (ctrl.Result, error) {
-	record, err := r.getRecord(ctx, key)
+	records, err := r.keyRecords(ctx, key)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
 
 	if key.Spec.Revoked {
-		return ctrl.Result{}, r.reconcileRevoked(ctx, key, record)
+		return ctrl.Result{}, r.reconcileRevoked(ctx, key, records)
 	}
 
+	record, pending := splitPending(records)
 	if record == nil {
-		var done bool
-		record, done, err = r.mint(ctx, key)
+		record, err = r.ensureKey(ctx, key, pending)
 		if accessDenied(err) {
 			r.setSecretAccessDenied(key, true)
 			return ctrl.Result{RequeueAfter: min(authv1alpha1.KeyDeliveryRetry, r.secretCheckInterval())}, nil
 		}
-		if err != nil || done {
+		if err != nil || record == nil {
 			return ctrl.Result{RequeueAfter: r.secretCheckInterval()}, err
 		}
-	} else if err := r.checkSecret(ctx, key); accessDenied(err) {
-		r.setSecretAccessDenied(key, false)
-	} else if err != nil {
-		return ctrl.Result{}, err
+	} else {
+		// Leftovers of a pass that died: their keys never authenticated.
+		if err := r.deletePending(ctx, pending); err != nil {
+			return ctrl.Result{}, err
+		}
+		if err := r.checkSecret(ctx, key, record); accessDenied(err) {
+			r.setSecretAccessDenied(key, false)
+		} else if err != nil {
+			return ctrl.Result{}, err
+		}
 	}
 
 	if err := r.syncRecordExpiry(ctx, key, record); err != nil {
 		return ctrl.Result{}, err
 	}
 	return ctrl.Result{RequeueAfter: r.setLiveStatus(key, record)}, nil
-}
-
-// mint delivers a key to the Secret and records its hash, in that order: a
-// crash after the Secret is written leaves a Secret whose key is recorded on
-// the next pass, never a working key nobody holds. done reports that minting
-// cannot go on and status already says why.
-func (r *ApiKeyReconciler) mint(ctx context.Context, key *authv1alpha1.ApiKey) (_ *authv1alpha1.ApiKeyRecord, done bool, _ error) {
-	secret, err := r.getSecret(ctx, key)
-	if err != nil {
-		return nil, false, err
-	}
-	if secret == nil {
-		secret, err = r.deliver(ctx, key)
-		if err != nil {
-			return nil, false, err
-		}
-	}
-	if !metav1.IsControlledBy(secret, key) {
-		r.setSecretNotOwned(key, secret)
-		return nil, true, nil
-	}
-
-	raw := string(secret.Data[authv1alpha1.SecretKeyAPIKey])
-	format, err := keys.Parse(raw)
-	if err != nil {
-		r.setFailed(key, authv1alpha1.ReasonDeliveryImpossible,
-			fmt.Sprintf("Secret %q no longer holds the key Latchkey wrote (%v); delete the Secret to have a new key minted", secret.Name, err))
-		return nil, true, nil
-	}
-	record := &authv1alpha1.ApiKeyRecord{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: recordName(key),
-			Labels: map[string]string{
-				authv1alpha1.LabelTenant:    key.Namespace,
-				authv1alpha1.LabelKeyName:   key.Name,
-				authv1alpha1.LabelManagedBy: authv1alpha1.ManagedByValue,
-			},
-		},
-		Spec: authv1alpha1.ApiKeyRecordSpec{
-			Hash:      keys.Hash(raw),
-			Tenant:    key.Namespace,
-			KeyName:   key.Name,
-			KeyUID:    string(key.UID),
-			Hint:      keys.Hint(raw),
-			Format:    authv1alpha1.KeyFormat(format),
-			ExpiresAt: key.Spec.ExpiresAt,
-		},
-	}
-	if err := r.Client.Create(ctx, record); err != nil {
-		return nil, false, fmt.Errorf("creating record %s: %w", record.Name, err)
-	}
-	log.FromContext(ctx).Info("Minted key", "record", klog.KObj(record), "hint", record.Spec.Hint)
-	r.Recorder.Eventf(key, nil, corev1.EventTypeNormal, EventKeyMinted, "Mint",
-		"Key %s delivered to Secret %s", record.Spec.Hint, secret.Name)
-	r.setDelivered(key)
-	return record, false, nil
-}
-
-// deliver writes a new key into a new Secret. Creation is atomic and the
-// name fixed, so two passes can never deliver two keys.
-func (r *ApiKeyReconciler) deliver(ctx context.Context, key *authv1alpha1.ApiKey) (*corev1.Secret, error) {
-	format := key.Spec.Format
-	if format == "" {
-		format = authv1alpha1.FormatPrefixed
-	}
-	raw, err := keys.Generate(r.Random, keys.Format(format))
-	if err != nil {
-		return nil, fmt.Errorf("generating key: %w", err)
-	}
-	secret := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:      key.SecretName(),
-			Namespace: key.Namespace,
-			Labels: map[string]string{
-				authv1alpha1.LabelKeyName:   key.Name,
-				authv1alpha1.LabelManagedBy: authv1alpha1.ManagedByValue,
-			},
-		},
-		Type: corev1.SecretTypeOpaque,
-		Data: map[string][]byte{
-			authv1alpha1.SecretKeyAPIKey: []byte(raw),
-			authv1alpha1.SecretKeyTenant: []byte(key.Namespace),
-			authv1alpha1.SecretKeyName:   []byte(key.Name),
-		},
-	}
-	if err := controllerutil.SetControllerReference(key, secret, r.Client.Scheme()); err != nil {
-		return nil, err
-	}
-	err = r.Client.Create(ctx, secret)
-	if apierrors.IsAlreadyExists(err) {
-		// Someone created it since we looked: look again, and judge that one.
-		secret, err = r.getSecret(ctx, key)
-		if err == nil && secret == nil {
-			err = fmt.Errorf("secret %s was created and deleted while delivering; retrying", key.SecretName())
-		}
-		return secret, err
-	}
-	if err != nil {
-		return nil, fmt.Errorf("creating secret %s: %w", key.SecretName(), err)
-	}
-	return secret, nil
-}
-
-// checkSecret reports whether the raw key is still where it was delivered.
-// The key keeps working either way: the record holds its hash.
-func (r *ApiKeyReconciler) checkSecret(ctx context.Context, key *authv1alpha1.ApiKey) error {
-	secret, err := r.getSecret(ctx, key)
-	if err != nil {
-		return err
-	}
-	switch {
-	case secret == nil:
-		if r.setCondition(key, authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretMissing,
-			fmt.Sprintf("Secret %q was deleted; the key still works. If its holder lost it, revoke this ApiKey and create a new one", key.SecretName())) {
-			r.Recorder.Eventf(key, nil, corev1.EventTypeWarning, EventSecretMissing, "CheckSecret",
-				"Secret %s was deleted; the key still works", key.SecretName())
-		}
-	case !metav1.IsControlledBy(secret, key):
-		r.setCondition(key, authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretNotOwned,
-			fmt.Sprintf("Secret %q was replaced by one Latchkey did not create; the key still works", key.SecretName()))
-	default:
-		r.setDelivered(key)
-	}
-	return nil
 }
 
 // accessDenied tells RBAC's refusals from other 403s, such as an admission
@@ -320,11 +199,11 @@ func (r *ApiKeyReconciler) setDelivered(key *authv1alpha1.ApiKey) {
 		fmt.Sprintf("Key delivered to Secret %q", key.SecretName()))
 }
 
-func (r *ApiKeyReconciler) reconcileRevoked(ctx context.Context, key *authv1alpha1.ApiKey, record *authv1alpha1.ApiKeyRecord) error {
-	if record != nil {
-		if err := r.revokeRecord(ctx, record, authv1alpha1.RevocationRevoked); err != nil {
-			return err
-		}
+func (r *ApiKeyReconciler) reconcileRevoked(ctx context.Context, key *authv1alpha1.ApiKey, records []authv1alpha1.ApiKeyRecord) error {
+	if err := r.revokeRecords(ctx, records, authv1alpha1.RevocationRevoked); err != nil {
+		return err
+	}
+	if record, _ := splitPending(records); record != nil {
 		key.Status.KeyHint = record.Spec.Hint
 		key.Status.RevokedAt = record.Spec.RevokedAt
 	}
@@ -341,11 +220,21 @@ func (r *ApiKeyReconciler) reconcileRevoked(ctx context.Context, key *authv1alph
 	return nil
 }
 
-// revokeRecord marks a record revoked; it keeps the first reason it is given.
-func (r *ApiKeyReconciler) revokeRecord(ctx context.Context, record *authv1alpha1.ApiKeyRecord, reason string) error {
-	return revokeRecord(ctx, r.Client, r.Clock, record, reason)
+// revokeRecords revokes every delivered record of a key and deletes the
+// pending ones, whose keys never authenticated.
+func (r *ApiKeyReconciler) revokeRecords(ctx context.Context, records []authv1alpha1.ApiKeyRecord, reason string) error {
+	for i := range records {
+		if records[i].Spec.Pending {
+			continue
+		}
+		if err := revokeRecord(ctx, r.Client, r.Clock, &records[i], reason); err != nil {
+			return err
+		}
+	}
+	return r.deletePending(ctx, records)
 }
 
+// revokeRecord marks a record revoked; it keeps the first reason it is given.
 func revokeRecord(ctx context.Context, c client.Client, clk clock.PassiveClock, record *authv1alpha1.ApiKeyRecord, reason string) error {
 	if record.Spec.Revoked {
 		return nil
@@ -401,8 +290,12 @@ func (r *ApiKeyReconciler) setLiveStatus(key *authv1alpha1.ApiKey, record *authv
 	return next
 }
 
-func (r *ApiKeyReconciler) setSecretNotOwned(key *authv1alpha1.ApiKey, secret *corev1.Secret) {
-	msg := fmt.Sprintf("Secret %q exists and was not created by Latchkey for this ApiKey; Latchkey never overwrites it. Delete or rename that Secret, or create an ApiKey with another spec.secretName", secret.Name)
+// setSecretNotOwned fails a key whose Secret name is taken. The message
+// says no more than the phase already does: that the name is not available
+// to this ApiKey. Its author may not be allowed to read Secrets, and learns
+// nothing of the one in the way.
+func (r *ApiKeyReconciler) setSecretNotOwned(key *authv1alpha1.ApiKey) {
+	msg := fmt.Sprintf("Latchkey cannot deliver the key to Secret %q: that name is not available to this ApiKey, and Latchkey only ever writes a Secret it creates itself. Choose another spec.secretName (in a new ApiKey)", key.SecretName())
 	if key.Status.Phase != authv1alpha1.PhaseFailed {
 		r.Recorder.Eventf(key, nil, corev1.EventTypeWarning, EventSecretNotOwned, "Deliver", "%s", msg)
 	}
@@ -443,38 +336,6 @@ func (r *ApiKeyReconciler) patchStatus(ctx context.Context, original, key *authv
 	return nil
 }
 
-// getRecord returns the key's record, or nil when it has none. A miss in the
-// cache is confirmed against the API server, because minting on a stale miss
-// would deliver a second key.
-func (r *ApiKeyReconciler) getRecord(ctx context.Context, key *authv1alpha1.ApiKey) (*authv1alpha1.ApiKeyRecord, error) {
-	record := &authv1alpha1.ApiKeyRecord{}
-	name := types.NamespacedName{Name: recordName(key)}
-	err := r.Client.Get(ctx, name, record)
-	if apierrors.IsNotFound(err) {
-		err = r.APIReader.Get(ctx, name, record)
-	}
-	if apierrors.IsNotFound(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading record %s: %w", name.Name, err)
-	}
-	return record, nil
-}
-
-// getSecret reads the key's Secret by name (never from a cache), or nil.
-func (r *ApiKeyReconciler) getSecret(ctx context.Context, key *authv1alpha1.ApiKey) (*corev1.Secret, error) {
-	secret := &corev1.Secret{}
-	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: key.SecretName()}, secret)
-	if apierrors.IsNotFound(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading secret %s: %w", key.SecretName(), err)
-	}
-	return secret, nil
-}
-
 func (r *ApiKeyReconciler) secretCheckInterval() time.Duration {
 	if r.SecretCheckInterval > 0 {
 		return r.SecretCheckInterval
@@ -482,16 +343,13 @@ func (r *ApiKeyReconciler) secretCheckInterval() time.Duration {
 	return DefaultSecretCheckInterval
 }
 
-// recordName is the name of an ApiKey's record: its UID, so that the API
-// server itself refuses a second record for one ApiKey.
-func recordName(key *authv1alpha1.ApiKey) string {
-	return string(key.UID)
-}
-
 // SetupWithManager registers the controller. Only spec changes and deletion
 // trigger a pass, so the controller's own status writes and label edits by
 // others never make it loop.
 func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager, maxConcurrent int) error {
+	if err := IndexRecords(context.Background(), mgr.GetFieldIndexer()); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&authv1alpha1.ApiKey{}, builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{},

@@ -2,6 +2,8 @@ package controller
 
 import (
 	"context"
+	"crypto/rand"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
@@ -245,4 +248,79 @@ func TestManyKeysNoLeaksAndDistinctHashes(t *testing.T) {
 	g.Expect(hashes).To(HaveLen(n))
 	g.Expect(leaks(t, ns, raws, run.logs.String())).To(BeEmpty())
 	g.Expect(run.logs.String()).To(ContainSubstring("Minted key"), "the logs were captured")
+}
+
+// TestForgedSecretIsNeverAdopted plays a user who may create Secrets: they
+// write the ApiKey's Secret first, with a controller reference to it (its
+// UID is visible to anyone who can read it) and a key value of their
+// choosing. Latchkey records only keys it generated, so it never adopts it.
+func TestForgedSecretIsNeverAdopted(t *testing.T) {
+	ctx := context.Background()
+	ns := env.Namespace(t)
+	clk := clocktesting.NewFakeClock(time.Now())
+	chosen, err := keys.Generate(rand.Reader, keys.Prefixed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, value := range map[string]string{
+		"a valid key of their choosing": chosen,
+		"an all-zero hex value":         strings.Repeat("0", 64),
+	} {
+		t.Run(name, func(t *testing.T) {
+			g := NewWithT(t)
+			keyName := fmt.Sprintf("forged-%d", len(value))
+			g.Expect(env.Client.Create(ctx, newKey(ns, keyName, authv1alpha1.ApiKeySpec{}))).To(Succeed())
+			key := getKey(g, ns, keyName)
+			forged := &corev1.Secret{
+				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: keyName,
+					OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(key, authv1alpha1.GroupVersion.WithKind("ApiKey"))}},
+				Data: map[string][]byte{authv1alpha1.SecretKeyAPIKey: []byte(value)},
+			}
+			g.Expect(env.Client.Create(ctx, forged)).To(Succeed())
+
+			_, err := reconcileUntilQuiet(directReconciler(env.Client, clk), client.ObjectKeyFromObject(key), 3)
+			g.Expect(err).NotTo(HaveOccurred())
+
+			key = getKey(g, ns, keyName)
+			g.Expect(key.Status.Phase).To(Equal(authv1alpha1.PhaseFailed))
+			cond := meta.FindStatusCondition(key.Status.Conditions, authv1alpha1.ConditionKeyDelivered)
+			g.Expect(cond.Reason).To(Equal(authv1alpha1.ReasonSecretNotOwned))
+			g.Expect(cond.Message).NotTo(ContainSubstring("exist"), "the message confirms nothing to those who may not read Secrets")
+			g.Expect(recordsOf(g, ns, keyName)).To(BeEmpty(), "the chosen value is never recorded")
+			g.Expect(getSecret(g, ns, keyName).ResourceVersion).To(Equal(forged.ResourceVersion), "and their Secret is never touched")
+		})
+	}
+}
+
+func TestSecretWhoseKeyWasReplacedIsReported(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := env.Namespace(t)
+	startManager(t, ns, managerOptions{secretCheckInterval: 300 * time.Millisecond})
+
+	g.Expect(env.Client.Create(ctx, newKey(ns, "k", authv1alpha1.ApiKeySpec{}))).To(Succeed())
+	key := waitForPhase(t, ns, "k", authv1alpha1.PhaseActive)
+	hash := getRecord(g, key).Spec.Hash
+	secret := getSecret(g, ns, "k")
+	base := secret.DeepCopy()
+	secret.Data[authv1alpha1.SecretKeyAPIKey] = []byte(strings.Repeat("0", 64))
+	g.Expect(env.Client.Patch(ctx, secret, client.MergeFrom(base))).To(Succeed())
+
+	g.Eventually(func(g Gomega) {
+		cond := meta.FindStatusCondition(getKey(g, ns, "k").Status.Conditions, authv1alpha1.ConditionKeyDelivered)
+		g.Expect(cond.Status).To(Equal(metav1.ConditionFalse))
+		g.Expect(cond.Reason).To(Equal(authv1alpha1.ReasonSecretChanged))
+	}).WithTimeout(10 * time.Second).Should(Succeed())
+	g.Expect(getKey(g, ns, "k").Status.Phase).To(Equal(authv1alpha1.PhaseActive), "the delivered key still works")
+	g.Expect(getRecord(g, key).Spec.Hash).To(Equal(hash), "and the value put in its place is never recorded")
+}
+
+func TestNamesLongerThanALabelAreRefused(t *testing.T) {
+	g := NewWithT(t)
+	ns := env.Namespace(t)
+	err := env.Client.Create(context.Background(), newKey(ns, strings.Repeat("k", 64), authv1alpha1.ApiKeySpec{}))
+	g.Expect(apierrors.IsInvalid(err)).To(BeTrue(), "got %v", err)
+	g.Expect(err.Error()).To(ContainSubstring("metadata.name"))
+	g.Expect(err.Error()).To(ContainSubstring("at most 63 characters"))
+	g.Expect(env.Client.Create(context.Background(), newKey(ns, strings.Repeat("k", 63), authv1alpha1.ApiKeySpec{}))).To(Succeed())
 }

@@ -123,8 +123,9 @@ func TestCrashSafeMinting(t *testing.T) {
 	ns := env.Namespace(t)
 	clk := clocktesting.NewFakeClock(time.Now())
 
-	// A full mint is four writes: finalizer, Secret, record, status.
-	const writesPerMint = 4
+	// A full mint is five writes: finalizer, pending record, Secret, record
+	// delivered, status.
+	const writesPerMint = 5
 	for failAt := 1; failAt <= writesPerMint; failAt++ {
 		for _, landed := range []bool{false, true} {
 			name := fmt.Sprintf("write %d fails before it lands", failAt)
@@ -145,9 +146,11 @@ func TestCrashSafeMinting(t *testing.T) {
 				g.Expect(err.Error()).To(ContainSubstring(errInjected.Error()))
 
 				// At the crash point, a working key is always one somebody holds.
-				if recs := recordsOf(g, ns, keyName); len(recs) > 0 {
-					s := getSecret(g, ns, keyName)
-					g.Expect(keys.Hash(string(s.Data[authv1alpha1.SecretKeyAPIKey]))).To(Equal(recs[0].Spec.Hash))
+				for _, rec := range recordsOf(g, ns, keyName) {
+					if !rec.Spec.Pending {
+						s := getSecret(g, ns, keyName)
+						g.Expect(keys.Hash(string(s.Data[authv1alpha1.SecretKeyAPIKey]))).To(Equal(rec.Spec.Hash))
+					}
 				}
 				var secretUID types.UID
 				if s := (&corev1.Secret{}); env.Client.Get(ctx, nn, s) == nil {
@@ -167,7 +170,9 @@ func TestCrashSafeMinting(t *testing.T) {
 				g.Expect(recs).To(HaveLen(1), "exactly one record")
 				raw := string(secret.Data[authv1alpha1.SecretKeyAPIKey])
 				g.Expect(recs[0].Spec.Hash).To(Equal(keys.Hash(raw)), "the working key is the delivered key")
-				g.Expect(recs[0].Name).To(Equal(string(key.UID)))
+				g.Expect(recs[0].Spec.Pending).To(BeFalse(), "and it authenticates")
+				g.Expect(recs[0].Name).To(Equal(recs[0].Spec.Hash))
+				g.Expect(recs[0].Spec.KeyUID).To(Equal(string(key.UID)))
 				g.Expect(key.Status.KeyHint).To(Equal(keys.Hint(raw)))
 			})
 		}
@@ -213,7 +218,7 @@ func TestRecordRetentionAndOrphans(t *testing.T) {
 	r := &ApiKeyRecordReconciler{Client: env.Client, APIReader: env.Client, Clock: clk, Retention: 90 * 24 * time.Hour}
 	newRecord := func(g Gomega, ns string, revoked bool) *authv1alpha1.ApiKeyRecord {
 		rec := &authv1alpha1.ApiKeyRecord{
-			ObjectMeta: metav1.ObjectMeta{Name: string(types.UID(fmt.Sprintf("%s-gone", ns)))},
+			ObjectMeta: metav1.ObjectMeta{Name: keys.Hash(ns)},
 			Spec: authv1alpha1.ApiKeyRecordSpec{
 				Hash: keys.Hash(ns), Tenant: ns, KeyName: "gone", KeyUID: "uid-of-a-deleted-key",
 				Hint: "lk_abcde…wxyz", Format: authv1alpha1.FormatPrefixed,

@@ -36,17 +36,14 @@ func TestRecordRulesHeldByTheAPIServer(t *testing.T) {
 		{"revoking without a time is refused", false,
 			func(r *authv1alpha1.ApiKeyRecord) { r.Spec.Revoked = true },
 			[]string{"spec.revokedAt", "revokedAt is required when revoked is true"}},
+		{"making a delivered record pending again is refused", false,
+			func(r *authv1alpha1.ApiKeyRecord) { r.Spec.Pending = true },
+			[]string{"spec.pending", "a delivered key's record stays delivered"}},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			g := NewWithT(t)
-			rec := &authv1alpha1.ApiKeyRecord{
-				ObjectMeta: metav1.ObjectMeta{GenerateName: "rules-"},
-				Spec: authv1alpha1.ApiKeyRecordSpec{
-					Hash: keys.Hash(t.Name()), Tenant: "tenant", KeyName: "k", KeyUID: "uid",
-					Hint: "lk_abcde…wxyz", Format: authv1alpha1.FormatPrefixed,
-				},
-			}
+			rec := ruleRecord(t.Name())
 			if tt.revoked {
 				at := metav1.NewTime(time.Now())
 				rec.Spec.Revoked, rec.Spec.RevokedAt, rec.Spec.RevocationReason = true, &at, authv1alpha1.RevocationRevoked
@@ -62,4 +59,43 @@ func TestRecordRulesHeldByTheAPIServer(t *testing.T) {
 			}
 		})
 	}
+}
+
+func ruleRecord(value string) *authv1alpha1.ApiKeyRecord {
+	return &authv1alpha1.ApiKeyRecord{
+		ObjectMeta: metav1.ObjectMeta{Name: keys.Hash(value)},
+		Spec: authv1alpha1.ApiKeyRecordSpec{
+			Hash: keys.Hash(value), Tenant: "tenant", KeyName: "k", KeyUID: "uid",
+			Hint: "lk_abcde…wxyz", Format: authv1alpha1.FormatPrefixed,
+		},
+	}
+}
+
+// TestOneRecordPerKeyValue: whoever writes records, the API server keeps
+// a hash to one record, revoked or not, of any tenant.
+func TestOneRecordPerKeyValue(t *testing.T) {
+	ctx := context.Background()
+
+	t.Run("a record not named by its hash is refused", func(t *testing.T) {
+		g := NewWithT(t)
+		rec := ruleRecord(t.Name())
+		rec.Name = "by-another-name"
+		err := env.Client.Create(ctx, rec)
+		g.Expect(apierrors.IsInvalid(err)).To(BeTrue(), "got %v", err)
+		g.Expect(err.Error()).To(ContainSubstring("metadata.name must be spec.hash"))
+	})
+
+	t.Run("a second record of a revoked key's value is refused, in any tenant", func(t *testing.T) {
+		g := NewWithT(t)
+		first := ruleRecord(t.Name())
+		at := metav1.NewTime(time.Now())
+		first.Spec.Revoked, first.Spec.RevokedAt, first.Spec.RevocationReason = true, &at, authv1alpha1.RevocationRevoked
+		g.Expect(env.Client.Create(ctx, first)).To(Succeed())
+		t.Cleanup(func() { _ = env.Client.Delete(ctx, first) })
+
+		second := ruleRecord(t.Name())
+		second.Spec.Tenant, second.Spec.KeyName, second.Spec.KeyUID = "another-tenant", "copy", "another-uid"
+		err := env.Client.Create(ctx, second)
+		g.Expect(apierrors.IsAlreadyExists(err)).To(BeTrue(), "got %v", err)
+	})
 }

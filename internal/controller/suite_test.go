@@ -174,10 +174,14 @@ func getSecret(g Gomega, ns, name string) *corev1.Secret {
 	return s
 }
 
+// getRecord returns the key's one delivered record, found by the key's UID
+// as the controller finds it (a selectable field of the CRD).
 func getRecord(g Gomega, key *authv1alpha1.ApiKey) *authv1alpha1.ApiKeyRecord {
-	r := &authv1alpha1.ApiKeyRecord{}
-	g.Expect(env.Client.Get(context.Background(), types.NamespacedName{Name: string(key.UID)}, r)).To(Succeed())
-	return r
+	var list authv1alpha1.ApiKeyRecordList
+	g.Expect(env.Client.List(context.Background(), &list, client.MatchingFields{IndexRecordKeyUID: string(key.UID)})).To(Succeed())
+	g.Expect(list.Items).To(HaveLen(1))
+	g.Expect(list.Items[0].Spec.Pending).To(BeFalse())
+	return &list.Items[0]
 }
 
 // recordsOf lists the records whose tenant is ns and key name is name.

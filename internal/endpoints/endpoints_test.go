@@ -153,7 +153,7 @@ func TestTokenReview(t *testing.T) {
 		{"a valid key authenticates as its tenant's key", func() string { return r.active }, nil, true, "", nil},
 		{"a revoked key is refused with a reason", func() string { return r.revoked }, nil, false, "key revoked", nil},
 		{"an expired key is refused with a reason", func() string { return r.expired }, nil, false, "key expired", nil},
-		{"an unknown key is refused", func() string { k, _ := keys.Generate(rand.Reader, keys.Hex); return k }, nil, false, "unknown key", nil},
+		{"an unknown key is refused", func() string { k, _ := keys.Generate(rand.Reader, keys.Hex); return k }, nil, false, "invalid key", nil},
 		{"a key with a bad checksum is refused", func() string { return verifiertest.BadChecksum(r.active) }, nil, false, "malformed key", nil},
 		{"the requested audiences the key is valid for are echoed", func() string { return r.active },
 			[]string{"latchkey", "elsewhere"}, true, "", []string{"latchkey"}},

@@ -45,8 +45,8 @@ type Activity struct {
 }
 
 type use struct {
-	tenant, name string
-	at           time.Time
+	tenant, name, record string
+	at                   time.Time
 }
 
 type tenantDay struct{ tenant, date string }
@@ -69,7 +69,7 @@ func (l *Activity) Allowed(id Identity) {
 	now := l.clock.Now()
 	td := tenantDay{id.Tenant, now.UTC().Format(time.DateOnly)}
 	l.mu.Lock()
-	l.pending[id.KeyUID] = use{tenant: id.Tenant, name: id.KeyName, at: now}
+	l.pending[id.KeyUID] = use{tenant: id.Tenant, name: id.KeyName, record: id.Record, at: now}
 	c := l.counts[td]
 	c.allowed++
 	l.counts[td] = c
@@ -162,16 +162,18 @@ func (l *Activity) count(result string) {
 // write sets lastUsedAt with merge patches of status alone: they never
 // conflict with the controller's own status writes.
 func (l *Activity) write(ctx context.Context, uid types.UID, u use) error {
+	at := metav1.NewTime(u.at).UTC().Format(time.RFC3339)
 	// The UID makes the write a precondition: a newer ApiKey of the same
 	// name is never stamped with the old key's use.
-	patch := client.RawPatch(types.MergePatchType,
-		fmt.Appendf(nil, `{"metadata":{"uid":%q},"status":{"lastUsedAt":%q}}`, uid, metav1.NewTime(u.at).UTC().Format(time.RFC3339)))
 	key := &authv1alpha1.ApiKey{}
 	key.Namespace, key.Name = u.tenant, u.name
-	if err := l.client.Status().Patch(ctx, key, patch); err != nil {
+	if err := l.client.Status().Patch(ctx, key, client.RawPatch(types.MergePatchType,
+		fmt.Appendf(nil, `{"metadata":{"uid":%q},"status":{"lastUsedAt":%q}}`, uid, at))); err != nil {
 		return err
 	}
+	// A record is named by its key's hash: it is never another key's.
 	rec := &authv1alpha1.ApiKeyRecord{}
-	rec.Name = string(uid)
-	return l.client.Status().Patch(ctx, rec, patch)
+	rec.Name = u.record
+	return l.client.Status().Patch(ctx, rec, client.RawPatch(types.MergePatchType,
+		fmt.Appendf(nil, `{"status":{"lastUsedAt":%q}}`, at)))
 }

@@ -10,10 +10,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/keys"
@@ -28,16 +31,22 @@ const DefaultFenceTTL = 30 * time.Second
 // Why a key was refused. The texts go to callers: they never hold key material.
 var (
 	ErrMalformed = errors.New("malformed key")
-	ErrUnknown   = errors.New("unknown key")
-	ErrRevoked   = errors.New("key revoked")
-	ErrExpired   = errors.New("key expired")
+	// ErrUnknown says no more than "invalid": whether a key exists is not
+	// for a guesser to learn. Revoked and expired are said only of keys
+	// that once authenticated, which their caller holds.
+	ErrUnknown = errors.New("invalid key")
+	ErrRevoked = errors.New("key revoked")
+	ErrExpired = errors.New("key expired")
 )
 
 // Identity is who a valid key belongs to.
 type Identity struct {
-	Tenant    string
-	KeyName   string
-	KeyUID    types.UID
+	Tenant  string
+	KeyName string
+	KeyUID  types.UID
+	// Record is the name of the key's ApiKeyRecord (its hash), where last
+	// use is written.
+	Record    string
 	Hint      string
 	Format    authv1alpha1.KeyFormat
 	CreatedAt time.Time
@@ -46,6 +55,7 @@ type Identity struct {
 
 // record is what the index keeps of an ApiKeyRecord.
 type record struct {
+	uid     types.UID // the record's own
 	id      Identity
 	revoked bool
 }
@@ -59,6 +69,8 @@ type keyState struct {
 
 // Verifier is the in-memory index. It is safe for concurrent use.
 type Verifier struct {
+	// log reports faults of the index's input, for operators.
+	log   logr.Logger
 	clock clock.PassiveClock
 	// fences has its own lock: fencing never takes the index's.
 	fences *fenceTable
@@ -80,6 +92,7 @@ func New(clk clock.PassiveClock, fenceTTL time.Duration, opts ...Option) *Verifi
 		opt(&o)
 	}
 	return &Verifier{
+		log:    ctrllog.Log.WithName("verifier"),
 		clock:  clk,
 		fences: newFenceTable(clk, fenceTTL, o.confirmAfter, o.maxFences),
 		byHash: map[[32]byte]*record{},
@@ -147,10 +160,23 @@ func (v *Verifier) Fences() int { return v.fences.len() }
 // when it started watching.
 func (v *Verifier) Synced() bool { return v.synced() }
 
-// SetRecord indexes a record; the watch calls it, as do tests.
+// SetRecord indexes a record; the watch calls it, as do tests. A pending
+// record is not indexed: its key has not been delivered. A hash belongs to
+// the first record indexed with it: the API server names records by hash,
+// so a second one is a fault, refused and logged — never a way for a key
+// value, revoked or of another tenant, to authenticate anew.
 func (v *Verifier) SetRecord(r *authv1alpha1.ApiKeyRecord) {
+	if r.Spec.Pending {
+		return
+	}
+	var hash [32]byte
+	if n, err := hex.Decode(hash[:], []byte(r.Spec.Hash)); err != nil || n != len(hash) {
+		return // the API server's schema admits no other hash
+	}
 	rec := &record{
+		uid: r.UID,
 		id: Identity{
+			Record:    r.Name,
 			Tenant:    r.Spec.Tenant,
 			KeyName:   r.Spec.KeyName,
 			KeyUID:    types.UID(r.Spec.KeyUID),
@@ -166,9 +192,11 @@ func (v *Verifier) SetRecord(r *authv1alpha1.ApiKeyRecord) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	var hash [32]byte
-	if n, err := hex.Decode(hash[:], []byte(r.Spec.Hash)); err != nil || n != len(hash) {
-		return // the API server's schema admits no other hash
+	if held, ok := v.byHash[hash]; ok && held.uid != r.UID {
+		v.log.Error(nil, "Refused to index a second record of a key value already recorded",
+			"record", klog.KObj(r), "tenant", r.Spec.Tenant, "keyName", r.Spec.KeyName,
+			"heldByTenant", held.id.Tenant, "heldByKeyName", held.id.KeyName)
+		return
 	}
 	if old, ok := v.hashOf[r.UID]; ok && old != hash {
 		delete(v.byHash, old)
@@ -180,7 +208,8 @@ func (v *Verifier) SetRecord(r *authv1alpha1.ApiKeyRecord) {
 	}
 }
 
-// RemoveRecord drops a record from the index.
+// RemoveRecord drops a record from the index; a refused duplicate held
+// nothing, so removing it drops nothing.
 func (v *Verifier) RemoveRecord(r *authv1alpha1.ApiKeyRecord) {
 	v.mu.Lock()
 	defer v.mu.Unlock()

@@ -33,7 +33,7 @@ func newFixture(t *testing.T) *fixture {
 	}
 	key := &authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant-a", Name: "ci", UID: "uid-1"}}
 	rec := &authv1alpha1.ApiKeyRecord{
-		ObjectMeta: metav1.ObjectMeta{Name: "uid-1", UID: "rec-1", CreationTimestamp: metav1.NewTime(clk.Now())},
+		ObjectMeta: metav1.ObjectMeta{Name: keys.Hash(raw), UID: "rec-1", CreationTimestamp: metav1.NewTime(clk.Now())},
 		Spec: authv1alpha1.ApiKeyRecordSpec{
 			Hash: keys.Hash(raw), Tenant: "tenant-a", KeyName: "ci", KeyUID: "uid-1",
 			Hint: keys.Hint(raw), Format: authv1alpha1.FormatPrefixed,
@@ -75,6 +75,23 @@ func TestVerify(t *testing.T) {
 		}, nil, ErrRevoked},
 		{"a key whose ApiKey is gone fails", func(f *fixture) { f.v.RemoveKey(f.key) }, nil, ErrRevoked},
 		{"a key whose record is gone is unknown", func(f *fixture) { f.v.RemoveRecord(f.rec) }, nil, ErrUnknown},
+		{"a key whose record is pending is unknown: it has not been delivered", func(f *fixture) {
+			f.v.RemoveRecord(f.rec)
+			r := f.rec.DeepCopy()
+			r.Spec.Pending = true
+			f.v.SetRecord(r)
+		}, nil, ErrUnknown},
+		{"a second record of a revoked key's value never brings it back", func(f *fixture) {
+			r := f.rec.DeepCopy()
+			r.Spec.Revoked = true
+			f.v.SetRecord(r)
+			f.v.SetKey(&authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant-b", Name: "copy", UID: "uid-copy"}})
+			f.v.SetRecord(duplicate(f.rec))
+		}, nil, ErrRevoked},
+		{"removing a refused second record leaves the first in place", func(f *fixture) {
+			f.v.SetRecord(duplicate(f.rec))
+			f.v.RemoveRecord(duplicate(f.rec))
+		}, nil, nil},
 		{"a fenced key fails", func(f *fixture) { _ = f.v.Fence(context.Background(), f.key) }, nil, ErrRevoked},
 		{"a fence that is never followed by a revocation lapses", func(f *fixture) {
 			_ = f.v.Fence(context.Background(), f.key)
@@ -128,6 +145,21 @@ func TestFencesAreDroppedOnceTheRevocationIsSeen(t *testing.T) {
 	}
 	if _, err := f.v.Verify(f.raw); !errors.Is(err, ErrRevoked) {
 		t.Fatalf("Verify = %v", err)
+	}
+}
+
+// duplicate is a record of another tenant's key with rec's hash: what a
+// planted copy of a key value would have produced.
+func duplicate(rec *authv1alpha1.ApiKeyRecord) *authv1alpha1.ApiKeyRecord {
+	d := rec.DeepCopy()
+	d.UID = "rec-copy"
+	d.Spec.Tenant, d.Spec.KeyName, d.Spec.KeyUID = "tenant-b", "copy", "uid-copy"
+	return d
+}
+
+func TestUnknownKeysAreOnlyInvalid(t *testing.T) {
+	if ErrUnknown.Error() != "invalid key" {
+		t.Fatalf("an unknown key is refused as %q: it must not tell a guesser more than \"invalid key\"", ErrUnknown)
 	}
 }
 

@@ -183,9 +183,10 @@ func TestLastUseIsWrittenInBatches(t *testing.T) {
 	g.Expect(written).To(BeNumerically("<=", intervals))
 	g.Expect(requests).To(BeNumerically(">", 10*intervals), "enough requests to show batching")
 
-	rec := &authv1alpha1.ApiKeyRecord{}
-	g.Expect(env.Client.Get(ctx, client.ObjectKey{Name: string(key.UID)}, rec)).To(Succeed())
-	g.Expect(rec.Status.LastUsedAt).NotTo(BeNil())
+	var recs authv1alpha1.ApiKeyRecordList
+	g.Expect(env.Client.List(ctx, &recs, client.MatchingLabels{authv1alpha1.LabelKeyUID: string(key.UID)})).To(Succeed())
+	g.Expect(recs.Items).To(HaveLen(1))
+	g.Expect(recs.Items[0].Status.LastUsedAt).NotTo(BeNil())
 	out, _, err := env.Kubectl("", "get", "apikeys", "-n", ns)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(out).To(MatchRegexp(`(?m)^NAME\s+KEY\s+STATUS\s+CREATED\s+LAST USED$`))

@@ -34,7 +34,7 @@ func Populated(tb testing.TB, n int) (*verifier.Verifier, []string) {
 		tenant := fmt.Sprintf("tenant-%d", i%10)
 		v.SetKey(&authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: tenant, Name: fmt.Sprintf("k%d", i), UID: uid}})
 		v.SetRecord(&authv1alpha1.ApiKeyRecord{
-			ObjectMeta: metav1.ObjectMeta{Name: string(uid), UID: types.UID(fmt.Sprintf("rec-%d", i))},
+			ObjectMeta: metav1.ObjectMeta{Name: keys.Hash(raw), UID: types.UID(fmt.Sprintf("rec-%d", i))},
 			Spec: authv1alpha1.ApiKeyRecordSpec{
 				Hash: keys.Hash(raw), Tenant: tenant, KeyName: fmt.Sprintf("k%d", i), KeyUID: string(uid),
 				Hint: keys.Hint(raw), Format: authv1alpha1.FormatPrefixed,
