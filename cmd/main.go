@@ -23,13 +23,13 @@ import (
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/latchkey-dev/latchkey/internal/certs"
 	"github.com/latchkey-dev/latchkey/internal/controller"
 	"github.com/latchkey-dev/latchkey/internal/endpoints"
 	"github.com/latchkey-dev/latchkey/internal/operator"
 	"github.com/latchkey-dev/latchkey/internal/scheme"
+	"github.com/latchkey-dev/latchkey/internal/serving"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 )
 
@@ -50,6 +50,8 @@ func main() {
 		trustedProxies, clientAddressHeader                string
 		tokenAudiences, apiServerAudiences                 string
 		certSecretName, webhookServiceName, webhookConfig  string
+		admissionPort, maxFences, maxConns, maxAddrConns   int
+		admissionClientCA, admissionClientNames            string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "The address the metrics endpoint binds to. "+
 		"Use :8443 for HTTPS or :8080 for HTTP, or leave as 0 to disable the metrics service.")
@@ -66,7 +68,21 @@ func main() {
 	flag.StringVar(&metricsCertKey, "metrics-cert-key", "tls.key", "The name of the metrics server key file.")
 	flag.BoolVar(&enableHTTP2, "enable-http2", false,
 		"If set, HTTP/2 will be enabled for the metrics and webhook servers")
-	flag.IntVar(&webhookPort, "webhook-port", 9443, "The port the webhook server (admission and auth endpoints) listens on.")
+	flag.IntVar(&webhookPort, "webhook-port", serving.DefaultVerificationPort,
+		"The port the verification endpoints (/tokenreview, /authorize, /whoami, /v1/executions) listen on.")
+	flag.IntVar(&admissionPort, "admission-port", serving.DefaultAdmissionPort,
+		"The port the admission webhook listens on, apart from the verification endpoints: only kube-apiserver may call it.")
+	flag.StringVar(&admissionClientCA, "admission-client-ca", "",
+		"A PEM CA file: the admission port requires a client certificate it signed (kube-apiserver's, from its AdmissionConfiguration). "+
+			"Empty serves admission unauthenticated, relying on the NetworkPolicy alone.")
+	flag.StringVar(&admissionClientNames, "admission-client-names", "",
+		"Comma-separated names (common name or DNS SAN) of the only client certificates the admission port accepts; empty accepts any the CA signed.")
+	flag.IntVar(&maxConns, "max-connections", serving.DefaultMaxConns,
+		"Connections the verification port holds open at once; past it new ones are closed at accept.")
+	flag.IntVar(&maxAddrConns, "max-connections-per-address", serving.DefaultMaxConnsPerAddress,
+		"Connections the verification port holds open at once from one client address (IPv6: one /64); --trusted-proxies are exempt.")
+	flag.IntVar(&maxFences, "max-fences", verifier.DefaultMaxFences,
+		"Keys fenced at once (revocations admitted, not yet seen persisted); past it a revocation is refused with 503 until fences end.")
 	flag.DurationVar(&recordRetention, "record-retention", controller.DefaultRecordRetention,
 		"How long the revoked record of a deleted ApiKey is kept for audit.")
 	flag.DurationVar(&secretCheckInterval, "secret-check-interval", controller.DefaultSecretCheckInterval,
@@ -132,7 +148,22 @@ func main() {
 		}
 		webhookTLSOpts = append(webhookTLSOpts, func(c *tls.Config) { c.GetCertificate = webhookCertWatcher.GetCertificate })
 	}
-	webhookServer := webhook.NewServer(webhook.Options{Port: webhookPort, TLSOpts: webhookTLSOpts})
+	trusted := make([]netip.Prefix, 0, len(splitList(trustedProxies)))
+	for _, cidr := range splitList(trustedProxies) {
+		p, err := netip.ParsePrefix(cidr)
+		if err != nil {
+			setupLog.Error(err, "Invalid --trusted-proxies")
+			os.Exit(1)
+		}
+		trusted = append(trusted, p)
+	}
+	limits := serving.DefaultLimits()
+	limits.MaxConns, limits.MaxConnsPerAddress = maxConns, maxAddrConns
+	webhookServer := serving.New(serving.Options{
+		VerificationPort: webhookPort, AdmissionPort: admissionPort, TLSOpts: webhookTLSOpts,
+		AdmissionClientCA: admissionClientCA, AdmissionClientNames: splitList(admissionClientNames),
+		Verification: limits, UncappedAddresses: trusted,
+	})
 
 	metricsServerOptions := metricsserver.Options{
 		BindAddress:   metricsAddr,
@@ -174,15 +205,6 @@ func main() {
 		os.Exit(1)
 	}
 
-	trusted := make([]netip.Prefix, 0, len(splitList(trustedProxies)))
-	for _, cidr := range splitList(trustedProxies) {
-		p, err := netip.ParsePrefix(cidr)
-		if err != nil {
-			setupLog.Error(err, "Invalid --trusted-proxies")
-			os.Exit(1)
-		}
-		trusted = append(trusted, p)
-	}
 	// The ServiceAccount, for the command a namespace runs to opt in to key
 	// delivery; the Deployment passes both through the downward API.
 	serviceAccount := ""
@@ -199,6 +221,7 @@ func main() {
 		ServiceAccount:          serviceAccount,
 		Webhooks:                os.Getenv("ENABLE_WEBHOOKS") != "false",
 		FenceTTL:                fenceTTL,
+		MaxFences:               maxFences,
 		LastUsedInterval:        lastUsedInterval,
 		FailedAuthRate:          failureRate,
 		FailedAuthBurst:         failureBurst,

@@ -24,6 +24,7 @@ import (
 	"github.com/latchkey-dev/latchkey/internal/controller"
 	"github.com/latchkey-dev/latchkey/internal/endpoints"
 	"github.com/latchkey-dev/latchkey/internal/ledger"
+	"github.com/latchkey-dev/latchkey/internal/serving"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 	webhookv1alpha1 "github.com/latchkey-dev/latchkey/webhook/v1alpha1"
 )
@@ -46,6 +47,8 @@ type Options struct {
 	Webhooks         bool
 	FenceTTL         time.Duration
 	LastUsedInterval time.Duration
+	// MaxFences bounds the fence table; 0 means verifier.DefaultMaxFences.
+	MaxFences int
 	// FailedAuthRate and FailedAuthBurst limit failed verifications per
 	// client address; a rate of 0 disables the limit.
 	FailedAuthRate  float64
@@ -98,9 +101,15 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 		return nil, fmt.Errorf("usage controller: %w", err)
 	}
 
-	v := verifier.New(o.Clock, o.FenceTTL)
+	v := verifier.New(o.Clock, o.FenceTTL, verifier.WithMaxFences(o.MaxFences))
 	if err := v.Watch(context.Background(), mgr.GetCache()); err != nil {
 		return nil, fmt.Errorf("watching keys: %w", err)
+	}
+	if err := mgr.Add(&verifier.FenceConfirmer{Verifier: v, Reader: mgr.GetAPIReader(), Clock: o.Clock}); err != nil {
+		return nil, err
+	}
+	if s, ok := mgr.GetWebhookServer().(*serving.Server); ok {
+		o.Registry.MustRegister(s.Collectors()...)
 	}
 	limiter := endpoints.NewFailureLimiter(o.FailedAuthRate, o.FailedAuthBurst, o.TrustedProxies,
 		endpoints.WithGlobalBudget(o.FailedAuthGlobalRate, o.FailedAuthGlobalBurst),

@@ -119,7 +119,8 @@ type Options struct {
 	VerificationPort, AdmissionPort int
 	// TLSOpts adjust both listeners' TLS configuration; one of them may
 	// set GetCertificate (a certwatcher or the certs Rotator). Without it
-	// the certificate is read from CertDir (tls.crt, tls.key) and watched.
+	// the certificate is read from CertDir (tls.crt, tls.key; by default
+	// controller-runtime's directory) and watched.
 	TLSOpts []func(*tls.Config)
 	CertDir string
 	// AdmissionClientCA is a PEM file: the admission listener requires a
@@ -175,6 +176,9 @@ func New(o Options) *Server {
 	}
 	if o.AdmissionPort == 0 {
 		o.AdmissionPort = DefaultAdmissionPort
+	}
+	if o.CertDir == "" {
+		o.CertDir = filepath.Join(os.TempDir(), "k8s-webhook-server", "serving-certs")
 	}
 	if o.Verification == (Limits{}) {
 		o.Verification = DefaultLimits()

@@ -20,19 +20,16 @@ import (
 
 	"github.com/latchkey-dev/latchkey/internal/certs"
 	"github.com/latchkey-dev/latchkey/internal/endpoints"
-	"github.com/latchkey-dev/latchkey/pkg/devenv/controlplane"
 )
 
 // fixture is a running Server on loopback with an echo handler on each
 // listener, and a client CA for its admission listener.
 type fixture struct {
-	s                *Server
-	verify, admit    string
-	ca               *x509.CertPool
-	clientCA         *certs.Authority
-	clientCAFile     string
-	verification     Limits
-	admissionLimited Limits
+	s             *Server
+	verify, admit string
+	ca            *x509.CertPool
+	clientCA      *certs.Authority
+	clientCAFile  string
 }
 
 func start(t *testing.T, tune func(*Options)) *fixture {
@@ -50,11 +47,11 @@ func start(t *testing.T, tune func(*Options)) *fixture {
 	if err := os.WriteFile(caFile, clientCA.CertPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	vp, err := controlplane.FreePort()
+	vp, err := freePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	ap, err := controlplane.FreePort()
+	ap, err := freePort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,6 +98,15 @@ func start(t *testing.T, tune func(*Options)) *fixture {
 		}
 	}
 	return f
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = l.Close() }()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func (f *fixture) client(cert *tls.Certificate) *http.Client {

@@ -116,7 +116,8 @@ func (p *Process) RSS(tb testing.TB) int64 {
 // synced, and a few seconds more, and returns its resident memory in bytes.
 func (m *ManagerBinary) ReadyRSS(tb testing.TB) int64 {
 	tb.Helper()
-	p := m.Start(tb, []string{"ENABLE_WEBHOOKS=false"}, "--webhook-port", strconv.Itoa(FreePort(tb)), "--webhook-cert-path", m.CertDir)
+	p := m.Start(tb, []string{"ENABLE_WEBHOOKS=false"}, "--webhook-port", strconv.Itoa(FreePort(tb)),
+		"--admission-port", strconv.Itoa(FreePort(tb)), "--webhook-cert-path", m.CertDir)
 	defer p.Kill()
 	p.WaitReady(tb, 5*time.Minute)
 	time.Sleep(3 * time.Second) // let start-up garbage be collected

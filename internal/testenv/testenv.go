@@ -58,7 +58,8 @@ func Assets() (string, error) {
 // Options says what to install besides the CRDs.
 type Options struct {
 	// Webhooks installs the admission webhook; a manager in the test must
-	// serve it on WebhookHost():WebhookPort() with WebhookCertDir.
+	// serve it with ServingOptions() (in process) or ServingFlags() (the
+	// manager binary).
 	Webhooks bool
 	// TokenWebhook points kube-apiserver's webhook token authenticator at
 	// /tokenreview on the webhook server (implies Webhooks), with a 1s cache.

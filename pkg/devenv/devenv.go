@@ -30,12 +30,12 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/latchkey-dev/latchkey/internal/controller"
 	"github.com/latchkey-dev/latchkey/internal/endpoints"
 	"github.com/latchkey-dev/latchkey/internal/operator"
 	"github.com/latchkey-dev/latchkey/internal/plugin/clusterext"
+	"github.com/latchkey-dev/latchkey/internal/serving"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 	"github.com/latchkey-dev/latchkey/pkg/devenv/controlplane"
 )
@@ -100,12 +100,10 @@ func (lk *Latchkey) startOperator(ctx context.Context, o Options) error {
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
-		WebhookServer: webhook.NewServer(webhook.Options{
-			Host: lk.WebhookHost(), Port: lk.WebhookPort(), CertDir: lk.WebhookCertDir,
-			TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }},
-		}),
-		Cache:  operator.CacheOptions(),
-		Client: operator.ClientOptions(),
+		// Admission on its own port, for kube-apiserver's client certificate only.
+		WebhookServer: serving.New(lk.ServingOptions()),
+		Cache:         operator.CacheOptions(),
+		Client:        operator.ClientOptions(),
 	})
 	if err != nil {
 		return err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -29,7 +28,7 @@ func TestKilledWhileMinting(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	manager := managerInsteadOfOperator(t)
-	args := []string{"--webhook-port", strconv.Itoa(lk.WebhookPort()), "--webhook-cert-path", lk.WebhookCertDir, "--leader-elect=false"}
+	args := append(lk.ServingFlags(), "--leader-elect=false")
 	p := manager.Start(t, nil, args...)
 	p.WaitReady(t, time.Minute)
 

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net/http"
-	"strconv"
 	"testing"
 	"time"
 
@@ -32,20 +31,20 @@ func TestLeaderFailover(t *testing.T) {
 	leaseKey := types.NamespacedName{Namespace: leaseNS, Name: "latchkey.auth.latchkey.dev"}
 	_ = env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: leaseNS}})
 	podEnv := []string{"POD_NAMESPACE=" + leaseNS}
-	flags := func(port int) []string {
-		return []string{"--leader-elect", "--webhook-port", strconv.Itoa(port), "--webhook-cert-path", lk.WebhookCertDir}
+	flags := func(port, admissionPort int) []string {
+		return append([]string{"--leader-elect"}, lk.ServingFlagsOn(port, admissionPort)...)
 	}
-	// The leader-to-be starts first, on a port of its own; the survivor serves
+	// The leader-to-be starts first, on ports of its own; the survivor serves
 	// the admission webhook's port, so keys can be created after the kill.
 	otherPort := testenv.FreePort(t)
-	leader := manager.Start(t, podEnv, flags(otherPort)...)
+	leader := manager.Start(t, podEnv, flags(otherPort, testenv.FreePort(t))...)
 	leader.WaitReady(t, time.Minute)
 	lease := &coordinationv1.Lease{}
 	g.Eventually(func() error {
 		return env.Client.Get(ctx, leaseKey, lease)
 	}).WithTimeout(30 * time.Second).Should(Succeed())
 	leaderID := *lease.Spec.HolderIdentity
-	survivor := manager.Start(t, podEnv, flags(lk.WebhookPort())...)
+	survivor := manager.Start(t, podEnv, flags(lk.WebhookPort(), lk.AdmissionPort())...)
 	survivor.WaitReady(t, time.Minute)
 
 	ns := env.Namespace(t)

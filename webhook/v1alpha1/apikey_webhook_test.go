@@ -2,7 +2,6 @@ package v1alpha1
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
@@ -20,9 +19,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/serving"
 	"github.com/latchkey-dev/latchkey/internal/testenv"
 )
 
@@ -79,10 +78,7 @@ func TestMain(m *testing.M) {
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
-		WebhookServer: webhook.NewServer(webhook.Options{
-			Host: env.WebhookHost(), Port: env.WebhookPort(), CertDir: env.WebhookCertDir,
-			TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.MinVersion = tls.VersionTLS12 }},
-		}),
+		WebhookServer:          serving.New(env.ServingOptions()),
 	})
 	if err == nil {
 		err = (&ApiKeyValidator{Reader: mgr.GetClient(), Clock: clock.RealClock{}, Fence: fence}).SetupWebhookWithManager(mgr)

@@ -5,12 +5,15 @@ package controlplane
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -27,6 +30,7 @@ import (
 	"github.com/latchkey-dev/latchkey/config/webhook"
 	"github.com/latchkey-dev/latchkey/internal/certs"
 	"github.com/latchkey-dev/latchkey/internal/scheme"
+	"github.com/latchkey-dev/latchkey/internal/serving"
 )
 
 // Options say what the control plane is started with.
@@ -34,7 +38,9 @@ type Options struct {
 	// AssetsDir holds kube-apiserver, etcd and kubectl (`make envtest`).
 	AssetsDir string
 	// Webhooks installs the admission webhook, pointing at 127.0.0.1 on
-	// WebhookPort with a local CA; something must serve it (the operator).
+	// AdmissionPort with a local CA, and gives kube-apiserver a client
+	// certificate for it; something must serve it (the operator, with
+	// ServingOptions or ServingFlags).
 	Webhooks bool
 	// TokenWebhook points kube-apiserver's webhook token authenticator at
 	// /tokenreview on the webhook server (implies Webhooks), with a 1s cache.
@@ -52,6 +58,13 @@ type ControlPlane struct {
 	// tls.key) and WebhookCA the CA that signed it, when webhooks are on.
 	WebhookCertDir string
 	WebhookCA      []byte
+	// AdmissionClientCA is the file of the CA that signed kube-apiserver's
+	// client certificate for the admission webhook: the operator's
+	// --admission-client-ca.
+	AdmissionClientCA string
+	// verificationPort is where the verification endpoints (and the token
+	// webhook) are served.
+	verificationPort int
 }
 
 // Start starts etcd and kube-apiserver and installs the CRDs (and webhook
@@ -87,6 +100,14 @@ func Start(o Options) (*ControlPlane, error) {
 		if env.WebhookInstallOptions.LocalServingPort, err = FreePort(); err != nil {
 			return nil, err
 		}
+		if cp.verificationPort, err = FreePort(); err != nil {
+			return nil, err
+		}
+		file, err := cp.writeAdmissionConfig()
+		if err != nil {
+			return nil, err
+		}
+		env.ControlPlane.GetAPIServer().Configure().Set("admission-control-config-file", file)
 	}
 	if o.TokenWebhook {
 		file, err := writeTokenWebhookConfig(cp.WebhookCertDir, cp.WebhookCA, cp.WebhookPort())
@@ -119,9 +140,43 @@ func (cp *ControlPlane) WebhookHost() string {
 	return cp.Environment.WebhookInstallOptions.LocalServingHost
 }
 
-// WebhookPort is the port the webhook configurations point at.
-func (cp *ControlPlane) WebhookPort() int {
+// WebhookPort is the port of the verification endpoints, where the token
+// webhook points.
+func (cp *ControlPlane) WebhookPort() int { return cp.verificationPort }
+
+// AdmissionPort is the port the admission webhook configuration points at.
+func (cp *ControlPlane) AdmissionPort() int {
 	return cp.Environment.WebhookInstallOptions.LocalServingPort
+}
+
+// ServingOptions serve what this control plane's webhook configurations
+// point at, requiring its kube-apiserver's client certificate for
+// admission.
+func (cp *ControlPlane) ServingOptions() serving.Options {
+	return cp.ServingOptionsOn(cp.WebhookPort(), cp.AdmissionPort())
+}
+
+// ServingOptionsOn is ServingOptions on other ports, for a second server
+// beside the one the configurations point at.
+func (cp *ControlPlane) ServingOptionsOn(verificationPort, admissionPort int) serving.Options {
+	return serving.Options{
+		Host: cp.WebhookHost(), VerificationPort: verificationPort, AdmissionPort: admissionPort,
+		CertDir: cp.WebhookCertDir, AdmissionClientCA: cp.AdmissionClientCA,
+		TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }},
+	}
+}
+
+// ServingFlags are the manager binary's flags for ServingOptions.
+func (cp *ControlPlane) ServingFlags() []string {
+	return cp.ServingFlagsOn(cp.WebhookPort(), cp.AdmissionPort())
+}
+
+// ServingFlagsOn are the manager binary's flags for ServingOptionsOn.
+func (cp *ControlPlane) ServingFlagsOn(verificationPort, admissionPort int) []string {
+	return []string{
+		"--webhook-port", strconv.Itoa(verificationPort), "--admission-port", strconv.Itoa(admissionPort),
+		"--webhook-cert-path", cp.WebhookCertDir, "--admission-client-ca", cp.AdmissionClientCA,
+	}
 }
 
 // Stop stops kube-apiserver and etcd and removes their data.
@@ -194,6 +249,52 @@ func FreePort() (int, error) {
 	}
 	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// writeAdmissionConfig gives kube-apiserver a client certificate for the
+// admission webhook, as a cluster's administrator would: an
+// AdmissionConfiguration whose webhook kubeconfig has a user named by the
+// webhook's host:port, which kube-apiserver looks up for each call. It
+// writes the CA for the operator's --admission-client-ca too.
+func (cp *ControlPlane) writeAdmissionConfig() (string, error) {
+	ca, err := certs.NewAuthority("latchkey-local-admission-client-ca", time.Now(), 365*24*time.Hour)
+	if err != nil {
+		return "", err
+	}
+	cert, key, err := ca.IssueClient("kube-apiserver", time.Now(), 365*24*time.Hour)
+	if err != nil {
+		return "", err
+	}
+	cp.AdmissionClientCA = filepath.Join(cp.WebhookCertDir, "admission-client-ca.crt")
+	if err := os.WriteFile(cp.AdmissionClientCA, ca.CertPEM, 0o600); err != nil {
+		return "", err
+	}
+	kc := clientcmdapi.NewConfig()
+	kc.AuthInfos[net.JoinHostPort(cp.WebhookHost(), strconv.Itoa(cp.AdmissionPort()))] = &clientcmdapi.AuthInfo{
+		ClientCertificateData: cert, ClientKeyData: key,
+	}
+	kubeconfig := filepath.Join(cp.WebhookCertDir, "admission-webhooks.kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
+		return "", err
+	}
+	webhookConfig := map[string]any{
+		"apiVersion":     "apiserver.config.k8s.io/v1",
+		"kind":           "WebhookAdmissionConfiguration",
+		"kubeConfigFile": kubeconfig,
+	}
+	config, err := yaml.Marshal(map[string]any{
+		"apiVersion": "apiserver.config.k8s.io/v1",
+		"kind":       "AdmissionConfiguration",
+		"plugins": []map[string]any{
+			{"name": "ValidatingAdmissionWebhook", "configuration": webhookConfig},
+			{"name": "MutatingAdmissionWebhook", "configuration": webhookConfig},
+		},
+	})
+	if err != nil {
+		return "", err
+	}
+	file := filepath.Join(cp.WebhookCertDir, "admission-configuration.yaml")
+	return file, os.WriteFile(file, config, 0o600)
 }
 
 // writeTokenWebhookConfig writes the kubeconfig-format file that tells
