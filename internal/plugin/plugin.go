@@ -63,7 +63,7 @@ Secret and whose SHA-256 hash it keeps. The namespace is the tenant.`,
 	root.SetIn(o.Streams.In)
 	root.SetOut(o.Streams.Out)
 	root.SetErr(o.Streams.ErrOut)
-	root.AddCommand(newCreate(o), newList(o), newRevoke(o), newEnable(o), newWhoAmI(o), newUsage(o), newScan(o))
+	root.AddCommand(newCreate(o), newList(o), newRevoke(o), newEnable(o), newWhoAmI(o), newUsage(o), newScan(o), newUninstall(o))
 	return root
 }
 
