@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,11 +19,30 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/testenv"
 )
 
-// startNginx runs nginx (the Debian package) on 127.0.0.1 with auth_request
-// to /authorize in front of upstream: /api/ for any tenant, /pinned/ for
-// pinnedTenant only. It returns nginx's base URL.
+// readmeNginx is the nginx configuration the README gives, its two
+// locations apart: the protected one and Latchkey's auth_request one.
+func readmeNginx(t *testing.T) (protected, auth string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(string(b), "```nginx\n")
+	block, _, ok2 := strings.Cut(block, "```")
+	protected, auth, ok3 := strings.Cut(block, "location = /_latchkey {")
+	if !ok || !ok2 || !ok3 {
+		t.Fatal("the README has no nginx example with a location = /_latchkey")
+	}
+	return protected, "location = /_latchkey {" + auth
+}
+
+// startNginx runs nginx (the Debian package) on 127.0.0.1 with the README's
+// configuration in front of upstream: /api/ for any tenant, and, the same
+// with the pin the README describes, /pinned/ for pinnedTenant only. It
+// returns nginx's base URL.
 func startNginx(t *testing.T, upstream, pinnedTenant string) string {
 	t.Helper()
 	bin, err := exec.LookPath("nginx")
@@ -49,31 +70,19 @@ func startNginx(t *testing.T, upstream, pinnedTenant string) string {
 	if os.Geteuid() == 0 {
 		user = "user root;"
 	}
-	authLocation := func(name, extra string) string {
-		return fmt.Sprintf(`
-    location = %s {
-      internal;
-      proxy_pass %s/authorize;
-      proxy_pass_request_body off;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Real-IP $remote_addr;
-      %s
-      proxy_ssl_trusted_certificate %s;
-      proxy_ssl_verify on;
-      proxy_ssl_name localhost;
-    }`, name, endpoint, extra, ca)
+	protected, auth := readmeNginx(t)
+	// The README's names for the service, Latchkey and its CA, here; the
+	// local certificate is issued to localhost.
+	local := strings.NewReplacer("http://my-service", upstream,
+		"https://latchkey-webhook-service.latchkey-system.svc", endpoint,
+		"/etc/latchkey/ca.crt", ca,
+		"proxy_ssl_verify on;", "proxy_ssl_verify on;\n  proxy_ssl_name localhost;")
+	const unpinned = `proxy_set_header X-Latchkey-Tenant-Required "";`
+	if !strings.Contains(auth, unpinned) {
+		t.Fatalf("the README's auth location does not clear X-Latchkey-Tenant-Required:\n%s", auth)
 	}
-	protected := func(prefix, auth string) string {
-		return fmt.Sprintf(`
-    location %s {
-      auth_request %s;
-      auth_request_set $latchkey_tenant $upstream_http_x_latchkey_tenant;
-      auth_request_set $latchkey_key $upstream_http_x_latchkey_key;
-      proxy_set_header X-Latchkey-Tenant $latchkey_tenant;
-      proxy_set_header X-Latchkey-Key $latchkey_key;
-      proxy_pass %s;
-    }`, prefix, auth, upstream)
-	}
+	pinned := strings.NewReplacer("location /api/", "location /pinned/", "/_latchkey", "/_latchkey_pinned").Replace(protected) +
+		strings.NewReplacer("/_latchkey", "/_latchkey_pinned", unpinned, "proxy_set_header X-Latchkey-Tenant-Required "+pinnedTenant+";").Replace(auth)
 	conf := fmt.Sprintf(`%s
 daemon off;
 master_process off;
@@ -92,12 +101,9 @@ http {
     %[4]s
     %[5]s
     %[6]s
-    %[7]s
   }
 }
-`, user, dir, addr,
-		protected("/api/", "/_auth"), protected("/pinned/", "/_auth_pinned"),
-		authLocation("/_auth", ""), authLocation("/_auth_pinned", "proxy_set_header X-Latchkey-Tenant-Required "+pinnedTenant+";"))
+`, user, dir, addr, local.Replace(protected), local.Replace(auth), local.Replace(pinned))
 	confFile := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(confFile, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
@@ -127,26 +133,38 @@ http {
 	return base
 }
 
-// TestNginxAuthRequest puts nginx auth_request in front of a service and
-// checks who gets through.
+// TestNginxAuthRequest puts nginx auth_request, configured as the README
+// says, in front of a service and checks who gets through, and what
+// reaches the service: the tenant and key Latchkey named, never the ones a
+// client sent, and never the key.
 func TestNginxAuthRequest(t *testing.T) {
 	ns, other := env.Namespace(t), env.Namespace(t)
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = fmt.Fprintf(w, "hello %s via %s", r.Header.Get("X-Latchkey-Tenant"), r.Header.Get("X-Latchkey-Key"))
+		seen := map[string][]string{}
+		for name, values := range r.Header {
+			if strings.HasPrefix(name, "X-Latchkey-") || name == "Authorization" {
+				seen[name] = values
+			}
+		}
+		_ = json.NewEncoder(w).Encode(seen)
 	}))
 	defer upstream.Close()
 	base := startNginx(t, upstream.URL, ns)
 
-	valid, validRaw := mint(t, ns, "valid", authv1alpha1.ApiKeySpec{})
-	_ = valid
+	_, validRaw := mint(t, ns, "valid", authv1alpha1.ApiKeySpec{})
 	revoked, revokedRaw := mint(t, ns, "revoked", authv1alpha1.ApiKeySpec{})
 	revoke(t, revoked)
 	soon := metav1.NewTime(time.Now().Add(3 * time.Second))
 	_, expiringRaw := mint(t, ns, "expiring", authv1alpha1.ApiKeySpec{ExpiresAt: &soon})
 	_, otherRaw := mint(t, other, "theirs", authv1alpha1.ApiKeySpec{Format: authv1alpha1.FormatHex})
 
-	get := func(path, raw string) (int, string) {
+	get := func(path, raw string, sent http.Header) (int, map[string][]string) {
 		req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, base+path, nil)
+		for name, values := range sent {
+			for _, v := range values {
+				req.Header.Add(name, v)
+			}
+		}
 		if raw != "" {
 			req.Header.Set("Authorization", "Bearer "+raw)
 		}
@@ -156,35 +174,58 @@ func TestNginxAuthRequest(t *testing.T) {
 		}
 		defer func() { _ = resp.Body.Close() }()
 		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		var seen map[string][]string
+		if resp.StatusCode == http.StatusOK {
+			if err := json.Unmarshal(b, &seen); err != nil {
+				t.Fatalf("the service's answer %q: %v", b, err)
+			}
+		}
+		return resp.StatusCode, seen
+	}
+	// What a client sends to choose who it is, or to unpin a tenant.
+	forged := http.Header{
+		"X-Latchkey-Tenant":          {other},
+		"X-Latchkey-Key":             {other + "/theirs"},
+		"x-latchkey-key":             {"kube-system/admin"},
+		"X-Latchkey-Tenant-Required": {other},
 	}
 	tests := []struct {
 		name   string
 		path   string
 		raw    string
+		sent   http.Header
 		status int
-		body   string
+		tenant string
+		key    string
 	}{
-		{"a valid key reaches the service with its tenant", "/api/x", validRaw, 200, "hello " + ns + " via " + ns + "/valid"},
-		{"no key is refused", "/api/x", "", 401, ""},
-		{"a wrong key is refused", "/api/x", validRaw[:len(validRaw)-2] + "zz", 401, ""},
-		{"a revoked key is refused", "/api/x", revokedRaw, 401, ""},
-		{"another tenant's key passes where no tenant is pinned", "/api/x", otherRaw, 200, "hello " + other},
-		{"another tenant's key is forbidden where the tenant is pinned", "/pinned/x", otherRaw, 403, ""},
-		{"the pinned tenant's own key passes", "/pinned/x", validRaw, 200, "hello " + ns},
+		{"a valid key reaches the service with its tenant and name", "/api/x", validRaw, nil, 200, ns, ns + "/valid"},
+		{"a client's own X-Latchkey-* headers never reach the service", "/api/x", validRaw, forged, 200, ns, ns + "/valid"},
+		{"no key is refused", "/api/x", "", nil, 401, "", ""},
+		{"no key with forged headers is refused", "/api/x", "", forged, 401, "", ""},
+		{"a wrong key is refused", "/api/x", validRaw[:len(validRaw)-2] + "zz", nil, 401, "", ""},
+		{"a revoked key is refused", "/api/x", revokedRaw, nil, 401, "", ""},
+		{"another tenant's key passes where no tenant is pinned", "/api/x", otherRaw, nil, 200, other, other + "/theirs"},
+		{"another tenant's key is forbidden where the tenant is pinned", "/pinned/x", otherRaw, nil, 403, "", ""},
+		{"a client cannot repin a pinned location to its own tenant", "/pinned/x", otherRaw, forged, 403, "", ""},
+		{"the pinned tenant's own key passes", "/pinned/x", validRaw, forged, 200, ns, ns + "/valid"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			status, body := get(tt.path, tt.raw)
-			NewWithT(t).Expect(status).To(Equal(tt.status), body)
-			NewWithT(t).Expect(body).To(ContainSubstring(tt.body))
+			g := NewWithT(t)
+			status, seen := get(tt.path, tt.raw, tt.sent)
+			g.Expect(status).To(Equal(tt.status))
+			if status != http.StatusOK {
+				return
+			}
+			g.Expect(seen).To(Equal(map[string][]string{"X-Latchkey-Tenant": {tt.tenant}, "X-Latchkey-Key": {tt.key}}),
+				"the service sees only the tenant and key Latchkey named, and not the key itself")
 		})
 	}
 	t.Run("a key is refused from the instant it expires", func(t *testing.T) {
-		status, _ := get("/api/x", expiringRaw)
+		status, _ := get("/api/x", expiringRaw, nil)
 		NewWithT(t).Expect(status).To(Equal(200))
 		time.Sleep(time.Until(soon.Time))
-		status, _ = get("/api/x", expiringRaw)
+		status, _ = get("/api/x", expiringRaw, nil)
 		NewWithT(t).Expect(status).To(Equal(401))
 	})
 }
