@@ -2,16 +2,13 @@ package controller
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
@@ -81,14 +78,18 @@ type ApiKeyReconciler struct {
 // bound per namespace: the manager holds no cluster-wide Secret access.
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
-// Reconcile brings one ApiKey's record, Secret and status in line with its spec.
-func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ ctrl.Result, retErr error) {
+// Reconcile brings one ApiKey's record, Secret and status in line with its
+// spec: its phases act and gather an observation, computeStatus decides the
+// status from it, and one write records it.
+func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	key := &authv1alpha1.ApiKey{}
 	if err := r.Client.Get(ctx, req.NamespacedName, key); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-
-	if key.DeletionTimestamp.IsZero() && !controllerutil.ContainsFinalizer(key, authv1alpha1.Finalizer) {
+	if !key.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, r.reconcileDelete(ctx, key)
+	}
+	if !controllerutil.ContainsFinalizer(key, authv1alpha1.Finalizer) {
 		base := key.DeepCopy()
 		controllerutil.AddFinalizer(key, authv1alpha1.Finalizer)
 		if err := r.Client.Patch(ctx, key, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
@@ -96,17 +97,15 @@ func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (_ c
 		}
 	}
 
-	original := key.DeepCopy()
-	defer func() {
-		if err := r.patchStatus(ctx, original, key); err != nil {
-			retErr = errors.Join(retErr, err)
-		}
-	}()
-
-	if !key.DeletionTimestamp.IsZero() {
-		return ctrl.Result{}, r.reconcileDelete(ctx, key)
+	o, err := r.reconcileNormal(ctx, key)
+	if err != nil {
+		// Status stays what the last pass that succeeded wrote, with the
+		// generation it saw: what this pass half-saw is no status.
+		return ctrl.Result{}, err
 	}
-	return r.reconcileNormal(ctx, key)
+	status, requeue := computeStatus(o)
+	status.ObservedGeneration = key.Generation
+	return ctrl.Result{RequeueAfter: requeue}, r.patchStatus(ctx, key, status)
 }
 
 func (r *ApiKeyReconciler) reconcileDelete(ctx context.Context, key *authv1alpha1.ApiKey) error {
@@ -129,95 +128,40 @@ func (r *ApiKeyReconciler) reconcileDelete(ctx context.Context, key *authv1alpha
 	return nil
 }
 
-func (r *ApiKeyReconciler) reconcileNormal(ctx context.Context, key *authv1alpha1.ApiKey) (ctrl.Result, error) {
+// reconcileNormal revokes, mints or checks delivery, and keeps the record's
+// expiry, and returns what it observed.
+func (r *ApiKeyReconciler) reconcileNormal(ctx context.Context, key *authv1alpha1.ApiKey) (observation, error) {
+	o := observation{key: key, now: r.Clock.Now(), secretCheckInterval: r.secretCheckInterval(), serviceAccount: r.ServiceAccount}
 	records, err := r.keyRecords(ctx, key)
 	if err != nil {
-		return ctrl.Result{}, err
+		return o, err
 	}
-
-	if key.Spec.Revoked {
-		return ctrl.Result{}, r.reconcileRevoked(ctx, key, records)
-	}
-
 	record, pending := splitPending(records)
-	if record == nil {
-		record, err = r.ensureKey(ctx, key, pending)
-		if accessDenied(err) {
-			r.setSecretAccessDenied(key, true)
-			return ctrl.Result{RequeueAfter: min(authv1alpha1.KeyDeliveryRetry, r.secretCheckInterval())}, nil
-		}
-		if err != nil || record == nil {
-			return ctrl.Result{RequeueAfter: r.secretCheckInterval()}, err
-		}
-	} else {
-		// Leftovers of a pass that died: their keys never authenticated.
-		if err := r.deletePending(ctx, pending); err != nil {
-			return ctrl.Result{}, err
-		}
-		if err := r.checkSecret(ctx, key, record); accessDenied(err) {
-			r.setSecretAccessDenied(key, false)
-		} else if err != nil {
-			return ctrl.Result{}, err
-		}
+	o.record = record
+	if key.Spec.Revoked {
+		return o, r.revokeRecords(ctx, records, authv1alpha1.RevocationRevoked)
 	}
 
-	if err := r.syncRecordExpiry(ctx, key, record); err != nil {
-		return ctrl.Result{}, err
+	if record == nil {
+		o.record, o.secret, err = r.ensureKey(ctx, key, pending)
+	} else if err = r.deletePending(ctx, pending); err == nil {
+		// Leftovers of a pass that died are deleted: their keys never
+		// authenticated. Then: is the key still where it was delivered?
+		o.secret, err = r.checkSecret(ctx, key, record)
 	}
-	return ctrl.Result{RequeueAfter: r.setLiveStatus(key, record)}, nil
+	if accessDenied(err) {
+		o.secret, err = secretAccessDenied, nil
+	}
+	if err != nil || o.record == nil {
+		return o, err
+	}
+	return o, r.syncRecordExpiry(ctx, key, o.record)
 }
 
 // accessDenied tells RBAC's refusals from other 403s, such as an admission
 // webhook's: the authorizer's message says who "cannot" do what.
 func accessDenied(err error) bool {
 	return apierrors.IsForbidden(err) && strings.Contains(err.Error(), " cannot ")
-}
-
-// setSecretAccessDenied reports a namespace that has not let Latchkey at
-// its Secrets, with the command that does. Before minting the key waits,
-// Pending; once minted it keeps working and only the check is unknown.
-func (r *ApiKeyReconciler) setSecretAccessDenied(key *authv1alpha1.ApiKey, minting bool) {
-	sa := r.ServiceAccount
-	if sa == "" {
-		sa = authv1alpha1.DefaultServiceAccount
-	}
-	msg := fmt.Sprintf("Latchkey may not get or create Secrets in namespace %q. To let it deliver keys here: kubectl create rolebinding %s -n %s --clusterrole=%s --serviceaccount=%s",
-		key.Namespace, authv1alpha1.KeyDeliveryClusterRole, key.Namespace, authv1alpha1.KeyDeliveryClusterRole, sa)
-	status := metav1.ConditionUnknown
-	if minting {
-		status = metav1.ConditionFalse
-		key.Status.Phase = authv1alpha1.PhasePending
-		r.setCondition(key, authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonSecretAccessDenied, msg)
-	}
-	if r.setCondition(key, authv1alpha1.ConditionKeyDelivered, status, authv1alpha1.ReasonSecretAccessDenied, msg) {
-		r.Recorder.Eventf(key, nil, corev1.EventTypeWarning, EventSecretAccessDenied, "Deliver", "%s", msg)
-	}
-}
-
-func (r *ApiKeyReconciler) setDelivered(key *authv1alpha1.ApiKey) {
-	r.setCondition(key, authv1alpha1.ConditionKeyDelivered, metav1.ConditionTrue, authv1alpha1.ReasonDelivered,
-		fmt.Sprintf("Key delivered to Secret %q", key.SecretName()))
-}
-
-func (r *ApiKeyReconciler) reconcileRevoked(ctx context.Context, key *authv1alpha1.ApiKey, records []authv1alpha1.ApiKeyRecord) error {
-	if err := r.revokeRecords(ctx, records, authv1alpha1.RevocationRevoked); err != nil {
-		return err
-	}
-	if record, _ := splitPending(records); record != nil {
-		key.Status.KeyHint = record.Spec.Hint
-		key.Status.RevokedAt = record.Spec.RevokedAt
-	}
-	if key.Status.RevokedAt == nil {
-		now := metav1.NewTime(r.Clock.Now())
-		key.Status.RevokedAt = &now
-	}
-	if key.Status.Phase != authv1alpha1.PhaseRevoked {
-		r.Recorder.Eventf(key, nil, corev1.EventTypeNormal, EventKeyRevoked, "Revoke", "Key revoked")
-	}
-	key.Status.Phase = authv1alpha1.PhaseRevoked
-	r.setCondition(key, authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonRevoked,
-		"The key was revoked and never authenticates again")
-	return nil
 }
 
 // revokeRecords revokes every delivered record of a key and deletes the
@@ -263,77 +207,17 @@ func (r *ApiKeyReconciler) syncRecordExpiry(ctx context.Context, key *authv1alph
 	return nil
 }
 
-// setLiveStatus sets the status of a minted, unrevoked key and returns when
-// to look again: at its expiry, or at the next Secret check.
-func (r *ApiKeyReconciler) setLiveStatus(key *authv1alpha1.ApiKey, record *authv1alpha1.ApiKeyRecord) time.Duration {
-	key.Status.KeyHint = record.Spec.Hint
-	if record.Status.LastUsedAt != nil && (key.Status.LastUsedAt == nil || key.Status.LastUsedAt.Before(record.Status.LastUsedAt)) {
-		key.Status.LastUsedAt = record.Status.LastUsedAt
-	}
-
-	now := r.Clock.Now()
-	if exp := key.Spec.ExpiresAt; exp != nil && !now.Before(exp.Time) {
-		if key.Status.Phase != authv1alpha1.PhaseExpired {
-			r.Recorder.Eventf(key, nil, corev1.EventTypeNormal, EventKeyExpired, "Expire", "Key expired at %s", exp.UTC().Format(time.RFC3339))
-		}
-		key.Status.Phase = authv1alpha1.PhaseExpired
-		r.setCondition(key, authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonExpired,
-			fmt.Sprintf("The key expired at %s", exp.UTC().Format(time.RFC3339)))
-		return r.secretCheckInterval()
-	}
-	key.Status.Phase = authv1alpha1.PhaseActive
-	r.setCondition(key, authv1alpha1.ConditionReady, metav1.ConditionTrue, authv1alpha1.ReasonActive, "The key authenticates requests")
-	next := r.secretCheckInterval()
-	if exp := key.Spec.ExpiresAt; exp != nil && exp.Sub(now) < next {
-		next = exp.Sub(now)
-	}
-	return next
-}
-
-// setSecretNotOwned fails a key whose Secret name is taken. The message
-// says no more than the phase already does: that the name is not available
-// to this ApiKey. Its author may not be allowed to read Secrets, and learns
-// nothing of the one in the way.
-func (r *ApiKeyReconciler) setSecretNotOwned(key *authv1alpha1.ApiKey) {
-	msg := fmt.Sprintf("Latchkey cannot deliver the key to Secret %q: that name is not available to this ApiKey, and Latchkey only ever writes a Secret it creates itself. Choose another spec.secretName (in a new ApiKey)", key.SecretName())
-	if key.Status.Phase != authv1alpha1.PhaseFailed {
-		r.Recorder.Eventf(key, nil, corev1.EventTypeWarning, EventSecretNotOwned, "Deliver", "%s", msg)
-	}
-	r.setFailed(key, authv1alpha1.ReasonSecretNotOwned, msg)
-}
-
-func (r *ApiKeyReconciler) setFailed(key *authv1alpha1.ApiKey, reason, msg string) {
-	key.Status.Phase = authv1alpha1.PhaseFailed
-	r.setCondition(key, authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, reason, msg)
-	r.setCondition(key, authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonNotDelivered, msg)
-}
-
-// setCondition sets a condition and reports whether its status changed.
-func (r *ApiKeyReconciler) setCondition(key *authv1alpha1.ApiKey, typ string, status metav1.ConditionStatus, reason, msg string) bool {
-	changed := !meta.IsStatusConditionPresentAndEqual(key.Status.Conditions, typ, status)
-	meta.SetStatusCondition(&key.Status.Conditions, metav1.Condition{
-		Type:               typ,
-		Status:             status,
-		Reason:             reason,
-		Message:            msg,
-		ObservedGeneration: key.Generation,
-	})
-	return changed
-}
-
-func (r *ApiKeyReconciler) patchStatus(ctx context.Context, original, key *authv1alpha1.ApiKey) error {
-	if key.Status.Phase == "" {
-		key.Status.Phase = authv1alpha1.PhasePending
-		r.setCondition(key, authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonMinting, "The key is being minted")
-	}
-	key.Status.ObservedGeneration = key.Generation
-	if equality.Semantic.DeepEqual(original.Status, key.Status) {
+// patchStatus writes the computed status and the Events its changes call for.
+func (r *ApiKeyReconciler) patchStatus(ctx context.Context, key *authv1alpha1.ApiKey, status authv1alpha1.ApiKeyStatus) error {
+	if equality.Semantic.DeepEqual(key.Status, status) {
 		return nil
 	}
-	if err := r.Client.Status().Patch(ctx, key, client.MergeFrom(original)); err != nil {
-		return client.IgnoreNotFound(err)
+	for _, e := range statusEvents(&key.Status, &status) {
+		r.Recorder.Eventf(key, nil, e.eventType, e.reason, e.action, "%s", e.note)
 	}
-	return nil
+	base := key.DeepCopy()
+	key.Status = status
+	return client.IgnoreNotFound(r.Client.Status().Patch(ctx, key, client.MergeFrom(base)))
 }
 
 func (r *ApiKeyReconciler) secretCheckInterval() time.Duration {

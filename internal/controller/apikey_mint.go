@@ -37,11 +37,11 @@ import (
 
 // ensureKey mints a key for an ApiKey that has no delivered record, or
 // finishes the mint a dead pass left pending. It returns the delivered
-// record; nil with no error means minting cannot go on, and status says why.
-func (r *ApiKeyReconciler) ensureKey(ctx context.Context, key *authv1alpha1.ApiKey, pending []authv1alpha1.ApiKeyRecord) (*authv1alpha1.ApiKeyRecord, error) {
+// record, or nil when minting cannot go on, and what it found of the Secret.
+func (r *ApiKeyReconciler) ensureKey(ctx context.Context, key *authv1alpha1.ApiKey, pending []authv1alpha1.ApiKeyRecord) (*authv1alpha1.ApiKeyRecord, secretState, error) {
 	secret, err := r.getSecret(ctx, key)
 	if err != nil {
-		return nil, err
+		return nil, secretUnchecked, err
 	}
 	if secret != nil {
 		for i := range pending {
@@ -49,21 +49,17 @@ func (r *ApiKeyReconciler) ensureKey(ctx context.Context, key *authv1alpha1.ApiK
 				// A pass delivered this key and died before saying so.
 				rest := append(pending[:i:i], pending[i+1:]...)
 				if err := r.deletePending(ctx, rest); err != nil {
-					return nil, err
+					return nil, secretUnchecked, err
 				}
 				return r.markDelivered(ctx, key, &pending[i], secret)
 			}
 		}
 		// The Secret holds no key Latchkey recorded: it is not ours.
-		if err := r.deletePending(ctx, pending); err != nil {
-			return nil, err
-		}
-		r.setSecretNotOwned(key)
-		return nil, nil
+		return nil, secretNotOwned, r.deletePending(ctx, pending)
 	}
 	// Keys recorded but delivered nowhere: nobody can ever hold them.
 	if err := r.deletePending(ctx, pending); err != nil {
-		return nil, err
+		return nil, secretUnchecked, err
 	}
 	return r.mint(ctx, key)
 }
@@ -89,35 +85,31 @@ func holdsKey(secret *corev1.Secret, key *authv1alpha1.ApiKey, hash string) bool
 
 // mint generates a key, records its hash pending, delivers it and marks it
 // delivered.
-func (r *ApiKeyReconciler) mint(ctx context.Context, key *authv1alpha1.ApiKey) (*authv1alpha1.ApiKeyRecord, error) {
+func (r *ApiKeyReconciler) mint(ctx context.Context, key *authv1alpha1.ApiKey) (*authv1alpha1.ApiKeyRecord, secretState, error) {
 	format := key.Spec.Format
 	if format == "" {
 		format = authv1alpha1.FormatPrefixed
 	}
 	raw, err := keys.Generate(r.Random, keys.Format(format))
 	if err != nil {
-		return nil, fmt.Errorf("generating key: %w", err)
+		return nil, secretUnchecked, fmt.Errorf("generating key: %w", err)
 	}
 	record := newRecord(key, raw, format)
 	if err := r.Client.Create(ctx, record); err != nil {
-		return nil, fmt.Errorf("recording the hash of a new key: %w", err)
+		return nil, secretUnchecked, fmt.Errorf("recording the hash of a new key: %w", err)
 	}
 	secret, err := r.deliver(ctx, key, raw)
 	switch {
 	case apierrors.IsAlreadyExists(err):
 		// Someone else's Secret took the name since we looked: never adopt it.
-		if err := r.deletePending(ctx, []authv1alpha1.ApiKeyRecord{*record}); err != nil {
-			return nil, err
-		}
-		r.setSecretNotOwned(key)
-		return nil, nil
+		return nil, secretNotOwned, r.deletePending(ctx, []authv1alpha1.ApiKeyRecord{*record})
 	case apierrors.IsForbidden(err) || apierrors.IsInvalid(err):
 		// The Secret was certainly not written: its key exists nowhere.
-		return nil, errors.Join(err, r.deletePending(ctx, []authv1alpha1.ApiKeyRecord{*record}))
+		return nil, secretUnchecked, errors.Join(err, r.deletePending(ctx, []authv1alpha1.ApiKeyRecord{*record}))
 	case err != nil:
 		// The Secret may have been written with its answer lost: the next
 		// pass looks, and finishes or cleans up.
-		return nil, err
+		return nil, secretUnchecked, err
 	}
 	return r.markDelivered(ctx, key, record, secret)
 }
@@ -176,17 +168,16 @@ func (r *ApiKeyReconciler) deliver(ctx context.Context, key *authv1alpha1.ApiKey
 }
 
 // markDelivered lets the key authenticate: its Secret holds it.
-func (r *ApiKeyReconciler) markDelivered(ctx context.Context, key *authv1alpha1.ApiKey, record *authv1alpha1.ApiKeyRecord, secret *corev1.Secret) (*authv1alpha1.ApiKeyRecord, error) {
+func (r *ApiKeyReconciler) markDelivered(ctx context.Context, key *authv1alpha1.ApiKey, record *authv1alpha1.ApiKeyRecord, secret *corev1.Secret) (*authv1alpha1.ApiKeyRecord, secretState, error) {
 	base := record.DeepCopy()
 	record.Spec.Pending = false
 	if err := r.Client.Patch(ctx, record, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
-		return nil, fmt.Errorf("marking record %s delivered: %w", record.Name, err)
+		return nil, secretUnchecked, fmt.Errorf("marking record %s delivered: %w", record.Name, err)
 	}
 	log.FromContext(ctx).Info("Minted key", "record", klog.KObj(record), "hint", record.Spec.Hint)
 	r.Recorder.Eventf(key, nil, corev1.EventTypeNormal, EventKeyMinted, "Mint",
 		"Key %s delivered to Secret %s", record.Spec.Hint, secret.Name)
-	r.setDelivered(key)
-	return record, nil
+	return record, secretDelivered, nil
 }
 
 // deletePending deletes records whose keys never authenticated. The UID
@@ -236,29 +227,17 @@ func (r *ApiKeyReconciler) getSecret(ctx context.Context, key *authv1alpha1.ApiK
 
 // checkSecret reports whether the raw key is still where it was delivered.
 // The key keeps working either way: the record holds its hash.
-func (r *ApiKeyReconciler) checkSecret(ctx context.Context, key *authv1alpha1.ApiKey, record *authv1alpha1.ApiKeyRecord) error {
+func (r *ApiKeyReconciler) checkSecret(ctx context.Context, key *authv1alpha1.ApiKey, record *authv1alpha1.ApiKeyRecord) (secretState, error) {
 	secret, err := r.getSecret(ctx, key)
-	if err != nil {
-		return err
-	}
 	switch {
+	case err != nil:
+		return secretUnchecked, err
 	case secret == nil:
-		if r.setCondition(key, authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretMissing,
-			fmt.Sprintf("Secret %q was deleted; the key still works. If its holder lost it, revoke this ApiKey and create a new one", key.SecretName())) {
-			r.Recorder.Eventf(key, nil, corev1.EventTypeWarning, EventSecretMissing, "CheckSecret",
-				"Secret %s was deleted; the key still works", key.SecretName())
-		}
+		return secretMissing, nil
 	case !metav1.IsControlledBy(secret, key):
-		r.setCondition(key, authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretNotOwned,
-			fmt.Sprintf("Secret %q was replaced by one Latchkey did not create; the key still works", key.SecretName()))
+		return secretNotOwned, nil
 	case !holdsKey(secret, key, record.Spec.Hash):
-		if r.setCondition(key, authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretChanged,
-			fmt.Sprintf("Secret %q no longer holds the key Latchkey delivered (%s); that key still works, and the value now in the Secret authenticates nothing. If the delivered key is lost, revoke this ApiKey and create a new one", key.SecretName(), record.Spec.Hint)) {
-			r.Recorder.Eventf(key, nil, corev1.EventTypeWarning, EventSecretChanged, "CheckSecret",
-				"Secret %s no longer holds key %s", key.SecretName(), record.Spec.Hint)
-		}
-	default:
-		r.setDelivered(key)
+		return secretChanged, nil
 	}
-	return nil
+	return secretDelivered, nil
 }

@@ -13,12 +13,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/keys"
@@ -26,11 +26,10 @@ import (
 
 var errInjected = errors.New("injected fault")
 
-// faultyClient fails its failAt-th write. With landed set, the write reaches
-// the API server first and only the answer is lost, as when the process dies
-// right after a write.
-type faultyClient struct {
-	client.Client
+// faults fails the failAt-th write made through its client. With landed
+// set, the write reaches the API server first and only the answer is lost,
+// as when the process dies right after a write.
+type faults struct {
 	mu      sync.Mutex
 	writes  int
 	failAt  int
@@ -38,15 +37,17 @@ type faultyClient struct {
 	tripped bool
 }
 
-func (f *faultyClient) write(do func() error) error {
+func (f *faults) write(do func() error) error {
 	f.mu.Lock()
 	f.writes++
 	fail := f.writes == f.failAt
+	if fail {
+		f.tripped = true
+	}
 	f.mu.Unlock()
 	if !fail {
 		return do()
 	}
-	f.tripped = true
 	if f.landed {
 		if err := do(); err != nil {
 			return err
@@ -55,40 +56,33 @@ func (f *faultyClient) write(do func() error) error {
 	return errInjected
 }
 
-func (f *faultyClient) Create(ctx context.Context, obj client.Object, opts ...client.CreateOption) error {
-	return f.write(func() error { return f.Client.Create(ctx, obj, opts...) })
-}
-
-func (f *faultyClient) Update(ctx context.Context, obj client.Object, opts ...client.UpdateOption) error {
-	return f.write(func() error { return f.Client.Update(ctx, obj, opts...) })
-}
-
-func (f *faultyClient) Patch(ctx context.Context, obj client.Object, p client.Patch, opts ...client.PatchOption) error {
-	return f.write(func() error { return f.Client.Patch(ctx, obj, p, opts...) })
-}
-
-func (f *faultyClient) Delete(ctx context.Context, obj client.Object, opts ...client.DeleteOption) error {
-	return f.write(func() error { return f.Client.Delete(ctx, obj, opts...) })
-}
-
-func (f *faultyClient) Status() client.SubResourceWriter { return &faultyStatus{f} }
-
-type faultyStatus struct{ f *faultyClient }
-
-func (s *faultyStatus) Create(ctx context.Context, obj client.Object, sub client.Object, opts ...client.SubResourceCreateOption) error {
-	return s.f.write(func() error { return s.f.Client.Status().Create(ctx, obj, sub, opts...) })
-}
-
-func (s *faultyStatus) Update(ctx context.Context, obj client.Object, opts ...client.SubResourceUpdateOption) error {
-	return s.f.write(func() error { return s.f.Client.Status().Update(ctx, obj, opts...) })
-}
-
-func (s *faultyStatus) Patch(ctx context.Context, obj client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
-	return s.f.write(func() error { return s.f.Client.Status().Patch(ctx, obj, p, opts...) })
-}
-
-func (s *faultyStatus) Apply(ctx context.Context, obj runtime.ApplyConfiguration, opts ...client.SubResourceApplyOption) error {
-	return s.f.write(func() error { return s.f.Client.Status().Apply(ctx, obj, opts...) })
+// client is a direct client of the test API server whose writes f fails.
+func (f *faults) client(t testing.TB) client.Client {
+	t.Helper()
+	c, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return interceptor.NewClient(c, interceptor.Funcs{
+		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+			return f.write(func() error { return c.Create(ctx, obj, opts...) })
+		},
+		Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
+			return f.write(func() error { return c.Update(ctx, obj, opts...) })
+		},
+		Patch: func(ctx context.Context, c client.WithWatch, obj client.Object, p client.Patch, opts ...client.PatchOption) error {
+			return f.write(func() error { return c.Patch(ctx, obj, p, opts...) })
+		},
+		Delete: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
+			return f.write(func() error { return c.Delete(ctx, obj, opts...) })
+		},
+		SubResourcePatch: func(ctx context.Context, c client.Client, sub string, obj client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
+			return f.write(func() error { return c.SubResource(sub).Patch(ctx, obj, p, opts...) })
+		},
+		SubResourceUpdate: func(ctx context.Context, c client.Client, sub string, obj client.Object, opts ...client.SubResourceUpdateOption) error {
+			return f.write(func() error { return c.SubResource(sub).Update(ctx, obj, opts...) })
+		},
+	})
 }
 
 // directReconciler reconciles against the API server with no cache, with an
@@ -139,8 +133,8 @@ func TestCrashSafeMinting(t *testing.T) {
 				g.Expect(env.Client.Create(ctx, newKey(ns, keyName, authv1alpha1.ApiKeySpec{}))).To(Succeed())
 				nn := types.NamespacedName{Namespace: ns, Name: keyName}
 
-				faulty := &faultyClient{Client: env.Client, failAt: failAt, landed: landed}
-				_, err := directReconciler(faulty, clk).Reconcile(ctx, ctrl.Request{NamespacedName: nn})
+				faulty := &faults{failAt: failAt, landed: landed}
+				_, err := directReconciler(faulty.client(t), clk).Reconcile(ctx, ctrl.Request{NamespacedName: nn})
 				g.Expect(faulty.tripped).To(BeTrue(), "the fault was injected")
 				g.Expect(err).To(HaveOccurred())
 				g.Expect(err.Error()).To(ContainSubstring(errInjected.Error()))
@@ -177,6 +171,41 @@ func TestCrashSafeMinting(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestObservedGenerationOnlyForPassesThatSucceeded revokes an Active key
+// and fails the pass's first write: status must not claim the new
+// generation (Argo CD's health check trusts observedGeneration with
+// Ready), and the next pass that succeeds says Revoked for it.
+func TestObservedGenerationOnlyForPassesThatSucceeded(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := env.Namespace(t)
+	clk := clocktesting.NewFakeClock(time.Now())
+	g.Expect(env.Client.Create(ctx, newKey(ns, "k", authv1alpha1.ApiKeySpec{}))).To(Succeed())
+	nn := types.NamespacedName{Namespace: ns, Name: "k"}
+	_, err := reconcileUntilQuiet(directReconciler(env.Client, clk), nn, 3)
+	g.Expect(err).NotTo(HaveOccurred())
+	key := getKey(g, ns, "k")
+	g.Expect(key.Status.Phase).To(Equal(authv1alpha1.PhaseActive))
+	active := key.Generation
+
+	base := key.DeepCopy()
+	key.Spec.Revoked = true
+	g.Expect(env.Client.Patch(ctx, key, client.MergeFrom(base))).To(Succeed())
+	faulty := &faults{failAt: 1}
+	_, err = directReconciler(faulty.client(t), clk).Reconcile(ctx, ctrl.Request{NamespacedName: nn})
+	g.Expect(err).To(MatchError(ContainSubstring(errInjected.Error())))
+
+	key = getKey(g, ns, "k")
+	g.Expect(key.Generation).To(BeNumerically(">", active))
+	g.Expect(key.Status.ObservedGeneration).To(Equal(active), "a failed pass does not stamp the generation it did not reconcile")
+
+	_, err = reconcileUntilQuiet(directReconciler(env.Client, clk), nn, 1)
+	g.Expect(err).NotTo(HaveOccurred())
+	key = getKey(g, ns, "k")
+	g.Expect(key.Status.ObservedGeneration).To(Equal(key.Generation))
+	g.Expect(key.Status.Phase).To(Equal(authv1alpha1.PhaseRevoked))
 }
 
 func TestExpiryAtItsInstant(t *testing.T) {
