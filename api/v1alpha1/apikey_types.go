@@ -1,6 +1,8 @@
 package v1alpha1
 
 import (
+	"time"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -160,6 +162,29 @@ func (k *ApiKey) SecretName() string {
 		return k.Spec.SecretName
 	}
 	return k.Name
+}
+
+// Expired reports whether the key's expiresAt has passed at now: from that
+// instant on it fails authentication.
+func (k *ApiKey) Expired(now time.Time) bool {
+	return k.Spec.ExpiresAt != nil && !now.Before(k.Spec.ExpiresAt.Time)
+}
+
+// State is the key's phase at now, the one definition for those that read
+// ApiKeys rather than reconcile them (Usage's counts, the plugin): the spec
+// decides Revoked and Expired at once, before the controller's next pass
+// writes them; otherwise it is the phase the controller last wrote, and
+// Pending before its first pass.
+func (k *ApiKey) State(now time.Time) Phase {
+	switch {
+	case k.Spec.Revoked:
+		return PhaseRevoked
+	case k.Expired(now):
+		return PhaseExpired
+	case k.Status.Phase == "":
+		return PhasePending
+	}
+	return k.Status.Phase
 }
 
 // ApiKeyList is a list of ApiKeys.

@@ -126,10 +126,10 @@ func computeStatus(o observation) (authv1alpha1.ApiKeyStatus, time.Duration) {
 		set(authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonMinting, "The key is being minted")
 		return st, o.secretCheckInterval
 	}
-	if exp := o.key.Spec.ExpiresAt; exp != nil && !o.now.Before(exp.Time) {
+	if o.key.Expired(o.now) {
 		st.Phase = authv1alpha1.PhaseExpired
 		set(authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonExpired,
-			fmt.Sprintf("The key expired at %s", exp.UTC().Format(time.RFC3339)))
+			fmt.Sprintf("The key expired at %s", o.key.Spec.ExpiresAt.UTC().Format(time.RFC3339)))
 		return st, o.secretCheckInterval
 	}
 	st.Phase = authv1alpha1.PhaseActive
