@@ -16,6 +16,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/latchkey-dev/latchkey/internal/usage"
+	"github.com/latchkey-dev/latchkey/pkg/latchkey"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 )
 
@@ -44,7 +45,7 @@ const (
 // configured: a service reviewing a Latchkey key asks for it, so that a
 // review meant for another issuer's tokens (a Vault, a service account's)
 // never accepts one.
-const DefaultAudience = "latchkey.dev"
+const DefaultAudience = latchkey.Audience
 
 // MaxBodyBytes caps a request body.
 const MaxBodyBytes = 64 << 10

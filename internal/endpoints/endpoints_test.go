@@ -1,6 +1,7 @@
 package endpoints
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	"github.com/latchkey-dev/latchkey/internal/keys"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 	"github.com/latchkey-dev/latchkey/internal/verifier/verifiertest"
+	"github.com/latchkey-dev/latchkey/pkg/latchkey"
 )
 
 type usesSeen struct {
@@ -233,6 +235,21 @@ func TestTokenReviewAudiences(t *testing.T) {
 				t.Fatalf("a refused review names a user: %+v", got.Status.User)
 			}
 		})
+	}
+}
+
+// The Go middleware's TokenReviews ask for Latchkey's audience, so that a
+// manager configured for no API server audience still accepts its keys.
+func TestMiddlewareTokenReviewsAskForLatchkeysAudience(t *testing.T) {
+	r := newRig(t, &Server{})
+	lk, err := latchkey.New(latchkey.Config{Endpoint: r.srv.URL, HTTPClient: r.client, Verification: latchkey.TokenReview})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lk.Close(context.Background()) })
+	caller, err := lk.Verify(context.Background(), r.active)
+	if err != nil || caller.Tenant != "tenant-a" {
+		t.Fatalf("the middleware's review of a valid key: %+v, %v", caller, err)
 	}
 }
 

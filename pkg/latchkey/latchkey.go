@@ -43,6 +43,11 @@ const (
 	TokenReview Verification = "tokenreview"
 )
 
+// Audience is what a TokenReview asks a key to be valid for: Latchkey's
+// own (the manager's --token-audiences default). A review naming none
+// would ask for the Kubernetes API server's audience.
+const Audience = "latchkey.dev"
+
 // Config configures a Client. Only Endpoint is required.
 type Config struct {
 	// Endpoint is Latchkey's base URL, such as
@@ -266,7 +271,7 @@ func (c *Client) authorize(ctx context.Context, key, addr string) (Caller, error
 
 func (c *Client) tokenReview(ctx context.Context, key string) (Caller, error) {
 	body, _ := json.Marshal(map[string]any{
-		"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": map[string]string{"token": key},
+		"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": map[string]any{"token": key, "audiences": []string{Audience}},
 	})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.cfg.Endpoint+"/tokenreview", bytes.NewReader(body))
 	if err != nil {
