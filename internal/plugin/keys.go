@@ -172,10 +172,11 @@ func (o *Options) printKeys(keys []authv1alpha1.ApiKey, all bool) error {
 	fmt.Fprintln(w, "NAME\tKEY\tCREATED\tLAST USED\tSTATUS")
 	active := 0
 	for _, k := range keys {
-		status := displayStatus(&k, o.Clock.Now())
-		if status == "Active" {
+		state := k.State(o.Clock.Now())
+		if state == authv1alpha1.PhaseActive {
 			active++
 		}
+		status := string(state)
 		lastUsed := "Never"
 		if k.Status.LastUsedAt != nil {
 			lastUsed = k.Status.LastUsedAt.UTC().Format("2006-01-02 15:04")
@@ -196,18 +197,6 @@ func (o *Options) printKeys(keys []authv1alpha1.ApiKey, all bool) error {
 	return err
 }
 
-// displayStatus is Active, Revoked, Expired, or the phase when none of those.
-func displayStatus(k *authv1alpha1.ApiKey, now time.Time) string {
-	switch {
-	case k.Spec.Revoked:
-		return "Revoked"
-	case k.Spec.ExpiresAt != nil && !now.Before(k.Spec.ExpiresAt.Time):
-		return "Expired"
-	case k.Status.Phase == "":
-		return string(authv1alpha1.PhasePending)
-	}
-	return string(k.Status.Phase)
-}
 
 func (o *Options) paint(status string) string {
 	if !o.colour() {
