@@ -4,11 +4,28 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// UsageLedger is the exact, durable record behind a tenant's Usage: counters
-// per UTC day and the bounded state that makes reports apply exactly once.
-// A report is acknowledged only after it is written here, in one
-// optimistic-concurrency update; the Usage controller summarises it.
-// Written only by the operator; named default, one per tenant namespace.
+// A tenant's ledger is several UsageLedgers, each bounded by construction
+// so that none grows towards the API server's 1.5 MiB request limit: one
+// state object that every report is applied to in a single
+// optimistic-concurrency write (so a batch applies whole or not at all), and
+// segments of idempotency keys the state object no longer holds, kept two
+// UTC days. Sets are fixed-width binary fields rather than lists: one field
+// each in managedFields however many entries, and a third of the bytes.
+const (
+	// UsageLedgerStateName is the state object's name in a tenant namespace.
+	UsageLedgerStateName = "default"
+	// LabelLedger says which part of a ledger an object is.
+	LabelLedger = "auth.latchkey.dev/ledger"
+	// LabelLedgerDate is the UTC day a batch-key segment remembers.
+	LabelLedgerDate = "auth.latchkey.dev/ledger-date"
+	// LedgerPartState and LedgerPartBatchKeys are the values of LabelLedger.
+	LedgerPartState     = "state"
+	LedgerPartBatchKeys = "batch-keys"
+)
+
+// UsageLedger is part of the exact, durable record behind a tenant's Usage.
+// A report is acknowledged only after it is written here; the Usage
+// controller summarises the state object. Written only by the operator.
 // +kubebuilder:object:root=true
 // +kubebuilder:resource:categories=latchkey-internal
 type UsageLedger struct {
@@ -16,40 +33,65 @@ type UsageLedger struct {
 	// metadata is the standard object metadata.
 	// +optional
 	metav1.ObjectMeta `json:"metadata,omitempty"`
-	// spec is the ledger's content.
+	// spec is the ledger's content: state in the object named default,
+	// batchKeys in the others.
 	// +optional
 	Spec UsageLedgerSpec `json:"spec,omitempty"`
 }
 
-// UsageLedgerSpec is the ledger's content. Every list is bounded, so the
-// object stays far below the API server's size limit at any volume.
+// UsageLedgerSpec is one part of a ledger.
+// +kubebuilder:validation:XValidation:rule="!(has(self.state) && has(self.batchKeys))",message="a ledger object holds state or batchKeys, not both"
 type UsageLedgerSpec struct {
-	// days are the counters of the last 90 UTC days, oldest first.
+	// state is the tenant's counters and the memory that makes reports
+	// apply exactly once.
 	// +optional
-	// +listType=map
-	// +listMapKey=date
+	State *LedgerState `json:"state,omitempty"`
+	// batchKeys is a segment of idempotency keys moved out of state.
+	// +optional
+	BatchKeys *LedgerBatchKeys `json:"batchKeys,omitempty"`
+}
+
+// LedgerState is what a report changes. Its largest possible encoding is
+// about 300 kB: 91 days, 5,000 executions in flight, 5,000 finished and
+// 2,000 recent batch keys.
+type LedgerState struct {
+	// days are the counters of the last 90 UTC days, oldest first. Atomic:
+	// managedFields names the list once, not each day.
+	// +optional
+	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=91
 	Days []LedgerDay `json:"days,omitempty"`
-	// inFlight are the executions reported running or paused and not yet finished.
+	// inFlight are the executions reported running or paused and not yet
+	// finished, 25 bytes each: hashed id (12), hashed name of the reporting
+	// key (4), start in Unix milliseconds (8, big-endian), state (1: 1
+	// running, 2 paused). At most 5,000.
 	// +optional
-	// +listType=map
-	// +listMapKey=id
-	// +kubebuilder:validation:MaxItems=5000
-	InFlight []LedgerExecution `json:"inFlight,omitempty"`
-	// finished are the hashed ids of the executions most recently seen
-	// finishing, newest last: a repeated terminal report of one of them is
-	// ignored, and a report moving one back to running is refused.
+	// +kubebuilder:validation:MaxLength=166668
+	InFlight []byte `json:"inFlight,omitempty"`
+	// finished are the hashed ids (12 bytes each) of the 5,000 executions
+	// most recently seen finishing, oldest first: a repeated terminal report
+	// of one is ignored, and one reported running again is refused.
 	// +optional
-	// +listType=set
-	// +kubebuilder:validation:MaxItems=5000
-	Finished []string `json:"finished,omitempty"`
-	// batches are the idempotency keys (hashed) of the batches applied in
-	// the last 24 hours, newest last: a retried batch is not applied twice.
+	// +kubebuilder:validation:MaxLength=80000
+	Finished []byte `json:"finished,omitempty"`
+	// recentBatches are the hashed idempotency keys (12 bytes each) of the
+	// batches applied since keys were last moved to a segment, at most 2,000.
 	// +optional
-	// +listType=map
-	// +listMapKey=key
-	// +kubebuilder:validation:MaxItems=2000
-	Batches []LedgerBatch `json:"batches,omitempty"`
+	// +kubebuilder:validation:MaxLength=32000
+	RecentBatches []byte `json:"recentBatches,omitempty"`
+	// moves counts the times recentBatches were moved to segments. A reader
+	// that has read the segments after seeing a count knows every key moved
+	// up to it; keys move only after they are in a segment.
+	// +optional
+	Moves int64 `json:"moves,omitempty"`
+	// batchDate is the UTC day batches counts, as YYYY-MM-DD.
+	// +optional
+	// +kubebuilder:validation:MaxLength=10
+	BatchDate string `json:"batchDate,omitempty"`
+	// batches is how many batches were applied on batchDate; a day holds
+	// at most 100,000.
+	// +optional
+	Batches int32 `json:"batches,omitempty"`
 }
 
 // LedgerDay is the counters of one UTC day, by the day executions started.
@@ -79,30 +121,20 @@ type LedgerDay struct {
 	VerificationsDenied int64 `json:"verificationsDenied,omitempty"`
 }
 
-// LedgerExecution is an execution in flight.
-type LedgerExecution struct {
-	// id is the hashed execution id.
+// LedgerBatchKeys is a segment of the idempotency keys of batches applied,
+// moved out of the state object on date. Segments are named
+// batch-keys-<slot>-<n>, slot being the day's number modulo 3: a slot is
+// reused, overwritten, once its keys are older than the two days any
+// lookup reads, so a tenant has at most 3 days' segments and none to delete.
+type LedgerBatchKeys struct {
+	// date is the UTC day the keys were moved here, as YYYY-MM-DD.
 	// +required
-	// +kubebuilder:validation:MaxLength=32
-	ID string `json:"id"`
-	// state is running or paused.
-	// +required
-	// +kubebuilder:validation:MaxLength=16
-	State string `json:"state"`
-	// startedAtMillis is when it started, in Unix milliseconds.
-	// +required
-	StartedAtMillis int64 `json:"startedAtMillis"`
-}
-
-// LedgerBatch is an applied batch.
-type LedgerBatch struct {
-	// key is the hashed idempotency key.
-	// +required
-	// +kubebuilder:validation:MaxLength=32
-	Key string `json:"key"`
-	// appliedAt is when it was applied, in Unix seconds.
-	// +required
-	AppliedAt int64 `json:"appliedAt"`
+	// +kubebuilder:validation:MaxLength=10
+	Date string `json:"date"`
+	// keys are hashed idempotency keys, 12 bytes each, sorted; at most 10,000.
+	// +optional
+	// +kubebuilder:validation:MaxLength=160000
+	Keys []byte `json:"keys,omitempty"`
 }
 
 // UsageLedgerList is a list of UsageLedgers.

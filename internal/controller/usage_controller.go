@@ -64,7 +64,11 @@ func (r *UsageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	if window == 0 {
 		window = 30
 	}
-	status := usage.Summarise(&l.Spec, window, now)
+	state, err := usage.Decode(l.Spec.State)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	status := usage.Summarise(state, window, now)
 	status.Keys = counts
 	status.Conditions = u.Status.Conditions
 	status.ObservedGeneration = u.Generation
@@ -142,7 +146,7 @@ func (r *UsageReconciler) countKeys(ctx context.Context, ns string) (authv1alpha
 	return counts, nil
 }
 
-// SetupWithManager registers the controller. ApiKeys and ledgers of a
+// SetupWithManager registers the controller. ApiKeys and ledger states of a
 // namespace all lead to its one Usage; the controller's own status writes
 // do not (they leave the generation alone).
 func (r *UsageReconciler) SetupWithManager(mgr ctrl.Manager) error {
@@ -152,7 +156,9 @@ func (r *UsageReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&authv1alpha1.Usage{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&authv1alpha1.ApiKey{}, toUsage).
-		Watches(&authv1alpha1.UsageLedger{}, toUsage).
+		Watches(&authv1alpha1.UsageLedger{}, toUsage, builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
+			return o.GetName() == ledger.Name // batch-key segments change no summary
+		}))).
 		Named("usage").
 		Complete(r)
 }

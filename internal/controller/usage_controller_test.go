@@ -35,7 +35,7 @@ func TestUsageWindowRollsOverAtUTCMidnight(t *testing.T) {
 	store := &ledger.Store{Client: env.Client, Reader: env.Client, Clock: clk}
 	started := time.Date(2026, 11, 16, 9, 0, 0, 0, time.UTC) // six days ago
 	finished := started.Add(3 * time.Second)
-	_, err = store.Apply(ctx, ns, &usage.Batch{IdempotencyKey: "b", Executions: []usage.Execution{
+	_, err = store.Apply(ctx, ns, "svc", &usage.Batch{IdempotencyKey: "b", Executions: []usage.Execution{
 		{ID: "old", State: usage.Succeeded, StartedAt: started, FinishedAt: &finished},
 		{ID: "now", State: usage.Running, StartedAt: clk.Now().Add(-time.Hour)},
 	}})

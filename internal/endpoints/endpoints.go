@@ -60,7 +60,7 @@ type Server struct {
 	}
 	// Reports applies execution reports; nil disables /v1/executions.
 	Reports interface {
-		Apply(ctx context.Context, tenant string, b *usage.Batch) (bool, error)
+		Apply(ctx context.Context, tenant, reporter string, b *usage.Batch) (bool, error)
 	}
 	// Limiter limits failed attempts at /authorize and /whoami per client
 	// address; nil disables it.

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
+	"time"
 
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -42,7 +44,7 @@ func (s *Server) Executions(w http.ResponseWriter, r *http.Request) {
 		s.badRequest(w, "executions", err.Error())
 		return
 	}
-	applied, err := s.Reports.Apply(r.Context(), id.Tenant, batch)
+	applied, err := s.Reports.Apply(r.Context(), id.Tenant, id.KeyName, batch)
 	var invalid *usage.InvalidError
 	switch {
 	case errors.As(err, &invalid):
@@ -50,6 +52,13 @@ func (s *Server) Executions(w http.ResponseWriter, r *http.Request) {
 		return
 	case errors.Is(err, usage.ErrTooManyInFlight):
 		w.Header().Set("Retry-After", "10")
+		http.Error(w, err.Error(), http.StatusTooManyRequests)
+		return
+	case errors.Is(err, usage.ErrTooManyBatches):
+		// The day's budget comes back at UTC midnight, not sooner.
+		now := s.Clock.Now()
+		midnight := now.UTC().Truncate(24 * time.Hour).Add(24 * time.Hour)
+		w.Header().Set("Retry-After", strconv.Itoa(int(midnight.Sub(now).Seconds())+1))
 		http.Error(w, err.Error(), http.StatusTooManyRequests)
 		return
 	case err != nil:

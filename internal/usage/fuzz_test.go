@@ -2,8 +2,6 @@ package usage
 
 import (
 	"testing"
-
-	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 )
 
 func FuzzDecodeAndApply(f *testing.F) {
@@ -15,9 +13,12 @@ func FuzzDecodeAndApply(f *testing.F) {
 		if err != nil {
 			return
 		}
-		l := &authv1alpha1.UsageLedgerSpec{}
-		if _, err := Apply(l, b, now); err != nil {
+		l, _ := Decode(nil)
+		if _, err := Apply(l, b, "svc", nil, now); err != nil {
 			return
+		}
+		if again, err := Decode(l.Encode()); err != nil || len(again.InFlight) != len(l.InFlight) {
+			t.Fatalf("the ledger does not survive encoding: %v", err)
 		}
 		s := Summarise(l, 90, now)
 		if s.Succeeded+s.Failed+s.InFlight > s.Executions || s.Executions > int64(len(b.Executions)) {

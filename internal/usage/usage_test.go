@@ -25,11 +25,16 @@ func ex(id string, s State, started time.Time, dur time.Duration) Execution {
 	return e
 }
 
-func apply(t *testing.T, l *authv1alpha1.UsageLedgerSpec, key string, es ...Execution) {
+func apply(t *testing.T, l *Ledger, key string, es ...Execution) {
 	t.Helper()
-	if _, err := Apply(l, &Batch{IdempotencyKey: key, Executions: es}, now); err != nil {
+	if _, err := Apply(l, &Batch{IdempotencyKey: key, Executions: es}, "svc", nil, now); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func empty() *Ledger {
+	l, _ := Decode(nil)
+	return l
 }
 
 func TestSummaryFollowsTheSeed(t *testing.T) {
@@ -84,7 +89,7 @@ func TestSummaryFollowsTheSeed(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			l := &authv1alpha1.UsageLedgerSpec{}
+			l := empty()
 			for i, b := range tt.batches {
 				apply(t, l, fmt.Sprint(i), b...)
 			}
@@ -101,10 +106,10 @@ func expect(t *testing.T, ok bool, s authv1alpha1.UsageStatus) {
 }
 
 func TestARetriedBatchIsNotAppliedTwice(t *testing.T) {
-	l := &authv1alpha1.UsageLedgerSpec{}
+	l := empty()
 	b := &Batch{IdempotencyKey: "k", Executions: []Execution{ex("a", Succeeded, at(0, 1), time.Second)}}
 	for i, want := range []bool{true, false, false} {
-		applied, err := Apply(l, b, now)
+		applied, err := Apply(l, b, "svc", nil, now)
 		if err != nil || applied != want {
 			t.Fatalf("attempt %d: applied %v, %v", i, applied, err)
 		}
@@ -115,17 +120,17 @@ func TestARetriedBatchIsNotAppliedTwice(t *testing.T) {
 }
 
 func TestBadBatchesChangeNothing(t *testing.T) {
-	l := &authv1alpha1.UsageLedgerSpec{}
+	l := empty()
 	apply(t, l, "first", ex("done", Succeeded, at(0, 1), time.Second))
-	before := l.DeepCopy()
+	before := fmt.Sprint(l.Encode())
 	_, err := Apply(l, &Batch{IdempotencyKey: "second", Executions: []Execution{
 		ex("new", Succeeded, at(0, 2), time.Second), ex("done", Running, at(0, 1), 0),
-	}}, now)
+	}}, "svc", nil, now)
 	var inv *InvalidError
 	if !errors.As(err, &inv) || !strings.Contains(err.Error(), "executions[1]") || !strings.Contains(err.Error(), "already finished") {
 		t.Fatalf("err = %v", err)
 	}
-	if fmt.Sprint(l) != fmt.Sprint(before) {
+	if fmt.Sprint(l.Encode()) != before {
 		t.Fatal("a refused batch changed the ledger")
 	}
 }
@@ -161,7 +166,7 @@ func TestDecodeBatchRefuses(t *testing.T) {
 }
 
 func TestLedgerStaysBounded(t *testing.T) {
-	l := &authv1alpha1.UsageLedgerSpec{}
+	l := empty()
 	for b := range 30 {
 		es := make([]Execution, 0, MaxBatchExecutions)
 		for i := range MaxBatchExecutions {
@@ -169,7 +174,7 @@ func TestLedgerStaysBounded(t *testing.T) {
 		}
 		apply(t, l, fmt.Sprint(b), es...)
 	}
-	if len(l.Finished) > MaxFinished || len(l.Days) > LedgerDays {
+	if len(l.Finished) > MaxFinished || len(l.Days) > LedgerDays || len(l.Recent) != 30 {
 		t.Fatalf("ledger grew: %d finished, %d days", len(l.Finished), len(l.Days))
 	}
 	if s := Summarise(l, 90, now); s.Executions != 30*MaxBatchExecutions {

@@ -198,7 +198,7 @@ func TestConcurrentReportersLoseNothing(t *testing.T) {
 					if status, body := report(t, raw, batch); status != http.StatusOK {
 						t.Errorf("status %d: %s", status, body)
 					}
-				} else if _, err := otherReplica.Apply(context.Background(), ns, &batch); err != nil {
+				} else if _, err := otherReplica.Apply(context.Background(), ns, "svc", &batch); err != nil {
 					t.Error(err)
 				}
 			}
@@ -211,6 +211,34 @@ func TestConcurrentReportersLoseNothing(t *testing.T) {
 	})
 	conflicts := ledgerWrites("conflict") - conflictsBefore + testutil.ToFloat64(writes.WithLabelValues("conflict"))
 	t.Logf("FIGURE %d batches from two replicas at once: %v ledger write conflicts, each retried; no count lost", reporters*batches, conflicts)
+}
+
+// TestOneKeyCannotTakeItsTenantsInFlightSlots has one key of a tenant fill
+// its share of executions in flight: it is refused with a reason, and
+// another key of the tenant still reports.
+func TestOneKeyCannotTakeItsTenantsInFlightSlots(t *testing.T) {
+	g := NewWithT(t)
+	ns := env.Namespace(t)
+	_, busy := mint(t, ns, "busy", authv1alpha1.ApiKeySpec{})
+	_, quiet := mint(t, ns, "quiet", authv1alpha1.ApiKeySpec{})
+	now := time.Now().UTC().Add(-time.Minute)
+	runningBatch := func(key string, n int) usage.Batch {
+		b := usage.Batch{IdempotencyKey: key}
+		for i := range n {
+			b.Executions = append(b.Executions, execution(fmt.Sprint(key, "-", i), usage.Running, now, 0))
+		}
+		return b
+	}
+	status, body := report(t, busy, runningBatch("busy-all", usage.MaxInFlightPerKey))
+	g.Expect(status).To(Equal(http.StatusOK), body)
+	status, body = report(t, busy, runningBatch("busy-more", 1))
+	g.Expect(status).To(Equal(http.StatusTooManyRequests))
+	g.Expect(body).To(ContainSubstring("this key has 1000"))
+	status, body = report(t, quiet, runningBatch("quiet", 1))
+	g.Expect(status).To(Equal(http.StatusOK), body)
+	usageOf(t, ns, func(g Gomega, s authv1alpha1.UsageStatus) {
+		g.Expect(s.InFlight).To(Equal(int64(usage.MaxInFlightPerKey + 1)))
+	})
 }
 
 // TestAcknowledgedReportsSurviveARestart restarts the operator between a
