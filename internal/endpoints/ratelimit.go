@@ -157,9 +157,10 @@ func spend(lim *rate.Limiter, now time.Time) time.Duration {
 	return 0
 }
 
-// client is the range one budget is charged to: an IPv4 address, or the
-// /64 of an IPv6 one.
+// client is the range one budget is charged to: an IPv4 address (mapped
+// or not), or the /64 of an IPv6 one.
 func client(addr netip.Addr) netip.Prefix {
+	addr = addr.Unmap()
 	bits := addr.BitLen()
 	if addr.Is6() {
 		bits = ipv6ClientBits

@@ -63,10 +63,13 @@ func TestClientsAreIPv4AddressesAndIPv6Slash64s(t *testing.T) {
 	if ok, _, _ := l.Allow(netip.MustParseAddr("2001:db8:0:8::1"), now); !ok {
 		t.Fatal("another /64 was charged to the first one's budget")
 	}
-	for _, a := range []string{"192.0.2.1", "192.0.2.1", "192.0.2.2"} {
+	for _, a := range []string{"192.0.2.1", "::ffff:192.0.2.1", "::ffff:192.0.2.3", "::ffff:192.0.2.4", "::ffff:192.0.2.5"} {
 		if ok, _, _ := l.Allow(netip.MustParseAddr(a), now); !ok {
 			t.Fatalf("IPv4 %s shares another address's budget", a)
 		}
+	}
+	if ok, _, _ := l.Allow(netip.MustParseAddr("192.0.2.1"), now); ok {
+		t.Fatal("an IPv4-mapped address was not charged to its IPv4 address")
 	}
 }
 
