@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -163,6 +164,9 @@ func CacheOptions() cache.Options {
 		ByObject: map[client.Object]cache.ByObject{
 			&authv1alpha1.ApiKey{}:       {Transform: strip},
 			&authv1alpha1.ApiKeyRecord{}: {Transform: strip},
+			// Only ledger states are summarised; batch-key segments (up to
+			// 160 kB each) are read from the API server when needed.
+			&authv1alpha1.UsageLedger{}: {Label: labels.SelectorFromSet(labels.Set{authv1alpha1.LabelLedger: authv1alpha1.LedgerPartState})},
 		},
 	}
 }
