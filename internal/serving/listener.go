@@ -1,21 +1,29 @@
 package serving
 
 import (
+	"hash/maphash"
 	"net"
 	"net/netip"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 )
 
 // Why a connection was refused at accept.
 const (
 	refusedPerAddress = "per_address"
 	refusedTotal      = "total"
+	refusedRate       = "rate"
 )
 
+// rateSlots is how many token buckets new connections are counted in:
+// addresses are hashed to them, so memory is fixed whatever the number of
+// addresses, and addresses sharing a slot share its budget.
+const rateSlots = 4096
+
 // limitListener caps the connections open at once, from one address and
-// in all. Past a cap it closes the new connection as soon as it is
+// in all, and how fast one address opens them. Past a cap it closes the new connection as soon as it is
 // accepted, before any TLS or HTTP work: a flood of connections costs a
 // map lookup each, and what the open ones may cost is bounded by the cap.
 type limitListener struct {
@@ -26,14 +34,28 @@ type limitListener struct {
 	exempt []netip.Prefix
 	// refused counts by reason; open is read by a gauge.
 	refused *prometheus.CounterVec
+	// rates limit how fast one address opens connections: a failed TLS
+	// handshake costs the server far more than the refusal at accept.
+	seed  maphash.Seed
+	rates []*rate.Limiter
 
 	mu     sync.Mutex
 	open   int
 	byAddr map[netip.Addr]int
 }
 
-func newLimitListener(l net.Listener, perAddress, total int, exempt []netip.Prefix, refused *prometheus.CounterVec) *limitListener {
-	return &limitListener{Listener: l, perAddress: perAddress, total: total, exempt: exempt, refused: refused, byAddr: map[netip.Addr]int{}}
+func newLimitListener(l net.Listener, lim Limits, exempt []netip.Prefix, refused *prometheus.CounterVec) *limitListener {
+	ll := &limitListener{
+		Listener: l, perAddress: lim.MaxConnsPerAddress, total: lim.MaxConns, exempt: exempt, refused: refused,
+		byAddr: map[netip.Addr]int{}, seed: maphash.MakeSeed(),
+	}
+	if lim.NewConnsPerAddressPerSecond > 0 {
+		ll.rates = make([]*rate.Limiter, rateSlots)
+		for i := range ll.rates {
+			ll.rates[i] = rate.NewLimiter(rate.Limit(lim.NewConnsPerAddressPerSecond), lim.NewConnsPerAddressBurst)
+		}
+	}
+	return ll
 }
 
 // Accept returns the next connection within the caps; the others are
@@ -67,6 +89,9 @@ func (l *limitListener) acquire(addr netip.Addr, exempt bool) string {
 	if !exempt {
 		if l.byAddr[addr] >= l.perAddress {
 			return refusedPerAddress
+		}
+		if l.rates != nil && !l.rates[maphash.Comparable(l.seed, addr)%rateSlots].Allow() {
+			return refusedRate
 		}
 		l.byAddr[addr]++
 	}

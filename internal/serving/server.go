@@ -64,6 +64,19 @@ type Limits struct {
 	// MaxConnsPerAddress and MaxConns cap the connections open at once from
 	// one address (IPv6: one /64) and in all.
 	MaxConnsPerAddress, MaxConns int
+	// NewConnsPerAddressPerSecond and NewConnsPerAddressBurst bound how fast
+	// one address opens connections (0: no bound). Clients keep theirs
+	// alive; one that opens a connection per attempt — a forger without a
+	// client certificate must — costs the server a TLS handshake each.
+	NewConnsPerAddressPerSecond float64
+	NewConnsPerAddressBurst     int
+	// UnknownPathHold delays the 404 for a path nothing serves, as the
+	// failure limiter holds a 429, so that pipelining misdirected requests
+	// (forged admission reviews sent to the verification port) gains one
+	// answer a second per connection; at most MaxHeldUnknown are held at
+	// once, past which the connection is closed after its answer.
+	UnknownPathHold time.Duration
+	MaxHeldUnknown  int
 }
 
 // The verification listener's defaults. WriteTimeout leaves room for a
@@ -80,6 +93,11 @@ const (
 	DefaultMaxHeaderBytes     = 16 << 10
 	DefaultMaxConnsPerAddress = 64
 	DefaultMaxConns           = 1024
+	// A client opens connections at 20 a second, 100 at once, at most.
+	DefaultNewConnsPerAddressPerSecond = 20
+	DefaultNewConnsPerAddressBurst     = 100
+	DefaultUnknownPathHold             = time.Second
+	DefaultMaxHeldUnknown              = 256
 )
 
 // The admission listener's: kube-apiserver waits 5 s for the webhook
@@ -97,6 +115,8 @@ func DefaultLimits() Limits {
 		WriteTimeout: DefaultWriteTimeout, IdleTimeout: DefaultIdleTimeout,
 		MaxHeaderBytes:     DefaultMaxHeaderBytes,
 		MaxConnsPerAddress: DefaultMaxConnsPerAddress, MaxConns: DefaultMaxConns,
+		NewConnsPerAddressPerSecond: DefaultNewConnsPerAddressPerSecond, NewConnsPerAddressBurst: DefaultNewConnsPerAddressBurst,
+		UnknownPathHold: DefaultUnknownPathHold, MaxHeldUnknown: DefaultMaxHeldUnknown,
 	}
 }
 
@@ -282,7 +302,7 @@ func (s *Server) Start(ctx context.Context) error {
 		port   int
 		tls    *tls.Config
 		limits Limits
-		mux    http.Handler
+		mux    *http.ServeMux
 		exempt []netip.Prefix
 	}
 	list := []served{{listenerVerification, s.o.VerificationPort, base, s.o.Verification, s.verification, s.o.UncappedAddresses}}
@@ -312,13 +332,15 @@ func (s *Server) Start(ctx context.Context) error {
 			}
 			return fmt.Errorf("the %s listener: %w", sv.name, err)
 		}
-		limited := newLimitListener(tcp, sv.limits.MaxConnsPerAddress, sv.limits.MaxConns, sv.exempt,
-			s.refused.MustCurryWith(prometheus.Labels{"listener": sv.name}))
+		limited := newLimitListener(tcp, sv.limits, sv.exempt, s.refused.MustCurryWith(prometheus.Labels{"listener": sv.name}))
 		s.mu.Lock()
 		s.listeners[sv.name] = limited
 		s.mu.Unlock()
 		listeners = append(listeners, tls.NewListener(limited, sv.tls))
-		handler := sv.mux
+		var handler http.Handler = sv.mux
+		if sv.limits.UnknownPathHold > 0 {
+			handler = holdUnknown(sv.mux, sv.limits.UnknownPathHold, sv.limits.MaxHeldUnknown)
+		}
 		if sv.limits.MaxBodyBytes > 0 {
 			handler = limitBody(handler, sv.limits.MaxBodyBytes)
 		}
@@ -392,6 +414,32 @@ func (s *Server) admissionTLS(base *tls.Config) (*tls.Config, error) {
 		}
 	}
 	return cfg, nil
+}
+
+// holdUnknown answers a path mux does not serve with 404 after hold, at
+// most maxHeld at once; past that, or when the client goes, at once and
+// closing the connection.
+func holdUnknown(mux *http.ServeMux, hold time.Duration, maxHeld int) http.Handler {
+	held := make(chan struct{}, maxHeld)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := mux.Handler(r); pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		select {
+		case held <- struct{}{}:
+			t := time.NewTimer(hold)
+			select {
+			case <-t.C:
+			case <-r.Context().Done():
+			}
+			t.Stop()
+			<-held
+		default:
+			w.Header().Set("Connection", "close")
+		}
+		http.NotFound(w, r)
+	})
 }
 
 // limitBody bounds request bodies to n bytes.

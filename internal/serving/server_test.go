@@ -346,3 +346,51 @@ func TestCapsLeaveRoomForHeldRefusals(t *testing.T) {
 		t.Fatalf("DefaultMaxConns %d < endpoints.DefaultMaxHeld %d", DefaultMaxConns, endpoints.DefaultMaxHeld)
 	}
 }
+
+func TestNewConnectionRatePerAddress(t *testing.T) {
+	f := start(t, func(o *Options) {
+		o.Verification = DefaultLimits()
+		o.Verification.NewConnsPerAddressPerSecond, o.Verification.NewConnsPerAddressBurst = 0.001, 2
+	})
+	for range 2 {
+		c := f.dialTLS(t, "127.0.0.6", f.verify)
+		_ = c.Close()
+	}
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.6")}, Timeout: 5 * time.Second}
+	if c, err := tls.DialWithDialer(d, "tcp", f.verify, &tls.Config{RootCAs: f.ca, MinVersion: tls.VersionTLS12}); err == nil {
+		_ = c.Close()
+		t.Fatal("a third new connection within the burst's refill was served")
+	}
+	if n := testutil.ToFloat64(f.s.refused.WithLabelValues(listenerVerification, refusedRate)); n != 1 {
+		t.Fatalf("rate refusals counted %v", n)
+	}
+	// Another address has its own budget.
+	_ = f.dialTLS(t, "127.0.0.7", f.verify).Close()
+}
+
+func TestUnknownPathsPastTheHeldBoundCloseTheConnection(t *testing.T) {
+	f := start(t, func(o *Options) {
+		o.Verification = DefaultLimits()
+		o.Verification.MaxHeldUnknown = 1
+		o.Verification.UnknownPathHold = time.Hour
+	})
+	held := f.dialTLS(t, "127.0.0.1", f.verify)
+	_, _ = fmt.Fprintf(held, "GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+	var resp *http.Response
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		c := f.dialTLS(t, "127.0.0.1", f.verify)
+		_ = c.SetDeadline(time.Now().Add(time.Second))
+		_, _ = fmt.Fprintf(c, "GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+		var err error
+		if resp, err = http.ReadResponse(bufio.NewReader(c), nil); err == nil {
+			_ = resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("an unknown path past the held bound was never answered")
+		}
+	}
+	if resp.StatusCode != http.StatusNotFound || !resp.Close {
+		t.Fatalf("answered %d, close %v; want 404 closing the connection", resp.StatusCode, resp.Close)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -16,8 +17,10 @@ import (
 	"testing"
 	"time"
 
+	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -25,6 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/pkg/devenv/controlplane"
 )
 
@@ -182,3 +186,42 @@ func DocsByKind(manifest string) map[string][]string {
 	}
 	return docs
 }
+
+// ForgedAdmissionReview is what an attacker who knows an ApiKey's name and
+// UID (they are in events, Secret ownerReferences and TokenReview answers)
+// sends to switch its key off, had they no need of kube-apiserver's
+// credentials: an AdmissionReview of a DELETE, or of an UPDATE turning
+// spec.revoked on.
+func ForgedAdmissionReview(key *authv1alpha1.ApiKey, op admissionv1.Operation) ([]byte, error) {
+	raw := func(k *authv1alpha1.ApiKey) (k8sruntime.RawExtension, error) {
+		b, err := json.Marshal(k)
+		return k8sruntime.RawExtension{Raw: b}, err
+	}
+	gv := authv1alpha1.GroupVersion
+	req := &admissionv1.AdmissionRequest{
+		UID:       "forged",
+		Kind:      metav1.GroupVersionKind{Group: gv.Group, Version: gv.Version, Kind: "ApiKey"},
+		Resource:  metav1.GroupVersionResource{Group: gv.Group, Version: gv.Version, Resource: "apikeys"},
+		Name:      key.Name,
+		Namespace: key.Namespace,
+		Operation: op,
+	}
+	var err error
+	if req.OldObject, err = raw(key); err != nil {
+		return nil, err
+	}
+	if op == admissionv1.Update {
+		revoked := key.DeepCopy()
+		revoked.Spec.Revoked = true
+		if req.Object, err = raw(revoked); err != nil {
+			return nil, err
+		}
+	}
+	return json.Marshal(&admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request:  req,
+	})
+}
+
+// AdmissionPath is where the ApiKey admission webhook is served.
+const AdmissionPath = "/validate-auth-latchkey-dev-v1alpha1-apikey"

@@ -3,7 +3,6 @@ package integration
 import (
 	"bytes"
 	"crypto/tls"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"testing"
@@ -11,50 +10,11 @@ import (
 
 	. "github.com/onsi/gomega"
 	admissionv1 "k8s.io/api/admission/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/certs"
+	"github.com/latchkey-dev/latchkey/internal/testenv"
 )
-
-const admissionPath = "/validate-auth-latchkey-dev-v1alpha1-apikey"
-
-// forgedReview is what an attacker who knows a key's name and UID (they
-// are in events, Secret ownerReferences and TokenReview answers) sends to
-// switch the key off: a DELETE, or an UPDATE turning revoked on.
-func forgedReview(t *testing.T, key *authv1alpha1.ApiKey, op admissionv1.Operation) []byte {
-	t.Helper()
-	raw := func(k *authv1alpha1.ApiKey) runtime.RawExtension {
-		b, err := json.Marshal(k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return runtime.RawExtension{Raw: b}
-	}
-	req := &admissionv1.AdmissionRequest{
-		UID:       "forged",
-		Kind:      metav1.GroupVersionKind{Group: authv1alpha1.GroupVersion.Group, Version: authv1alpha1.GroupVersion.Version, Kind: "ApiKey"},
-		Resource:  metav1.GroupVersionResource{Group: authv1alpha1.GroupVersion.Group, Version: authv1alpha1.GroupVersion.Version, Resource: "apikeys"},
-		Name:      key.Name,
-		Namespace: key.Namespace,
-		Operation: op,
-		OldObject: raw(key),
-	}
-	if op == admissionv1.Update {
-		revoked := key.DeepCopy()
-		revoked.Spec.Revoked = true
-		req.Object = raw(revoked)
-	}
-	b, err := json.Marshal(&admissionv1.AdmissionReview{
-		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
-		Request:  req,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
 
 // TestForgedAdmissionReviewFencesNothing sends forged revocations, from a
 // client that trusts the server but holds none of kube-apiserver's
@@ -86,8 +46,12 @@ func TestForgedAdmissionReviewFencesNothing(t *testing.T) {
 		}{{"no client certificate", forger}, {"a client certificate of its own", impostor}} {
 			for _, op := range []admissionv1.Operation{admissionv1.Delete, admissionv1.Update} {
 				t.Run(fmt.Sprintf("%s, %s, %s", target.name, c.name, op), func(t *testing.T) {
-					url := fmt.Sprintf("https://%s:%d%s", lk.WebhookHost(), target.port, admissionPath)
-					resp, err := c.client.Post(url, "application/json", bytes.NewReader(forgedReview(t, key, op)))
+					review, err := testenv.ForgedAdmissionReview(key, op)
+					if err != nil {
+						t.Fatal(err)
+					}
+					url := fmt.Sprintf("https://%s:%d%s", lk.WebhookHost(), target.port, testenv.AdmissionPath)
+					resp, err := c.client.Post(url, "application/json", bytes.NewReader(review))
 					if err == nil {
 						_ = resp.Body.Close()
 						if target.port == lk.AdmissionPort() || resp.StatusCode == http.StatusOK {

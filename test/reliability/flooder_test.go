@@ -36,6 +36,14 @@ type floodSpec struct {
 	Rate     int           `json:"rate"`
 	Conns    int           `json:"conns"`
 	Duration time.Duration `json:"duration"`
+	// Requests are sent in turn instead of wrong keys at /authorize.
+	Requests [][]byte `json:"requests,omitempty"`
+	// Admission, when set, is what a fence flood also sends to the
+	// admission port (admissionFlood).
+	Admission *admissionSpec `json:"admission,omitempty"`
+	// Connections, when set, makes this a connection flood instead
+	// (connectionFlood).
+	Connections *connectionSpec `json:"connections,omitempty"`
 }
 
 // floodReport is what a flood did: requests sent and answers by status;
@@ -45,6 +53,9 @@ type floodReport struct {
 	Answered map[int]int64 `json:"answered"`
 	Errors   int64         `json:"errors"`
 	Elapsed  time.Duration `json:"elapsed"`
+	// Admission and Connections report those floods.
+	Admission   admissionReport  `json:"admission"`
+	Connections connectionReport `json:"connections"`
 }
 
 func (r floodReport) answered() (n int64) {
@@ -61,6 +72,8 @@ func (r *floodReport) add(o floodReport) {
 	r.Sent += o.Sent
 	r.Errors += o.Errors
 	r.Elapsed += o.Elapsed
+	r.Admission.add(o.Admission)
+	r.Connections.add(o.Connections)
 	for s, n := range o.Answered {
 		r.Answered[s] += n
 	}
@@ -130,7 +143,16 @@ func runFlooder(cpu string) int {
 			fmt.Fprintln(os.Stderr, err)
 			return 2
 		}
-		r, err := flood(spec)
+		var r floodReport
+		var err error
+		switch {
+		case spec.Connections != nil:
+			r, err = connectionFlood(spec)
+		case spec.Admission != nil:
+			r, err = fenceFlood(spec)
+		default:
+			r, err = flood(spec)
+		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -148,13 +170,16 @@ func flood(spec floodSpec) (floodReport, error) {
 	if err != nil {
 		return floodReport{}, err
 	}
-	requests := make([][]byte, 1000)
-	for i := range requests {
-		wrong, err := keys.Generate(rand.Reader, keys.Prefixed)
-		if err != nil {
-			return floodReport{}, err
+	requests := spec.Requests
+	if len(requests) == 0 {
+		requests = make([][]byte, 1000)
+		for i := range requests {
+			wrong, err := keys.Generate(rand.Reader, keys.Prefixed)
+			if err != nil {
+				return floodReport{}, err
+			}
+			requests[i] = fmt.Appendf(nil, "GET /authorize HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n\r\n", u.Host, wrong)
 		}
-		requests[i] = fmt.Appendf(nil, "GET /authorize HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n\r\n", u.Host, wrong)
 	}
 	conns := make([]*tls.Conn, spec.Conns)
 	defer func() {

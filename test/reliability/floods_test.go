@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/latchkey-dev/latchkey/internal/testenv"
 	. "github.com/onsi/gomega"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -106,28 +105,7 @@ func TestWrongKeyFlood(t *testing.T) {
 	ns := env.Namespace(t)
 	_, raw := mint(t, ns, "valid")
 	const floodRate, conns, pairs, round, lead, tail = 10_000, 8, 40, 2 * time.Second, 500 * time.Millisecond, 250 * time.Millisecond
-	floodCPU := 0
-	if all := runtime.NumCPU(); all >= 2 {
-		cpus := make([]int, all)
-		for i := range cpus {
-			cpus[i] = i
-		}
-		plane := testenv.ChildrenOf(os.Getpid())
-		NewWithT(t).Expect(pinProcess(os.Getpid(), 0)).To(Succeed())
-		for _, pid := range plane {
-			NewWithT(t).Expect(pinProcess(pid, 1)).To(Succeed())
-		}
-		procs := runtime.GOMAXPROCS(1)
-		t.Cleanup(func() {
-			_ = pinProcess(os.Getpid(), cpus...)
-			for _, pid := range plane {
-				_ = pinProcess(pid, cpus...)
-			}
-			runtime.GOMAXPROCS(procs)
-		})
-		floodCPU = 1
-	}
-	f, err := startFlooder(floodCPU)
+	f, err := startFlooder(splitCPUs(t))
 	NewWithT(t).Expect(err).NotTo(HaveOccurred())
 	defer f.stop()
 
