@@ -107,8 +107,9 @@ build: manifests generate fmt vet ## Build the manager and the kubectl plugin (b
 	go build -o bin/kubectl-latchkey ./cmd/kubectl-latchkey
 
 .PHONY: dev
-dev: envtest ## Run a complete local Latchkey with no cluster (etcd, kube-apiserver, CRDs, webhooks, operator); Ctrl-C stops it.
+dev: envtest ## Run a complete local Latchkey with no cluster (etcd, kube-apiserver, CRDs, webhooks, operator) and build the kubectl plugin; Ctrl-C stops it.
 	go build -o bin/latchkey-dev ./cmd/latchkey-dev
+	go build -o bin/kubectl-latchkey ./cmd/kubectl-latchkey
 	@bin/latchkey-dev --assets "$$(bash hack/envtest.sh)"
 
 .PHONY: run

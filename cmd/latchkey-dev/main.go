@@ -1,7 +1,8 @@
 // Command latchkey-dev runs a complete local Latchkey with no cluster (what
 // `make dev` runs): etcd, kube-apiserver, the CRDs and admission webhook,
 // and the operator with its auth endpoints on 127.0.0.1. It writes an admin
-// kubeconfig, the endpoints' CA and their URL into --dir, prints a tour,
+// kubeconfig, one with no credentials for keys, the endpoints' CA and their
+// URL into --dir, logs the operator to --dir/manager.log, prints a tour,
 // and runs until interrupted; then it stops everything it started.
 package main
 
@@ -10,6 +11,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -18,24 +20,26 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/go-logr/logr"
+	"go.uber.org/zap/zapcore"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/latchkey-dev/latchkey/pkg/devenv"
 )
 
 func main() {
-	dir := flag.String("dir", "bin/dev", "Where to write kubeconfig, ca.crt and endpoint.")
+	dir := flag.String("dir", "bin/dev", "Where to write kubeconfig, key-kubeconfig, ca.crt, endpoint and manager.log.")
 	assets := flag.String("assets", os.Getenv("KUBEBUILDER_ASSETS"), "Directory of kube-apiserver, etcd and kubectl (make envtest prints it).")
-	verbose := flag.Bool("v", false, "Show the operator's logs.")
+	pluginDir := flag.String("plugin-dir", "bin", "Directory of kubectl-latchkey (make dev builds it), for the tour's PATH.")
+	verbose := flag.Bool("v", false, "Show the operator's logs in this terminal too.")
 	flag.Parse()
-	if err := run(*dir, *assets, *verbose); err != nil {
+	if err := run(*dir, *assets, *pluginDir, *verbose); err != nil {
 		fmt.Fprintln(os.Stderr, "latchkey-dev:", err)
 		os.Exit(1)
 	}
 }
 
-func run(dir, assets string, verbose bool) error {
+func run(dir, assets, pluginDir string, verbose bool) error {
 	if assets == "" {
 		return errors.New("no envtest binaries: run `make dev` (it builds them), or pass --assets")
 	}
@@ -48,10 +52,22 @@ func run(dir, assets string, verbose bool) error {
 	}
 	defer unlock()
 
-	logger := logr.Discard()
-	if verbose {
-		logger = zap.New(zap.UseDevMode(true))
+	logPath := filepath.Join(dir, "manager.log")
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
 	}
+	defer func() { _ = logFile.Close() }()
+	var logTo io.Writer = logFile
+	if verbose {
+		logTo = io.MultiWriter(logFile, os.Stderr)
+	}
+	// The operator's own lines (minted, delivered, revoked), readable: and
+	// set for controller-runtime as a whole, which otherwise warns with a
+	// stack trace that its logger was never set.
+	logger := zap.New(zap.WriteTo(logTo), zap.ConsoleEncoder(), zap.Level(zapcore.InfoLevel))
+	ctrl.SetLogger(logger)
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -66,7 +82,7 @@ func run(dir, assets string, verbose bool) error {
 		if err := lk.Stop(); err != nil {
 			fmt.Fprintln(os.Stderr, "latchkey-dev: stopping:", err)
 		}
-		for _, f := range []string{"kubeconfig", "endpoint"} {
+		for _, f := range []string{"kubeconfig", "key-kubeconfig", "endpoint"} {
 			_ = os.Remove(filepath.Join(dir, f))
 		}
 		fmt.Println("Stopped.")
@@ -76,28 +92,45 @@ func run(dir, assets string, verbose bool) error {
 		return err
 	}
 	fmt.Printf("Latchkey is running (ready in %.1fs).\n\n", time.Since(started).Seconds())
-	fmt.Printf("  admin kubeconfig  %s\n  endpoints' CA     %s\n  endpoint URL      %s  (%s)\n\n", files.Kubeconfig, files.CA, files.Endpoint, lk.Endpoint)
-	fmt.Print(tour(files, assets))
+	fmt.Printf("  admin kubeconfig  %s\n  endpoints' CA     %s\n  endpoint URL      %s  (%s)\n  operator's log    %s\n\n",
+		files.Kubeconfig, files.CA, files.Endpoint, lk.Endpoint, logPath)
+	fmt.Print(tour(files, assets, pluginDir, logPath))
 	fmt.Println("Press Ctrl-C to stop.")
 	<-ctx.Done()
 	return nil
 }
 
-func tour(f devenv.Files, assets string) string {
-	return strings.NewReplacer("KUBECONFIG_FILE", f.Kubeconfig, "ASSETS", assets, "CA_FILE", f.CA, "ENDPOINT_FILE", f.Endpoint).Replace(`Try it, in another terminal:
+// tour is what to try, one shell line each; the README shows it as
+// written for the default directories, and TestDevTour runs every line.
+func tour(f devenv.Files, assets, pluginDir, logPath string) string {
+	return strings.NewReplacer(
+		"KUBECONFIG_FILE", shellPath(f.Kubeconfig), "KEY_KUBECONFIG", f.KeyKubeconfig, "PLUGIN_DIR", shellPath(pluginDir),
+		"ASSETS", assets, "CA_FILE", f.CA, "ENDPOINT_FILE", f.Endpoint, "LOG_FILE", logPath,
+	).Replace(`Try it, in another terminal:
 
-  export KUBECONFIG=$PWD/KUBECONFIG_FILE PATH=ASSETS:$PATH
+  export KUBECONFIG=KUBECONFIG_FILE PATH=PLUGIN_DIR:ASSETS:$PATH
   kubectl apply -n default -f config/samples/auth_v1alpha1_apikey.yaml
   kubectl wait -n default --for=condition=Ready apikey/ci-pipeline
-  kubectl get apikeys -n default
+  kubectl latchkey create laptop -n default --description "my laptop"   # prints the key once
+  kubectl latchkey list -n default
   KEY=$(kubectl get secret ci-pipeline -n default -o jsonpath='{.data.api-key}' | base64 -d)
   curl -i --cacert CA_FILE -H "Authorization: Bearer $KEY" "$(cat ENDPOINT_FILE)/authorize"
-  curl --cacert CA_FILE -H "Authorization: Bearer $KEY" "$(cat ENDPOINT_FILE)/whoami"
-  kubectl --token="$KEY" auth whoami          # keys work as Kubernetes credentials too
-  kubectl patch apikey ci-pipeline -n default --type merge -p '{"spec":{"revoked":true}}'
-  curl -i --cacert CA_FILE -H "Authorization: Bearer $KEY" "$(cat ENDPOINT_FILE)/whoami"   # 401
+  LATCHKEY_API_KEY=$KEY kubectl latchkey whoami
+  kubectl --kubeconfig KEY_KUBECONFIG --token="$KEY" auth whoami   # keys are Kubernetes credentials too
+  kubectl latchkey revoke ci-pipeline -n default --yes
+  curl -i --cacert CA_FILE -H "Authorization: Bearer $KEY" "$(cat ENDPOINT_FILE)/authorize"   # 401
+  kubectl latchkey usage -n default
+  grep -E 'Minted|Revoked' LOG_FILE   # what the operator did
 
 `)
+}
+
+// shellPath is p for a shell line that may run in another directory.
+func shellPath(p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return "$PWD/" + p
 }
 
 // lock makes sure one latchkey-dev runs per directory, and says who does.

@@ -2,38 +2,45 @@ package main
 
 import (
 	"bufio"
-	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/base64"
+	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 
 	"github.com/latchkey-dev/latchkey/internal/testenv"
+	"github.com/latchkey-dev/latchkey/pkg/devenv"
 )
 
-// TestDevTour builds and starts latchkey-dev as `make dev` does, drives the
-// printed tour with the real kubectl and HTTP calls, checks a second
-// instance says one is running, and stops it with Ctrl-C (SIGINT): it must
-// exit cleanly and leave none of its processes behind.
+// rawKey finds Prefixed keys in what a test prints, which must never show one.
+var rawKey = regexp.MustCompile(`lk_[0-9A-Za-z]{20,}`)
+
+func redact(s string) string { return rawKey.ReplaceAllString(s, "lk_…(redacted)") }
+
+// TestDevTour builds and starts latchkey-dev as `make dev` does, runs every
+// line of the tour it prints in one bash session (the real kubectl, the
+// plugin, curl) and checks what each prints, checks a second instance says
+// one is running, and stops it with Ctrl-C (SIGINT): it must exit cleanly
+// and leave none of its processes behind.
 func TestDevTour(t *testing.T) {
 	assets, err := testenv.Assets()
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(t.TempDir(), "latchkey-dev")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("%v\n%s", err, out)
+	binDir := t.TempDir()
+	bin := filepath.Join(binDir, "latchkey-dev")
+	for pkg, out := range map[string]string{".": bin, "../kubectl-latchkey": filepath.Join(binDir, "kubectl-latchkey")} {
+		if out, err := exec.Command("go", "build", "-o", out, pkg).CombinedOutput(); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
 	}
 	dir := t.TempDir()
-	dev := exec.Command(bin, "--dir", dir, "--assets", assets)
+	dev := exec.Command(bin, "--dir", dir, "--assets", assets, "--plugin-dir", binDir)
 	stdout, _ := dev.StdoutPipe()
 	dev.Stderr = os.Stderr
 	if err := dev.Start(); err != nil {
@@ -42,71 +49,89 @@ func TestDevTour(t *testing.T) {
 	defer func() { _ = dev.Process.Kill() }()
 	lines := bufio.NewScanner(stdout)
 	var printed strings.Builder
+	var tourLines []string
+	inTour := false
 	for lines.Scan() {
-		printed.WriteString(lines.Text() + "\n")
-		if strings.HasPrefix(lines.Text(), "Press Ctrl-C") {
+		line := lines.Text()
+		printed.WriteString(line + "\n")
+		switch {
+		case strings.HasPrefix(line, "Try it"):
+			inTour = true
+		case inTour && strings.HasPrefix(line, "  "):
+			tourLines = append(tourLines, strings.TrimPrefix(line, "  "))
+		case strings.HasPrefix(line, "Press Ctrl-C"):
+			inTour = false
+		}
+		if strings.HasPrefix(line, "Press Ctrl-C") {
 			break
 		}
 	}
 	go func() { _, _ = io.Copy(io.Discard, stdout) }()
-	for _, want := range []string{"Latchkey is running", "kubeconfig", "kubectl wait", "curl", "/authorize", "/whoami", "revoked"} {
-		if !strings.Contains(printed.String(), want) {
-			t.Fatalf("the tour lacks %q:\n%s", want, printed.String())
+	if strings.Contains(printed.String(), "log.SetLogger") {
+		t.Fatalf("controller-runtime warned that no logger was set:\n%s", printed.String())
+	}
+
+	// What each line of the tour must print, in order: a new line of the
+	// tour needs an entry here.
+	want := []string{
+		"",                                     // export
+		"apikey.auth.latchkey.dev/ci-pipeline", // kubectl apply
+		"condition met",                        // kubectl wait
+		"Created API key default/laptop",       // kubectl latchkey create
+		"Active keys: 2",                       // kubectl latchkey list
+		"",                                     // KEY=…
+		"X-Latchkey-Tenant: default",           // curl /authorize
+		"ci-pipeline",                          // kubectl latchkey whoami
+		"latchkey:default:ci-pipeline",         // kubectl auth whoami, as the key
+		"Revoked",                              // kubectl latchkey revoke
+		"401",                                  // curl /authorize again
+		"Executions",                           // kubectl latchkey usage
+		"Minted key",                           // the operator's log
+	}
+	if len(tourLines) != len(want) {
+		t.Fatalf("the tour has %d lines, the test knows %d:\n%s", len(tourLines), len(want), strings.Join(tourLines, "\n"))
+	}
+	var script strings.Builder
+	for i, line := range tourLines {
+		fmt.Fprintf(&script, "echo '@@LINE %d'\n%s 2>&1\necho \"@@EXIT $?\"\n", i, line)
+	}
+	run := exec.Command("bash", "-c", script.String())
+	run.Dir = testenv.RepoRoot()
+	out, err := run.CombinedOutput()
+	if err != nil {
+		t.Fatalf("running the tour: %v\n%s", err, redact(string(out)))
+	}
+	outputs := strings.Split(string(out), "@@LINE ")[1:]
+	if len(outputs) != len(tourLines) {
+		t.Fatalf("the tour stopped early:\n%s", redact(string(out)))
+	}
+	for i, o := range outputs {
+		o = strings.TrimPrefix(o, strconv.Itoa(i)+"\n")
+		body, exit, _ := strings.Cut(o, "@@EXIT ")
+		if strings.TrimSpace(exit) != "0" || !strings.Contains(body, want[i]) {
+			t.Errorf("tour line %d, %q: exit %s, want %q in:\n%s", i, tourLines[i], strings.TrimSpace(exit), want[i], redact(body))
 		}
 	}
 
-	kubectlCmd := func(args ...string) *exec.Cmd {
-		return exec.Command(filepath.Join(assets, "kubectl"), append([]string{"--kubeconfig", filepath.Join(dir, "kubeconfig")}, args...)...)
+	// The README shows the same tour, for the default directories.
+	readme, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "README.md"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	kubectl := func(args ...string) string {
-		out, err := kubectlCmd(args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("kubectl %v: %v\n%s", args, err, out)
+	defaults := tour(devenv.Files{
+		Kubeconfig: "bin/dev/kubeconfig", KeyKubeconfig: "bin/dev/key-kubeconfig", CA: "bin/dev/ca.crt", Endpoint: "bin/dev/endpoint",
+	}, "$(make -s envtest)", "bin", "bin/dev/manager.log")
+	var block []string
+	for _, line := range strings.Split(defaults, "\n") {
+		if strings.HasPrefix(line, "  ") {
+			block = append(block, strings.TrimPrefix(line, "  "))
 		}
-		return string(out)
 	}
-	kubectl("apply", "-n", "default", "-f", filepath.Join(testenv.RepoRoot(), "config", "samples", "auth_v1alpha1_apikey.yaml"))
-	kubectl("wait", "-n", "default", "--for=condition=Ready", "apikey/ci-pipeline", "--timeout=60s")
-	var key string
-	if out, err := kubectlCmd("get", "secret", "ci-pipeline", "-n", "default", "-o", "jsonpath={.data.api-key}").Output(); err == nil {
-		b, _ := base64.StdEncoding.DecodeString(string(out))
-		key = string(b)
-	}
-	if key == "" {
-		t.Fatal("no key was delivered")
-	}
-	if out := kubectl("get", "apikeys", "-n", "default"); !strings.Contains(out, "LAST USED") {
-		t.Fatalf("kubectl get apikeys:\n%s", out)
+	if !strings.Contains(string(readme), "```sh\n"+strings.Join(block, "\n")+"\n```") {
+		t.Errorf("README.md's tour differs from the one make dev prints; it should read:\n%s", strings.Join(block, "\n"))
 	}
 
-	endpoint, _ := os.ReadFile(filepath.Join(dir, "endpoint"))
-	ca, _ := os.ReadFile(filepath.Join(dir, "ca.crt"))
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca)
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
-	call := func(path string) (int, string) {
-		req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, strings.TrimSpace(string(endpoint))+path, nil)
-		req.Header.Set("Authorization", "Bearer "+key)
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = resp.Body.Close() }()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
-	if status, _ := call("/authorize"); status != http.StatusOK {
-		t.Fatalf("/authorize: %d", status)
-	}
-	if status, body := call("/whoami"); status != http.StatusOK || !strings.Contains(body, `"keyName":"ci-pipeline"`) {
-		t.Fatalf("/whoami: %d %s", status, body)
-	}
-	kubectl("patch", "apikey", "ci-pipeline", "-n", "default", "--type", "merge", "-p", `{"spec":{"revoked":true}}`)
-	if status, _ := call("/whoami"); status != http.StatusUnauthorized {
-		t.Fatalf("/whoami after revocation: %d", status)
-	}
-
-	out, err := exec.Command(bin, "--dir", dir, "--assets", assets).CombinedOutput()
+	out, err = exec.Command(bin, "--dir", dir, "--assets", assets).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "already running (pid "+strconv.Itoa(dev.Process.Pid)+")") {
 		t.Fatalf("a second instance: %v\n%s", err, out)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -197,6 +198,9 @@ func (lk *Latchkey) Stop() error {
 // Files are what WriteFiles wrote.
 type Files struct {
 	Kubeconfig, CA, Endpoint string
+	// KeyKubeconfig names the cluster but holds no credentials, for
+	// `kubectl --kubeconfig KeyKubeconfig --token=KEY`.
+	KeyKubeconfig string
 }
 
 // WriteFiles writes an admin kubeconfig, the endpoints' CA and the
@@ -208,6 +212,8 @@ func (lk *Latchkey) WriteFiles(dir string) (Files, error) {
 		Kubeconfig: filepath.Join(dir, "kubeconfig"),
 		CA:         filepath.Join(dir, "ca.crt"),
 		Endpoint:   filepath.Join(dir, "endpoint"),
+
+		KeyKubeconfig: filepath.Join(dir, "key-kubeconfig"),
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return f, err
@@ -218,10 +224,27 @@ func (lk *Latchkey) WriteFiles(dir string) (Files, error) {
 	if err := lk.nameEndpoints(f.Kubeconfig); err != nil {
 		return f, err
 	}
+	if err := writeKeyKubeconfig(f.Kubeconfig, f.KeyKubeconfig); err != nil {
+		return f, err
+	}
 	if err := os.WriteFile(f.CA, lk.WebhookCA, 0o600); err != nil {
 		return f, err
 	}
 	return f, os.WriteFile(f.Endpoint, []byte(lk.Endpoint+"\n"), 0o600)
+}
+
+// writeKeyKubeconfig writes the admin kubeconfig with no credentials, for
+// `kubectl --token=KEY`: with the admin's client certificate beside it, the
+// certificate would win and kubectl would speak as the admin.
+func writeKeyKubeconfig(admin, file string) error {
+	cfg, err := clientcmd.LoadFromFile(admin)
+	if err != nil {
+		return err
+	}
+	for name := range cfg.AuthInfos {
+		cfg.AuthInfos[name] = clientcmdapi.NewAuthInfo()
+	}
+	return clientcmd.WriteToFile(*cfg, file)
 }
 
 // nameEndpoints names the endpoints in every cluster of the kubeconfig.
