@@ -93,19 +93,22 @@ const (
 	DefaultMaxHeaderBytes     = 16 << 10
 	DefaultMaxConnsPerAddress = 64
 	DefaultMaxConns           = 1024
-	// A client opens connections at 20 a second, 100 at once, at most.
-	DefaultNewConnsPerAddressPerSecond = 20
-	DefaultNewConnsPerAddressBurst     = 100
-	DefaultUnknownPathHold             = time.Second
-	DefaultMaxHeldUnknown              = 256
+	DefaultUnknownPathHold    = time.Second
+	DefaultMaxHeldUnknown     = 256
 )
 
 // The admission listener's: kube-apiserver waits 5 s for the webhook
 // (timeoutSeconds), and sends an ApiKey, old and new, well under 1 MiB
-// (annotations are capped at 256 KiB). A few kube-apiservers call it.
+// (annotations are capped at 256 KiB). A few kube-apiservers call it, on
+// connections they keep: one that opens 20 a second is a forger without a
+// client certificate, whose every attempt would cost a TLS handshake. The
+// verification listener has no such bound: clients without keep-alive
+// (nginx's auth_request by default) open one per request.
 const (
-	DefaultAdmissionMaxBodyBytes = 1 << 20
-	DefaultAdmissionMaxConns     = 64
+	DefaultAdmissionMaxBodyBytes                = 1 << 20
+	DefaultAdmissionMaxConns                    = 64
+	DefaultAdmissionNewConnsPerAddressPerSecond = 20
+	DefaultAdmissionNewConnsPerAddressBurst     = 100
 )
 
 // DefaultLimits are the verification listener's.
@@ -115,7 +118,6 @@ func DefaultLimits() Limits {
 		WriteTimeout: DefaultWriteTimeout, IdleTimeout: DefaultIdleTimeout,
 		MaxHeaderBytes:     DefaultMaxHeaderBytes,
 		MaxConnsPerAddress: DefaultMaxConnsPerAddress, MaxConns: DefaultMaxConns,
-		NewConnsPerAddressPerSecond: DefaultNewConnsPerAddressPerSecond, NewConnsPerAddressBurst: DefaultNewConnsPerAddressBurst,
 		UnknownPathHold: DefaultUnknownPathHold, MaxHeldUnknown: DefaultMaxHeldUnknown,
 	}
 }
@@ -126,6 +128,8 @@ func DefaultAdmissionLimits() Limits {
 	l.ReadTimeout, l.WriteTimeout = DefaultReadTimeout, DefaultReadTimeout
 	l.MaxBodyBytes = DefaultAdmissionMaxBodyBytes
 	l.MaxConnsPerAddress, l.MaxConns = DefaultAdmissionMaxConns, DefaultAdmissionMaxConns
+	l.NewConnsPerAddressPerSecond = DefaultAdmissionNewConnsPerAddressPerSecond
+	l.NewConnsPerAddressBurst = DefaultAdmissionNewConnsPerAddressBurst
 	return l
 }
 
