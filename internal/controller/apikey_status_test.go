@@ -166,26 +166,26 @@ func TestLastUseOnlyMovesForward(t *testing.T) {
 
 func TestStatusEvents(t *testing.T) {
 	key := keyFixture(authv1alpha1.ApiKeySpec{}, authv1alpha1.ApiKeyStatus{})
-	status := func(phase authv1alpha1.Phase, s secretState, rec *authv1alpha1.ApiKeyRecord, spec authv1alpha1.ApiKeySpec) authv1alpha1.ApiKeyStatus {
+	status := func(s secretState, rec *authv1alpha1.ApiKeyRecord, spec authv1alpha1.ApiKeySpec) authv1alpha1.ApiKeyStatus {
 		k := keyFixture(spec, key.Status)
 		st, _ := computeStatus(observation{key: k, record: rec, secret: s, now: statusNow, secretCheckInterval: time.Minute})
 		return st
 	}
-	activeSt := status("", secretDelivered, recordFixture(nil), authv1alpha1.ApiKeySpec{})
+	activeSt := status(secretDelivered, recordFixture(nil), authv1alpha1.ApiKeySpec{})
 	tests := []struct {
 		name       string
 		prev, next authv1alpha1.ApiKeyStatus
 		want       []string
 	}{
 		{"a pass that changes nothing says nothing", activeSt, activeSt, nil},
-		{"revoking says so once", activeSt, status("", secretUnchecked, recordFixture(nil), authv1alpha1.ApiKeySpec{Revoked: true}), []string{EventKeyRevoked}},
+		{"revoking says so once", activeSt, status(secretUnchecked, recordFixture(nil), authv1alpha1.ApiKeySpec{Revoked: true}), []string{EventKeyRevoked}},
 		{"expiring says so once", activeSt,
-			status("", secretDelivered, recordFixture(nil), authv1alpha1.ApiKeySpec{ExpiresAt: &metav1.Time{Time: statusNow}}), []string{EventKeyExpired}},
-		{"a deleted Secret is a warning", activeSt, status("", secretMissing, recordFixture(nil), authv1alpha1.ApiKeySpec{}), []string{EventSecretMissing}},
-		{"a replaced key value is a warning", activeSt, status("", secretChanged, recordFixture(nil), authv1alpha1.ApiKeySpec{}), []string{EventSecretChanged}},
-		{"a taken Secret name is a warning", authv1alpha1.ApiKeyStatus{}, status("", secretNotOwned, nil, authv1alpha1.ApiKeySpec{}), []string{EventSecretNotOwned}},
-		{"a namespace not opted in is a warning", authv1alpha1.ApiKeyStatus{}, status("", secretAccessDenied, nil, authv1alpha1.ApiKeySpec{}), []string{EventSecretAccessDenied}},
-		{"being minted is no news", authv1alpha1.ApiKeyStatus{}, status("", secretUnchecked, nil, authv1alpha1.ApiKeySpec{}), nil},
+			status(secretDelivered, recordFixture(nil), authv1alpha1.ApiKeySpec{ExpiresAt: &metav1.Time{Time: statusNow}}), []string{EventKeyExpired}},
+		{"a deleted Secret is a warning", activeSt, status(secretMissing, recordFixture(nil), authv1alpha1.ApiKeySpec{}), []string{EventSecretMissing}},
+		{"a replaced key value is a warning", activeSt, status(secretChanged, recordFixture(nil), authv1alpha1.ApiKeySpec{}), []string{EventSecretChanged}},
+		{"a taken Secret name is a warning", authv1alpha1.ApiKeyStatus{}, status(secretNotOwned, nil, authv1alpha1.ApiKeySpec{}), []string{EventSecretNotOwned}},
+		{"a namespace not opted in is a warning", authv1alpha1.ApiKeyStatus{}, status(secretAccessDenied, nil, authv1alpha1.ApiKeySpec{}), []string{EventSecretAccessDenied}},
+		{"being minted is no news", authv1alpha1.ApiKeyStatus{}, status(secretUnchecked, nil, authv1alpha1.ApiKeySpec{}), nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

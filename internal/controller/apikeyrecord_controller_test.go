@@ -54,7 +54,7 @@ func TestRecordsOfDeletedKeysAreBoundedPerTenant(t *testing.T) {
 	clk := clocktesting.NewFakeClock(time.Now().Truncate(time.Second))
 	r := &ApiKeyRecordReconciler{Client: env.Client, APIReader: env.Client, Clock: clk, Retention: 90 * 24 * time.Hour, MaxDeletedPerTenant: 3}
 
-	var recs []*authv1alpha1.ApiKeyRecord
+	recs := make([]*authv1alpha1.ApiKeyRecord, 0, 5)
 	for i := range 5 {
 		recs = append(recs, goneRecord(g, ns, fmt.Sprintf("%s-%04d", ns, i), authv1alpha1.RevocationDeleted, clk.Now().Add(time.Duration(i)*time.Minute)))
 	}

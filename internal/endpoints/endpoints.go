@@ -16,8 +16,8 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/latchkey-dev/latchkey/internal/usage"
-	"github.com/latchkey-dev/latchkey/pkg/latchkey"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
+	"github.com/latchkey-dev/latchkey/pkg/latchkey"
 )
 
 // Paths of the endpoints on the webhook server.

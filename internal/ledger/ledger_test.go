@@ -96,7 +96,7 @@ func applyAll(tb testing.TB, s *Store, ns string, batches []usage.Batch) {
 // the 90 days, and batch keys up to the point of moving.
 func fillToTheCaps(tb testing.TB, s *Store, ns string, now time.Time) {
 	tb.Helper()
-	var batches []usage.Batch
+	batches := make([]usage.Batch, 0, usage.MaxInFlight/usage.MaxInFlightPerKey)
 	for r := range usage.MaxInFlight / usage.MaxInFlightPerKey {
 		b := usage.Batch{IdempotencyKey: fmt.Sprint("running-", r)}
 		for i := range usage.MaxInFlightPerKey {
@@ -223,7 +223,7 @@ func TestABatchIsAppliedOnceForADay(t *testing.T) {
 		t.Fatalf("applied %v, %v", applied, err)
 	}
 	const others, per = 2100, 3
-	var batches []usage.Batch
+	batches := make([]usage.Batch, 0, others)
 	for b := range others {
 		batch := usage.Batch{IdempotencyKey: fmt.Sprint("other-", b)}
 		for i := range per {

@@ -197,7 +197,6 @@ func (o *Options) printKeys(keys []authv1alpha1.ApiKey, all bool) error {
 	return err
 }
 
-
 func (o *Options) paint(status string) string {
 	if !o.colour() {
 		return status

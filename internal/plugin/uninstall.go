@@ -25,7 +25,7 @@ const apiKeyWebhook = "vapikey-v1alpha1.latchkey.dev"
 // is down, so a namespace or CRD deleted without the operator would wait
 // for ever.
 func newUninstall(o *Options) *cobra.Command {
-	var wait time.Duration
+	var waitFor time.Duration
 	cmd := &cobra.Command{
 		Use:   "uninstall",
 		Short: "Delete every ApiKey, so that Latchkey can be removed in any order",
@@ -45,7 +45,7 @@ Then: kubectl delete -f dist/install.yaml (run before or after it).`,
 				return err
 			}
 			ctx := cmd.Context()
-			left, err := deleteAllKeys(ctx, c, wait)
+			left, err := deleteAllKeys(ctx, c, waitFor)
 			if err != nil {
 				return err
 			}
@@ -67,7 +67,7 @@ Then: kubectl delete -f dist/install.yaml (run before or after it).`,
 			return nil
 		},
 	}
-	cmd.Flags().DurationVar(&wait, "wait", time.Minute, "How long the operator has to revoke the deleted keys' records before they are released without it.")
+	cmd.Flags().DurationVar(&waitFor, "wait", time.Minute, "How long the operator has to revoke the deleted keys' records before they are released without it.")
 	return cmd
 }
 

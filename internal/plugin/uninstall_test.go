@@ -26,8 +26,9 @@ import (
 // each key's record is revoked before the ApiKey goes.
 func TestUninstallWithTheOperator(t *testing.T) {
 	ns := namespace(t)
-	var raws []string
-	for _, name := range []string{"a", "b"} {
+	names := []string{"a", "b"}
+	raws := make([]string, 0, len(names))
+	for _, name := range names {
 		if _, err := run(t, time.Now(), "", "create", name, "-n", ns); err != nil {
 			t.Fatal(err)
 		}

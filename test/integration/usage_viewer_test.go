@@ -29,7 +29,7 @@ func TestNamespaceViewersReadTheirUsage(t *testing.T) {
 	view := &rbacv1.ClusterRole{}
 	g.Expect(env.Client.Get(ctx, client.ObjectKey{Name: "view"}, view)).To(Succeed())
 	g.Expect(view.AggregationRule).NotTo(BeNil(), "the API server's view role aggregates others")
-	var selectors []labels.Selector
+	selectors := make([]labels.Selector, 0, len(view.AggregationRule.ClusterRoleSelectors))
 	for _, s := range view.AggregationRule.ClusterRoleSelectors {
 		sel, err := metav1.LabelSelectorAsSelector(&s)
 		g.Expect(err).NotTo(HaveOccurred())
