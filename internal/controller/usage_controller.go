@@ -134,12 +134,12 @@ func (r *UsageReconciler) countKeys(ctx context.Context, ns string) (authv1alpha
 	}
 	now := r.Clock.Now()
 	for _, k := range keys.Items {
-		switch {
-		case k.Spec.Revoked:
+		switch k.State(now) {
+		case authv1alpha1.PhaseRevoked:
 			counts.Revoked++
-		case k.Spec.ExpiresAt != nil && !now.Before(k.Spec.ExpiresAt.Time):
+		case authv1alpha1.PhaseExpired:
 			counts.Expired++
-		case k.Status.Phase == authv1alpha1.PhaseActive:
+		case authv1alpha1.PhaseActive:
 			counts.Active++
 		}
 	}
