@@ -44,6 +44,7 @@ func main() {
 		webhookPort, maxConcurrentReconciles, kubeAPIBurst int
 		kubeAPIQPS                                         float64
 		recordRetention, secretCheckInterval               time.Duration
+		maxDeletedRecords                                  int
 		fenceTTL, lastUsedInterval                         time.Duration
 		failureRate, globalFailureRate                     float64
 		failureBurst, globalFailureBurst                   int
@@ -85,6 +86,8 @@ func main() {
 		"Keys fenced at once (revocations admitted, not yet seen persisted); past it a revocation is refused with 503 until fences end.")
 	flag.DurationVar(&recordRetention, "record-retention", controller.DefaultRecordRetention,
 		"How long the revoked record of a deleted ApiKey is kept for audit.")
+	flag.IntVar(&maxDeletedRecords, "max-deleted-records-per-namespace", controller.DefaultMaxDeletedRecordsPerTenant,
+		"How many records of deleted ApiKeys a namespace keeps for audit at most; past it the longest revoked are deleted before their retention ends.")
 	flag.DurationVar(&secretCheckInterval, "secret-check-interval", controller.DefaultSecretCheckInterval,
 		"How often an Active key's Secret is checked for deletion (Secrets are read by name, never watched).")
 	flag.IntVar(&maxConcurrentReconciles, "max-concurrent-reconciles", controller.DefaultMaxConcurrentReconciles, "How many ApiKeys are reconciled at once.")
@@ -212,25 +215,26 @@ func main() {
 		serviceAccount = ns + ":" + name
 	}
 	if _, err := operator.Setup(mgr, operator.Options{
-		Clock:                   clock.RealClock{},
-		Random:                  rand.Reader,
-		Registry:                ctrlmetrics.Registry,
-		MaxConcurrentReconciles: maxConcurrentReconciles,
-		RecordRetention:         recordRetention,
-		SecretCheckInterval:     secretCheckInterval,
-		ServiceAccount:          serviceAccount,
-		Webhooks:                os.Getenv("ENABLE_WEBHOOKS") != "false",
-		FenceTTL:                fenceTTL,
-		MaxFences:               maxFences,
-		LastUsedInterval:        lastUsedInterval,
-		FailedAuthRate:          failureRate,
-		FailedAuthBurst:         failureBurst,
-		FailedAuthGlobalRate:    globalFailureRate,
-		FailedAuthGlobalBurst:   globalFailureBurst,
-		TrustedProxies:          trusted,
-		ClientAddressHeader:     clientAddressHeader,
-		TokenAudiences:          splitList(tokenAudiences),
-		APIServerAudiences:      splitList(apiServerAudiences),
+		Clock:                      clock.RealClock{},
+		Random:                     rand.Reader,
+		Registry:                   ctrlmetrics.Registry,
+		MaxConcurrentReconciles:    maxConcurrentReconciles,
+		RecordRetention:            recordRetention,
+		MaxDeletedRecordsPerTenant: maxDeletedRecords,
+		SecretCheckInterval:        secretCheckInterval,
+		ServiceAccount:             serviceAccount,
+		Webhooks:                   os.Getenv("ENABLE_WEBHOOKS") != "false",
+		FenceTTL:                   fenceTTL,
+		MaxFences:                  maxFences,
+		LastUsedInterval:           lastUsedInterval,
+		FailedAuthRate:             failureRate,
+		FailedAuthBurst:            failureBurst,
+		FailedAuthGlobalRate:       globalFailureRate,
+		FailedAuthGlobalBurst:      globalFailureBurst,
+		TrustedProxies:             trusted,
+		ClientAddressHeader:        clientAddressHeader,
+		TokenAudiences:             splitList(tokenAudiences),
+		APIServerAudiences:         splitList(apiServerAudiences),
 	}); err != nil {
 		setupLog.Error(err, "Failed to set up Latchkey")
 		os.Exit(1)

@@ -39,7 +39,10 @@ type Options struct {
 
 	MaxConcurrentReconciles int
 	RecordRetention         time.Duration
-	SecretCheckInterval     time.Duration
+	// MaxDeletedRecordsPerTenant bounds the records of deleted keys kept per
+	// namespace; 0 means controller.DefaultMaxDeletedRecordsPerTenant.
+	MaxDeletedRecordsPerTenant int
+	SecretCheckInterval        time.Duration
 	// ServiceAccount is the manager's, namespace:name; empty means the
 	// installed default.
 	ServiceAccount string
@@ -94,6 +97,8 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 		APIReader: mgr.GetAPIReader(),
 		Clock:     o.Clock,
 		Retention: o.RecordRetention,
+
+		MaxDeletedPerTenant: o.MaxDeletedRecordsPerTenant,
 	}).SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("apikeyrecord controller: %w", err)
 	}
