@@ -1,0 +1,79 @@
+// Package protocol is Latchkey's wire protocol, declared once for the
+// server (the manager's endpoints) and its clients (pkg/latchkey and the
+// kubectl plugin): the paths, the headers, the identity a TokenReview
+// answers with, the JSON of /whoami and of execution reports, and the one
+// reading of a bearer key. It imports the standard library only, so that a
+// service can speak the protocol without Kubernetes' modules.
+package protocol
+
+import (
+	"strings"
+	"time"
+)
+
+// Paths of the endpoints on the manager's webhook server.
+const (
+	PathTokenReview = "/tokenreview"
+	PathAuthorize   = "/authorize"
+	PathWhoAmI      = "/whoami"
+	PathExecutions  = "/v1/executions"
+)
+
+// Headers of forward-auth (/authorize).
+const (
+	// HeaderTenant and HeaderKey answer a 200 with the key's tenant and its
+	// "namespace/name".
+	HeaderTenant = "X-Latchkey-Tenant"
+	HeaderKey    = "X-Latchkey-Key"
+	// HeaderTenantRequired pins a tenant: a key of another answers 403.
+	HeaderTenantRequired = "X-Latchkey-Tenant-Required"
+	// HeaderClientAddress is where a trusted proxy names its caller, so
+	// that failures are charged to the caller rather than to the proxy.
+	HeaderClientAddress = "X-Real-IP"
+)
+
+// Audience is what a service's TokenReview asks a key to be valid for:
+// Latchkey's own (the manager's --token-audiences default). A review naming
+// none asks for the Kubernetes API server's audience instead.
+const Audience = "latchkey.dev"
+
+// The identity of a key in an authenticated TokenReview.
+const (
+	// UsernamePrefix starts every key's username, "latchkey:<tenant>:<name>".
+	UsernamePrefix = "latchkey:"
+	// GroupAuthenticated holds every valid key.
+	GroupAuthenticated = "latchkey:authenticated"
+	// GroupTenantPrefix and the tenant name the tenant's group.
+	GroupTenantPrefix = "latchkey:tenant:"
+	// ExtraKeyHint names the key's hint in the user's extra.
+	ExtraKeyHint = "latchkey.dev/key-hint"
+)
+
+// Username is the TokenReview username of the key name in tenant.
+func Username(tenant, name string) string { return UsernamePrefix + tenant + ":" + name }
+
+// ParseUsername reads a key's tenant and name back from its username. Both
+// are Kubernetes names, which hold no colon, so the reading is unambiguous.
+func ParseUsername(username string) (tenant, name string, ok bool) {
+	rest, ok := strings.CutPrefix(username, UsernamePrefix)
+	if !ok {
+		return "", "", false
+	}
+	tenant, name, ok = strings.Cut(rest, ":")
+	if !ok || tenant == "" || name == "" || strings.Contains(name, ":") {
+		return "", "", false
+	}
+	return tenant, name, true
+}
+
+// TenantGroup is the group of every key of tenant.
+func TenantGroup(tenant string) string { return GroupTenantPrefix + tenant }
+
+// WhoAmI is /whoami's answer: what the presented key is.
+type WhoAmI struct {
+	Tenant    string     `json:"tenant"`
+	KeyName   string     `json:"keyName"`
+	KeyHint   string     `json:"keyHint"`
+	CreatedAt time.Time  `json:"createdAt"`
+	ExpiresAt *time.Time `json:"expiresAt,omitempty"`
+}
