@@ -17,35 +17,14 @@ import (
 
 	"github.com/latchkey-dev/latchkey/internal/usage"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
-	"github.com/latchkey-dev/latchkey/pkg/latchkey"
-)
-
-// Paths of the endpoints on the webhook server.
-const (
-	PathTokenReview = "/tokenreview"
-	PathAuthorize   = "/authorize"
-	PathWhoAmI      = "/whoami"
-)
-
-// Headers of the forward-auth protocol.
-const (
-	HeaderTenant         = "X-Latchkey-Tenant"
-	HeaderKey            = "X-Latchkey-Key"
-	HeaderTenantRequired = "X-Latchkey-Tenant-Required"
-)
-
-// Identity of an authenticated key in a TokenReview.
-const (
-	GroupAuthenticated = "latchkey:authenticated"
-	GroupTenantPrefix  = "latchkey:tenant:"
-	ExtraKeyHint       = "latchkey.dev/key-hint"
+	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
 
 // DefaultAudience is what keys are valid for when no audience is
 // configured: a service reviewing a Latchkey key asks for it, so that a
 // review meant for another issuer's tokens (a Vault, a service account's)
 // never accepts one.
-const DefaultAudience = latchkey.Audience
+const DefaultAudience = protocol.Audience
 
 // MaxBodyBytes caps a request body.
 const MaxBodyBytes = 64 << 10
@@ -80,11 +59,11 @@ type Server struct {
 
 // Register adds the endpoints to a mux, such as the webhook server.
 func (s *Server) Register(register func(path string, h http.Handler)) {
-	register(PathTokenReview, http.HandlerFunc(s.TokenReview))
-	register(PathAuthorize, http.HandlerFunc(s.Authorize))
-	register(PathWhoAmI, http.HandlerFunc(s.WhoAmI))
+	register(protocol.PathTokenReview, http.HandlerFunc(s.TokenReview))
+	register(protocol.PathAuthorize, http.HandlerFunc(s.Authorize))
+	register(protocol.PathWhoAmI, http.HandlerFunc(s.WhoAmI))
 	if s.Reports != nil {
-		register(PathExecutions, http.HandlerFunc(s.Executions))
+		register(protocol.PathExecutions, http.HandlerFunc(s.Executions))
 	}
 }
 
@@ -97,33 +76,24 @@ func (s *Server) Authorize(w http.ResponseWriter, r *http.Request) {
 		s.badRequest(w, "authorize", "more than one Authorization header")
 		return
 	}
-	if len(r.Header.Values(HeaderTenantRequired)) > 1 {
+	if len(r.Header.Values(protocol.HeaderTenantRequired)) > 1 {
 		// Proxies differ in which of two they pass on: pinning must not
 		// depend on it.
-		s.badRequest(w, "authorize", "more than one "+HeaderTenantRequired+" header")
+		s.badRequest(w, "authorize", "more than one "+protocol.HeaderTenantRequired+" header")
 		return
 	}
 	id, ok := s.verifyBearer(w, r, "authorize")
 	if !ok {
 		return
 	}
-	if required := r.Header.Get(HeaderTenantRequired); required != "" && required != id.Tenant {
+	if required := r.Header.Get(protocol.HeaderTenantRequired); required != "" && required != id.Tenant {
 		s.count("authorize", "forbidden")
 		http.Error(w, fmt.Sprintf("key is not a key of tenant %q", required), http.StatusForbidden)
 		return
 	}
-	w.Header().Set(HeaderTenant, id.Tenant)
-	w.Header().Set(HeaderKey, id.Tenant+"/"+id.KeyName)
+	w.Header().Set(protocol.HeaderTenant, id.Tenant)
+	w.Header().Set(protocol.HeaderKey, id.Tenant+"/"+id.KeyName)
 	w.WriteHeader(http.StatusOK)
-}
-
-// WhoAmIResponse tells a key's holder what the key is.
-type WhoAmIResponse struct {
-	Tenant    string     `json:"tenant"`
-	KeyName   string     `json:"keyName"`
-	KeyHint   string     `json:"keyHint"`
-	CreatedAt time.Time  `json:"createdAt"`
-	ExpiresAt *time.Time `json:"expiresAt,omitempty"`
 }
 
 // WhoAmI answers GET with the tenant and key the presented key resolves to.
@@ -137,7 +107,7 @@ func (s *Server) WhoAmI(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(WhoAmIResponse{
+	_ = json.NewEncoder(w).Encode(protocol.WhoAmI{
 		Tenant: id.Tenant, KeyName: id.KeyName, KeyHint: id.Hint, CreatedAt: id.CreatedAt.UTC(), ExpiresAt: id.ExpiresAt,
 	})
 }
@@ -145,7 +115,7 @@ func (s *Server) WhoAmI(w http.ResponseWriter, r *http.Request) {
 // verifyBearer verifies the request's bearer key, answering 401 or 429
 // itself when it fails.
 func (s *Server) verifyBearer(w http.ResponseWriter, r *http.Request, endpoint string) (verifier.Identity, bool) {
-	token, ok := BearerToken(r.Header.Get("Authorization"))
+	token, ok := protocol.BearerToken(r.Header.Get("Authorization"))
 	var err error
 	var id verifier.Identity
 	if !ok {
@@ -159,7 +129,7 @@ func (s *Server) verifyBearer(w http.ResponseWriter, r *http.Request, endpoint s
 			return id, false
 		}
 		s.count(endpoint, resultOf(err))
-		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer error="invalid_token", error_description=%q`, err.Error()))
+		w.Header().Set("WWW-Authenticate", protocol.Challenge(err.Error()))
 		http.Error(w, err.Error(), http.StatusUnauthorized)
 		return id, false
 	}
@@ -216,10 +186,10 @@ func (s *Server) TokenReview(w http.ResponseWriter, r *http.Request) {
 		review.Status = authnv1.TokenReviewStatus{
 			Authenticated: true,
 			User: authnv1.UserInfo{
-				Username: "latchkey:" + id.Tenant + ":" + id.KeyName,
+				Username: protocol.Username(id.Tenant, id.KeyName),
 				UID:      string(id.KeyUID),
-				Groups:   []string{GroupAuthenticated, GroupTenantPrefix + id.Tenant},
-				Extra:    map[string]authnv1.ExtraValue{ExtraKeyHint: {id.Hint}},
+				Groups:   []string{protocol.GroupAuthenticated, protocol.TenantGroup(id.Tenant)},
+				Extra:    map[string]authnv1.ExtraValue{protocol.ExtraKeyHint: {id.Hint}},
 			},
 			Audiences: audiences,
 		}

@@ -25,6 +25,7 @@ import (
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 	"github.com/latchkey-dev/latchkey/internal/verifier/verifiertest"
 	"github.com/latchkey-dev/latchkey/pkg/latchkey"
+	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
 
 type usesSeen struct {
@@ -164,7 +165,7 @@ func TestTokenReview(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			resp, body := r.do(t, http.MethodPost, PathTokenReview, strings.NewReader(reviewBody(tt.token(), tt.audiences...)), nil)
+			resp, body := r.do(t, http.MethodPost, protocol.PathTokenReview, strings.NewReader(reviewBody(tt.token(), tt.audiences...)), nil)
 			if resp.StatusCode != http.StatusOK {
 				t.Fatalf("status %d: %s", resp.StatusCode, body)
 			}
@@ -188,7 +189,7 @@ func TestTokenReview(t *testing.T) {
 				u := got.Status.User
 				if u.Username != "latchkey:tenant-a:active" || u.UID != "key-uid-0" ||
 					fmt.Sprint(u.Groups) != "[latchkey:authenticated latchkey:tenant:tenant-a]" ||
-					fmt.Sprint(u.Extra[ExtraKeyHint]) != "["+keys.Hint(r.active)+"]" {
+					fmt.Sprint(u.Extra[protocol.ExtraKeyHint]) != "["+keys.Hint(r.active)+"]" {
 					t.Fatalf("user = %+v", u)
 				}
 			}
@@ -220,7 +221,7 @@ func TestTokenReviewAudiences(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newRig(t, tt.server)
-			_, body := r.do(t, http.MethodPost, PathTokenReview, strings.NewReader(reviewBody(r.active, tt.audiences...)), nil)
+			_, body := r.do(t, http.MethodPost, protocol.PathTokenReview, strings.NewReader(reviewBody(r.active, tt.audiences...)), nil)
 			var got authnv1.TokenReview
 			if err := json.Unmarshal([]byte(body), &got); err != nil {
 				t.Fatal(err)
@@ -270,7 +271,7 @@ func TestTokenReviewRefusesMalformedRequests(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			resp, body := r.do(t, tt.method, PathTokenReview, strings.NewReader(tt.body), nil)
+			resp, body := r.do(t, tt.method, protocol.PathTokenReview, strings.NewReader(tt.body), nil)
 			if resp.StatusCode != tt.status || !strings.Contains(body, tt.reason) {
 				t.Fatalf("got %d %q, want %d with %q", resp.StatusCode, body, tt.status, tt.reason)
 			}
@@ -290,12 +291,12 @@ func TestAuthorize(t *testing.T) {
 		{"the scheme is case-insensitive", func() http.Header { return bearer("bEaReR " + r.active) }, http.StatusOK},
 		{"a pinned tenant that matches passes", func() http.Header {
 			h := bearer("Bearer " + r.active)
-			h.Set(HeaderTenantRequired, "tenant-a")
+			h.Set(protocol.HeaderTenantRequired, "tenant-a")
 			return h
 		}, http.StatusOK},
 		{"a pinned tenant the key is not of is forbidden", func() http.Header {
 			h := bearer("Bearer " + r.active)
-			h.Set(HeaderTenantRequired, "tenant-b")
+			h.Set(protocol.HeaderTenantRequired, "tenant-b")
 			return h
 		}, http.StatusForbidden},
 		{"no Authorization header is unauthorized", func() http.Header { return nil }, http.StatusUnauthorized},
@@ -310,13 +311,13 @@ func TestAuthorize(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			for _, method := range []string{http.MethodGet, http.MethodPost, http.MethodHead} {
-				resp, body := r.do(t, method, PathAuthorize, nil, tt.header())
+				resp, body := r.do(t, method, protocol.PathAuthorize, nil, tt.header())
 				if resp.StatusCode != tt.status {
 					t.Fatalf("%s: status %d (%s), want %d", method, resp.StatusCode, body, tt.status)
 				}
 				switch resp.StatusCode {
 				case http.StatusOK:
-					if resp.Header.Get(HeaderTenant) != "tenant-a" || resp.Header.Get(HeaderKey) != "tenant-a/active" {
+					if resp.Header.Get(protocol.HeaderTenant) != "tenant-a" || resp.Header.Get(protocol.HeaderKey) != "tenant-a/active" {
 						t.Fatalf("headers %v", resp.Header)
 					}
 				case http.StatusUnauthorized:
@@ -337,12 +338,12 @@ func TestAuthorize(t *testing.T) {
 func TestAuthorizeRefusesTwoPinnedTenants(t *testing.T) {
 	r := newRig(t, &Server{})
 	for _, pinned := range [][]string{{"tenant-a", "tenant-b"}, {"tenant-b", "tenant-a"}, {"tenant-a", "tenant-a"}} {
-		h := http.Header{"Authorization": {"Bearer " + r.active}, HeaderTenantRequired: pinned}
-		resp, body := r.do(t, http.MethodGet, PathAuthorize, nil, h)
+		h := http.Header{"Authorization": {"Bearer " + r.active}, protocol.HeaderTenantRequired: pinned}
+		resp, body := r.do(t, http.MethodGet, protocol.PathAuthorize, nil, h)
 		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "more than one X-Latchkey-Tenant-Required header") {
 			t.Fatalf("pinned %v: %d %q, want 400 with the reason", pinned, resp.StatusCode, body)
 		}
-		if resp.Header.Get(HeaderTenant) != "" || resp.Header.Get(HeaderKey) != "" {
+		if resp.Header.Get(protocol.HeaderTenant) != "" || resp.Header.Get(protocol.HeaderKey) != "" {
 			t.Fatalf("pinned %v: a refusal named the key: %v", pinned, resp.Header)
 		}
 	}
@@ -350,21 +351,21 @@ func TestAuthorizeRefusesTwoPinnedTenants(t *testing.T) {
 
 func TestWhoAmI(t *testing.T) {
 	r := newRig(t, &Server{})
-	resp, body := r.do(t, http.MethodGet, PathWhoAmI, nil, http.Header{"Authorization": {"Bearer " + r.active}})
+	resp, body := r.do(t, http.MethodGet, protocol.PathWhoAmI, nil, http.Header{"Authorization": {"Bearer " + r.active}})
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
-	var got WhoAmIResponse
+	var got protocol.WhoAmI
 	if err := json.Unmarshal([]byte(body), &got); err != nil {
 		t.Fatal(err)
 	}
 	if got.Tenant != "tenant-a" || got.KeyName != "active" || got.KeyHint != keys.Hint(r.active) || got.CreatedAt.IsZero() {
 		t.Fatalf("whoami = %+v", got)
 	}
-	if resp, _ := r.do(t, http.MethodGet, PathWhoAmI, nil, http.Header{"Authorization": {"Bearer " + r.revoked}}); resp.StatusCode != http.StatusUnauthorized {
+	if resp, _ := r.do(t, http.MethodGet, protocol.PathWhoAmI, nil, http.Header{"Authorization": {"Bearer " + r.revoked}}); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("a revoked key got %d", resp.StatusCode)
 	}
-	if resp, _ := r.do(t, http.MethodPost, PathWhoAmI, nil, nil); resp.StatusCode != http.StatusMethodNotAllowed {
+	if resp, _ := r.do(t, http.MethodPost, protocol.PathWhoAmI, nil, nil); resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Fatalf("POST got %d", resp.StatusCode)
 	}
 }
@@ -376,7 +377,7 @@ func TestFailuresAreRateLimitedButValidKeysNever(t *testing.T) {
 	wrong := http.Header{"Authorization": {"Bearer lk_nope"}}
 	var limited *http.Response
 	for range 6 {
-		resp, _ := r.do(t, http.MethodGet, PathAuthorize, nil, wrong)
+		resp, _ := r.do(t, http.MethodGet, protocol.PathAuthorize, nil, wrong)
 		if resp.StatusCode == http.StatusTooManyRequests {
 			limited = resp
 			break
@@ -388,7 +389,7 @@ func TestFailuresAreRateLimitedButValidKeysNever(t *testing.T) {
 	if limited.Header.Get("Retry-After") == "" {
 		t.Fatal("429 without Retry-After")
 	}
-	resp, _ := r.do(t, http.MethodGet, PathAuthorize, nil, http.Header{"Authorization": {"Bearer " + r.active}})
+	resp, _ := r.do(t, http.MethodGet, protocol.PathAuthorize, nil, http.Header{"Authorization": {"Bearer " + r.active}})
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("a valid key from a limited address got %d", resp.StatusCode)
 	}
@@ -403,10 +404,10 @@ func TestGlobalRefusalsAreNeitherHeldNorClosing(t *testing.T) {
 	r := newRig(t, &Server{Limiter: lim})
 	r.client.Timeout = 30 * time.Second
 	wrong := http.Header{"Authorization": {"Bearer lk_nope"}}
-	if resp, _ := r.do(t, http.MethodGet, PathAuthorize, nil, wrong); resp.StatusCode != http.StatusUnauthorized {
+	if resp, _ := r.do(t, http.MethodGet, protocol.PathAuthorize, nil, wrong); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("the first wrong key: %d, want 401", resp.StatusCode)
 	}
-	resp, body := r.do(t, http.MethodGet, PathAuthorize, nil, wrong)
+	resp, body := r.do(t, http.MethodGet, protocol.PathAuthorize, nil, wrong)
 	if resp.StatusCode != http.StatusTooManyRequests || resp.Close || resp.Header.Get("Retry-After") == "" ||
 		!strings.Contains(body, "from all addresses") {
 		t.Fatalf("past the global budget: %d, close %v, Retry-After %q: %s", resp.StatusCode, resp.Close, resp.Header.Get("Retry-After"), body)
@@ -414,7 +415,7 @@ func TestGlobalRefusalsAreNeitherHeldNorClosing(t *testing.T) {
 	if lim.Held() != 0 {
 		t.Fatalf("%d global refusals held", lim.Held())
 	}
-	if resp, _ := r.do(t, http.MethodGet, PathAuthorize, nil, http.Header{"Authorization": {"Bearer " + r.active}}); resp.StatusCode != http.StatusOK {
+	if resp, _ := r.do(t, http.MethodGet, protocol.PathAuthorize, nil, http.Header{"Authorization": {"Bearer " + r.active}}); resp.StatusCode != http.StatusOK {
 		t.Fatalf("a valid key past the global budget: %d", resp.StatusCode)
 	}
 }
@@ -426,7 +427,7 @@ func TestTokenReviewFailuresAreNotChargedToTheReviewer(t *testing.T) {
 	lim := NewFailureLimiter(1, 1, nil)
 	r := newRig(t, &Server{Limiter: lim})
 	for i := range 40 {
-		resp, body := r.do(t, http.MethodPost, PathTokenReview, strings.NewReader(reviewBody("lk_nope")), nil)
+		resp, body := r.do(t, http.MethodPost, protocol.PathTokenReview, strings.NewReader(reviewBody("lk_nope")), nil)
 		if resp.StatusCode != http.StatusOK || resp.Close || !strings.Contains(body, `"error":"malformed key"`) {
 			t.Fatalf("wrong key %d: status %d, close %v: %s", i, resp.StatusCode, resp.Close, body)
 		}

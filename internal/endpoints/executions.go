@@ -10,17 +10,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/latchkey-dev/latchkey/internal/usage"
+	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
-
-// PathExecutions is where services report executions.
-const PathExecutions = "/v1/executions"
-
-// ExecutionsResponse acknowledges a report once it is durable.
-type ExecutionsResponse struct {
-	// Applied is false when the batch had been applied before (a retry).
-	Applied    bool `json:"applied"`
-	Executions int  `json:"executions"`
-}
 
 // Executions takes a batch of execution reports for the tenant of the
 // presented key (never a tenant named in the body) and answers 200 only
@@ -34,7 +25,7 @@ func (s *Server) Executions(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	body, err := readBody(w, r, usage.MaxBatchBytes)
+	body, err := readBody(w, r, protocol.MaxBatchBytes)
 	if err != nil {
 		s.badRequest(w, "executions", err.Error())
 		return
@@ -68,5 +59,5 @@ func (s *Server) Executions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(ExecutionsResponse{Applied: applied, Executions: len(batch.Executions)})
+	_ = json.NewEncoder(w).Encode(protocol.ExecutionsResponse{Applied: applied, Executions: len(batch.Executions)})
 }

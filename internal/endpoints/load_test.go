@@ -18,6 +18,7 @@ import (
 
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 	"github.com/latchkey-dev/latchkey/internal/verifier/verifiertest"
+	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
 
 // BenchmarkLoadAuthorize is a load run on 127.0.0.1: /authorize with 10,000
@@ -55,7 +56,7 @@ func BenchmarkLoadAuthorize(b *testing.B) {
 			w.WriteHeader(http.StatusUnauthorized)
 			return
 		}
-		w.Header().Set(HeaderTenant, tenant)
+		w.Header().Set(protocol.HeaderTenant, tenant)
 	}))
 	defer ceiling.Close()
 
@@ -64,7 +65,7 @@ func BenchmarkLoadAuthorize(b *testing.B) {
 			var results [2][]loadResult
 			for range rounds {
 				results[0] = append(results[0], load(b, ceiling, ceiling.URL, conns, raws, roundTime))
-				results[1] = append(results[1], load(b, real, real.URL+PathAuthorize, conns, raws, roundTime))
+				results[1] = append(results[1], load(b, real, real.URL+protocol.PathAuthorize, conns, raws, roundTime))
 			}
 			c, l := median(results[0]), median(results[1])
 			b.Logf("FIGURE %2d connections, 10,000 keys, median of %d rounds: ceiling %6.0f req/s p50 %v p99 %v | /authorize %6.0f req/s p50 %v p99 %v | ratio req/s %.2f, p99 %.2f",

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
 
 func TestMetricsAreExported(t *testing.T) {
@@ -12,8 +14,8 @@ func TestMetricsAreExported(t *testing.T) {
 	r := newRig(t, s)
 	reg := prometheus.NewRegistry()
 	s.Metrics = NewMetrics(reg, s.Verifier, s.Limiter)
-	r.do(t, http.MethodGet, PathAuthorize, nil, http.Header{"Authorization": {"Bearer " + r.active}})
-	r.do(t, http.MethodGet, PathAuthorize, nil, http.Header{"Authorization": {"Bearer " + r.revoked}})
+	r.do(t, http.MethodGet, protocol.PathAuthorize, nil, http.Header{"Authorization": {"Bearer " + r.active}})
+	r.do(t, http.MethodGet, protocol.PathAuthorize, nil, http.Header{"Authorization": {"Bearer " + r.revoked}})
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
 
 // FailureLimiter rate limits failed attempts per client with a token bucket
@@ -76,8 +78,8 @@ const (
 	DefaultGlobalFailureRate  = 1000
 	DefaultGlobalFailureBurst = 5000
 	// DefaultClientAddressHeader is the header a trusted proxy names the
-	// client in.
-	DefaultClientAddressHeader = "X-Real-IP"
+	// client in: the one pkg/latchkey's middleware sends.
+	DefaultClientAddressHeader = protocol.HeaderClientAddress
 	// ipv6ClientBits is the prefix one IPv6 client is charged by.
 	ipv6ClientBits = 64
 )

@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
 
 func TestClientAddr(t *testing.T) {
@@ -266,12 +268,12 @@ func TestRefusalsPastTheCapsCloseTheConnection(t *testing.T) {
 	lim.maxHold = 10 * time.Millisecond
 	r := newRig(t, &Server{Limiter: lim})
 	wrong := http.Header{"Authorization": {"Bearer lk_nope"}}
-	r.do(t, http.MethodGet, PathAuthorize, nil, wrong) // spends the budget
-	if resp, _ := r.do(t, http.MethodGet, PathAuthorize, nil, wrong); resp.StatusCode != http.StatusTooManyRequests || resp.Close {
+	r.do(t, http.MethodGet, protocol.PathAuthorize, nil, wrong) // spends the budget
+	if resp, _ := r.do(t, http.MethodGet, protocol.PathAuthorize, nil, wrong); resp.StatusCode != http.StatusTooManyRequests || resp.Close {
 		t.Fatalf("a held refusal: %d, close %v; want 429 on a connection kept open", resp.StatusCode, resp.Close)
 	}
 	lim.maxHeldPerAddress = 0
-	if resp, _ := r.do(t, http.MethodGet, PathAuthorize, nil, wrong); resp.StatusCode != http.StatusTooManyRequests || !resp.Close {
+	if resp, _ := r.do(t, http.MethodGet, protocol.PathAuthorize, nil, wrong); resp.StatusCode != http.StatusTooManyRequests || !resp.Close {
 		t.Fatalf("a refusal past the cap: %d, close %v; want 429 closing the connection", resp.StatusCode, resp.Close)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/latchkey-dev/latchkey/internal/plugin/clusterext"
+	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
 
 // The Service `make deploy` and dist/install.yaml create for the endpoints.
@@ -64,11 +65,15 @@ directory you run in could name a server of its own and receive your key.`,
 				}
 				httpClient.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
 			}
-			req, _ := http.NewRequest(http.MethodGet, strings.TrimRight(url, "/")+"/whoami", nil)
-			req.Header.Set("Authorization", "Bearer "+key)
+			if _, ok := protocol.BearerToken(protocol.Bearer(key)); !ok {
+				return errors.New("the key holds characters no Latchkey key has: check it is complete and unquoted")
+			}
+			whoami := strings.TrimRight(url, "/") + protocol.PathWhoAmI
+			req, _ := http.NewRequest(http.MethodGet, whoami, nil)
+			req.Header.Set("Authorization", protocol.Bearer(key))
 			resp, err := httpClient.Do(req)
 			if err != nil {
-				return fmt.Errorf("calling %s/whoami: %w", url, err)
+				return fmt.Errorf("calling %s: %w", whoami, err)
 			}
 			defer func() { _ = resp.Body.Close() }()
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
@@ -77,17 +82,11 @@ directory you run in could name a server of its own and receive your key.`,
 				return fmt.Errorf("the key was refused (%s): check it is complete and Active with `kubectl latchkey list`", reason)
 			}
 			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("%s/whoami answered %d: %s", url, resp.StatusCode, strings.TrimSpace(string(body)))
+				return fmt.Errorf("%s answered %d: %s", whoami, resp.StatusCode, strings.TrimSpace(string(body)))
 			}
-			var who struct {
-				Tenant    string     `json:"tenant"`
-				KeyName   string     `json:"keyName"`
-				KeyHint   string     `json:"keyHint"`
-				CreatedAt time.Time  `json:"createdAt"`
-				ExpiresAt *time.Time `json:"expiresAt"`
-			}
+			var who protocol.WhoAmI
 			if err := json.Unmarshal(body, &who); err != nil {
-				return fmt.Errorf("reading the answer of /whoami: %w", err)
+				return fmt.Errorf("reading the answer of %s: %w", protocol.PathWhoAmI, err)
 			}
 			expires := "never"
 			if who.ExpiresAt != nil {

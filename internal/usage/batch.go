@@ -9,55 +9,33 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
 
-// State is an execution's state as a service reports it.
-type State string
+// A report's wire shape is the published protocol's; the arithmetic and
+// the store name it here, where it is validated and applied.
+type (
+	State     = protocol.State
+	Execution = protocol.Execution
+	Batch     = protocol.Batch
+)
 
-// The states of an execution. Failed, cancelled and compensating all count
-// as failed; running and paused count toward the total only.
+// The states of an execution, as protocol declares them.
 const (
-	Running      State = "running"
-	Paused       State = "paused"
-	Succeeded    State = "succeeded"
-	Failed       State = "failed"
-	Cancelled    State = "cancelled"
-	Compensating State = "compensating"
+	Running      = protocol.Running
+	Paused       = protocol.Paused
+	Succeeded    = protocol.Succeeded
+	Failed       = protocol.Failed
+	Cancelled    = protocol.Cancelled
+	Compensating = protocol.Compensating
 )
 
-// Terminal reports whether an execution in state s has ended.
-func (s State) Terminal() bool {
-	switch s {
-	case Succeeded, Failed, Cancelled, Compensating:
-		return true
-	}
-	return false
-}
+// MaxBatchExecutions is the protocol's limit, named here for the store.
+const MaxBatchExecutions = protocol.MaxBatchExecutions
 
-func (s State) valid() bool { return s == Running || s == Paused || s.Terminal() }
-
-// Limits of a batch.
-const (
-	MaxBatchExecutions = 1000
-	MaxBatchBytes      = 1 << 20
-	MaxIDLength        = 256
-	// MaxClockSkew is how far in the future a timestamp may be.
-	MaxClockSkew = 5 * time.Minute
-)
-
-// Execution is one unit of work a service performed for a key holder.
-type Execution struct {
-	ID         string     `json:"id"`
-	State      State      `json:"state"`
-	StartedAt  time.Time  `json:"startedAt"`
-	FinishedAt *time.Time `json:"finishedAt,omitempty"`
-}
-
-// Batch is one report: executions and the key that makes retrying it safe.
-type Batch struct {
-	IdempotencyKey string      `json:"idempotencyKey"`
-	Executions     []Execution `json:"executions"`
-}
+// MaxClockSkew is how far in the future a timestamp may be.
+const MaxClockSkew = 5 * time.Minute
 
 // InvalidError is a report refused as a whole; its text names the problem.
 type InvalidError struct{ Reason string }
@@ -95,8 +73,8 @@ func DecodeBatch(body []byte, now time.Time) (*Batch, error) {
 	if b.IdempotencyKey == "" {
 		return nil, invalid("idempotencyKey is required: reuse it when retrying the same batch")
 	}
-	if len(b.IdempotencyKey) > MaxIDLength {
-		return nil, invalid("idempotencyKey is longer than %d characters", MaxIDLength)
+	if len(b.IdempotencyKey) > protocol.MaxIDLength {
+		return nil, invalid("idempotencyKey is longer than %d characters", protocol.MaxIDLength)
 	}
 	if len(b.Executions) == 0 {
 		return nil, invalid("executions is empty")
@@ -109,9 +87,9 @@ func DecodeBatch(body []byte, now time.Time) (*Batch, error) {
 		switch {
 		case e.ID == "":
 			return nil, invalid("executions[%d].id is required", i)
-		case len(e.ID) > MaxIDLength:
-			return nil, invalid("executions[%d].id is longer than %d characters", i, MaxIDLength)
-		case !e.State.valid():
+		case len(e.ID) > protocol.MaxIDLength:
+			return nil, invalid("executions[%d].id is longer than %d characters", i, protocol.MaxIDLength)
+		case !e.State.Valid():
 			return nil, invalid("executions[%d].state must be running, paused, succeeded, failed, cancelled or compensating", i)
 		case e.StartedAt.IsZero():
 			return nil, invalid("executions[%d].startedAt is required", i)

@@ -39,6 +39,7 @@ import (
 	"github.com/latchkey-dev/latchkey/internal/serving"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 	"github.com/latchkey-dev/latchkey/pkg/devenv/controlplane"
+	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
 
 // Options configure a local Latchkey.
@@ -161,7 +162,7 @@ func (lk *Latchkey) startOperator(ctx context.Context, o Options) error {
 			return fmt.Errorf("the operator stopped: %w", err)
 		default:
 		}
-		if resp, err := lk.HTTPClient.Get(lk.Endpoint + "/whoami"); err == nil {
+		if resp, err := lk.HTTPClient.Get(lk.Endpoint + protocol.PathWhoAmI); err == nil {
 			_ = resp.Body.Close()
 			if lk.Operator.Verifier.Synced() {
 				return nil

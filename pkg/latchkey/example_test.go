@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/latchkey-dev/latchkey/pkg/latchkey"
+	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
 
 // standIn answers like Latchkey for one valid key, and counts reports. In
@@ -19,21 +20,21 @@ func standIn() (*httptest.Server, func() int) {
 	var mu sync.Mutex
 	reported := 0
 	mux := http.NewServeMux()
-	mux.HandleFunc("/authorize", func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Authorization") != "Bearer lk_caller" {
+	mux.HandleFunc(protocol.PathAuthorize, func(w http.ResponseWriter, r *http.Request) {
+		if key, _ := protocol.BearerToken(r.Header.Get("Authorization")); key != "lk_caller" {
 			w.WriteHeader(http.StatusUnauthorized)
 			return
 		}
-		w.Header().Set("X-Latchkey-Tenant", "payments")
-		w.Header().Set("X-Latchkey-Key", "payments/ci")
+		w.Header().Set(protocol.HeaderTenant, "payments")
+		w.Header().Set(protocol.HeaderKey, "payments/ci")
 	})
-	mux.HandleFunc("/v1/executions", func(w http.ResponseWriter, r *http.Request) {
-		var batch struct{ Executions []json.RawMessage }
+	mux.HandleFunc(protocol.PathExecutions, func(w http.ResponseWriter, r *http.Request) {
+		var batch protocol.Batch
 		_ = json.NewDecoder(r.Body).Decode(&batch)
 		mu.Lock()
 		reported += len(batch.Executions)
 		mu.Unlock()
-		_, _ = io.WriteString(w, `{"applied":true}`)
+		_ = json.NewEncoder(w).Encode(protocol.ExecutionsResponse{Applied: true, Executions: len(batch.Executions)})
 	})
 	return httptest.NewServer(mux), func() int { mu.Lock(); defer mu.Unlock(); return reported }
 }
@@ -58,7 +59,7 @@ func Example() {
 
 	for _, key := range []string{"lk_caller", "lk_wrong"} {
 		req, _ := http.NewRequest(http.MethodGet, service.URL, nil)
-		req.Header.Set("Authorization", "Bearer "+key)
+		req.Header.Set("Authorization", protocol.Bearer(key))
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			panic(err)

@@ -31,6 +31,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
 
 // Verification is how the middleware checks a key.
@@ -42,11 +44,6 @@ const (
 	// TokenReview uses Latchkey's TokenReview endpoint.
 	TokenReview Verification = "tokenreview"
 )
-
-// Audience is what a TokenReview asks a key to be valid for: Latchkey's
-// own (the manager's --token-audiences default). A review naming none
-// would ask for the Kubernetes API server's audience.
-const Audience = "latchkey.dev"
 
 // Config configures a Client. Only Endpoint is required.
 type Config struct {
@@ -92,7 +89,7 @@ func CallerFrom(ctx context.Context) (Caller, bool) {
 // Client authenticates requests and reports executions.
 type Client struct {
 	cfg     Config
-	reports chan execution
+	reports chan protocol.Execution
 	dropped atomic.Int64
 	done    chan struct{}
 	// closeMu guards closed and the closing of reports against enqueue.
@@ -106,13 +103,6 @@ type Client struct {
 type cached struct {
 	caller  Caller
 	expires time.Time
-}
-
-type execution struct {
-	ID         string     `json:"id"`
-	State      string     `json:"state"`
-	StartedAt  time.Time  `json:"startedAt"`
-	FinishedAt *time.Time `json:"finishedAt,omitempty"`
 }
 
 // New returns a Client and starts its reporter.
@@ -130,7 +120,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.APIKey == "" {
 		cfg.APIKey = os.Getenv("LATCHKEY_API_KEY")
 	}
-	if cfg.BatchSize <= 0 || cfg.BatchSize > 1000 {
+	if cfg.BatchSize <= 0 || cfg.BatchSize > protocol.MaxBatchExecutions {
 		cfg.BatchSize = 100
 	}
 	if cfg.FlushInterval <= 0 {
@@ -145,7 +135,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
-	c := &Client{cfg: cfg, reports: make(chan execution, cfg.BufferSize), done: make(chan struct{}), cache: map[[32]byte]cached{}}
+	c := &Client{cfg: cfg, reports: make(chan protocol.Execution, cfg.BufferSize), done: make(chan struct{}), cache: map[[32]byte]cached{}}
 	go c.report()
 	return c, nil
 }
@@ -156,7 +146,7 @@ func (c *Client) Dropped() int64 { return c.dropped.Load() }
 // Middleware authenticates each request and reports it as an execution.
 func (c *Client) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		key, ok := bearer(r.Header.Get("Authorization"))
+		key, ok := protocol.BearerToken(r.Header.Get("Authorization"))
 		if !ok {
 			unauthorized(w)
 			return
@@ -182,14 +172,14 @@ func (c *Client) Middleware(next http.Handler) http.Handler {
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), callerKey{}, caller)))
 		finished := time.Now()
-		state := "succeeded"
+		state := protocol.Succeeded
 		switch {
 		case r.Context().Err() != nil:
-			state = "cancelled"
+			state = protocol.Cancelled
 		case rec.status >= 500:
-			state = "failed"
+			state = protocol.Failed
 		}
-		c.enqueue(execution{ID: newID(), State: state, StartedAt: started.UTC(), FinishedAt: ptr(finished.UTC())})
+		c.enqueue(protocol.Execution{ID: newID(), State: state, StartedAt: started.UTC(), FinishedAt: ptr(finished.UTC())})
 	})
 }
 
@@ -244,13 +234,13 @@ func (c *Client) verify(ctx context.Context, key, addr string) (Caller, error) {
 }
 
 func (c *Client) authorize(ctx context.Context, key, addr string) (Caller, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.cfg.Endpoint+"/authorize", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.cfg.Endpoint+protocol.PathAuthorize, nil)
 	if err != nil {
 		return Caller{}, err
 	}
-	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Authorization", protocol.Bearer(key))
 	if addr != "" {
-		req.Header.Set("X-Real-IP", addr)
+		req.Header.Set(protocol.HeaderClientAddress, addr)
 	}
 	resp, err := c.cfg.HTTPClient.Do(req)
 	if err != nil {
@@ -259,21 +249,21 @@ func (c *Client) authorize(ctx context.Context, key, addr string) (Caller, error
 	_ = resp.Body.Close()
 	switch resp.StatusCode {
 	case http.StatusOK:
-		return Caller{Tenant: resp.Header.Get("X-Latchkey-Tenant"), Key: resp.Header.Get("X-Latchkey-Key")}, nil
+		return Caller{Tenant: resp.Header.Get(protocol.HeaderTenant), Key: resp.Header.Get(protocol.HeaderKey)}, nil
 	case http.StatusUnauthorized, http.StatusForbidden:
 		return Caller{}, ErrInvalidKey
 	case http.StatusTooManyRequests:
 		return Caller{}, &TooManyFailuresError{RetryAfter: resp.Header.Get("Retry-After")}
 	default:
-		return Caller{}, fmt.Errorf("latchkey: /authorize answered %d", resp.StatusCode)
+		return Caller{}, fmt.Errorf("latchkey: %s answered %d", protocol.PathAuthorize, resp.StatusCode)
 	}
 }
 
 func (c *Client) tokenReview(ctx context.Context, key string) (Caller, error) {
 	body, _ := json.Marshal(map[string]any{
-		"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": map[string]any{"token": key, "audiences": []string{Audience}},
+		"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": map[string]any{"token": key, "audiences": []string{protocol.Audience}},
 	})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.cfg.Endpoint+"/tokenreview", bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.cfg.Endpoint+protocol.PathTokenReview, bytes.NewReader(body))
 	if err != nil {
 		return Caller{}, err
 	}
@@ -284,14 +274,13 @@ func (c *Client) tokenReview(ctx context.Context, key string) (Caller, error) {
 	}
 	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode != http.StatusOK {
-		return Caller{}, fmt.Errorf("latchkey: /tokenreview answered %d", resp.StatusCode)
+		return Caller{}, fmt.Errorf("latchkey: %s answered %d", protocol.PathTokenReview, resp.StatusCode)
 	}
 	var review struct {
 		Status struct {
 			Authenticated bool `json:"authenticated"`
 			User          struct {
-				Username string   `json:"username"`
-				Groups   []string `json:"groups"`
+				Username string `json:"username"`
 			} `json:"user"`
 		} `json:"status"`
 	}
@@ -301,19 +290,14 @@ func (c *Client) tokenReview(ctx context.Context, key string) (Caller, error) {
 	if !review.Status.Authenticated {
 		return Caller{}, ErrInvalidKey
 	}
-	var caller Caller
-	for _, g := range review.Status.User.Groups {
-		if t, ok := strings.CutPrefix(g, "latchkey:tenant:"); ok {
-			caller.Tenant = t
-		}
+	tenant, name, ok := protocol.ParseUsername(review.Status.User.Username)
+	if !ok {
+		return Caller{}, fmt.Errorf("latchkey: %s authenticated a user that is not a key's", protocol.PathTokenReview)
 	}
-	if name, ok := strings.CutPrefix(review.Status.User.Username, "latchkey:"+caller.Tenant+":"); ok {
-		caller.Key = caller.Tenant + "/" + name
-	}
-	return caller, nil
+	return Caller{Tenant: tenant, Key: tenant + "/" + name}, nil
 }
 
-func (c *Client) enqueue(e execution) {
+func (c *Client) enqueue(e protocol.Execution) {
 	if c.cfg.APIKey == "" {
 		return
 	}
@@ -335,7 +319,7 @@ func (c *Client) report() {
 	defer close(c.done)
 	tick := time.NewTicker(c.cfg.FlushInterval)
 	defer tick.Stop()
-	var batch []execution
+	var batch []protocol.Execution
 	flush := func() {
 		if len(batch) > 0 {
 			c.send(batch)
@@ -361,8 +345,8 @@ func (c *Client) report() {
 
 // send posts one batch, retrying with the same idempotency key until it is
 // acknowledged, refused as invalid, or out of attempts.
-func (c *Client) send(batch []execution) {
-	body, _ := json.Marshal(map[string]any{"idempotencyKey": newID(), "executions": batch})
+func (c *Client) send(batch []protocol.Execution) {
+	body, _ := json.Marshal(protocol.Batch{IdempotencyKey: newID(), Executions: batch})
 	wait := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		status, err := c.post(body)
@@ -382,11 +366,11 @@ func (c *Client) send(batch []execution) {
 }
 
 func (c *Client) post(body []byte) (int, error) {
-	req, err := http.NewRequest(http.MethodPost, c.cfg.Endpoint+"/v1/executions", bytes.NewReader(body))
+	req, err := http.NewRequest(http.MethodPost, c.cfg.Endpoint+protocol.PathExecutions, bytes.NewReader(body))
 	if err != nil {
 		return 0, err
 	}
-	req.Header.Set("Authorization", "Bearer "+c.cfg.APIKey)
+	req.Header.Set("Authorization", protocol.Bearer(c.cfg.APIKey))
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.cfg.HTTPClient.Do(req)
 	if err != nil {
@@ -427,13 +411,6 @@ func (s *statusRecorder) WriteHeader(code int) {
 
 func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
-func bearer(h string) (string, bool) {
-	if len(h) < 8 || !strings.EqualFold(h[:7], "bearer ") || strings.ContainsAny(h[7:], " \t") {
-		return "", false
-	}
-	return h[7:], true
-}
-
 // callerAddr is the address of the caller of this service.
 func callerAddr(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
@@ -444,7 +421,7 @@ func callerAddr(r *http.Request) string {
 }
 
 func unauthorized(w http.ResponseWriter) {
-	w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+	w.Header().Set("WWW-Authenticate", protocol.Challenge(""))
 	http.Error(w, "a valid Latchkey API key is required", http.StatusUnauthorized)
 }
 

@@ -5,23 +5,25 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"sort"
+	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
 
 // TestOutcomes checks how answers map to execution states, against a
 // stand-in that records what is reported.
 func TestOutcomes(t *testing.T) {
 	var mu sync.Mutex
-	var states []string
+	var states []protocol.State
 	latchkeyServer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
-		case "/authorize":
-			w.Header().Set("X-Latchkey-Tenant", "t")
-		case "/v1/executions":
-			var b struct{ Executions []execution }
+		case protocol.PathAuthorize:
+			w.Header().Set(protocol.HeaderTenant, "t")
+		case protocol.PathExecutions:
+			var b protocol.Batch
 			_ = json.NewDecoder(r.Body).Decode(&b)
 			mu.Lock()
 			for _, e := range b.Executions {
@@ -72,8 +74,8 @@ func TestOutcomes(t *testing.T) {
 	if err := lk.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	sort.Strings(states)
-	want := []string{"cancelled", "failed", "succeeded", "succeeded", "succeeded"}
+	slices.Sort(states)
+	want := []protocol.State{protocol.Cancelled, protocol.Failed, protocol.Succeeded, protocol.Succeeded, protocol.Succeeded}
 	if len(states) != len(want) {
 		t.Fatalf("reported %v, want %v", states, want)
 	}
@@ -91,7 +93,7 @@ func TestBufferIsBounded(t *testing.T) {
 	defer close(blocked)
 	lk, _ := New(Config{Endpoint: latchkeyServer.URL, APIKey: "k", BufferSize: 10, BatchSize: 1, MaxAttempts: 1})
 	for range 100 {
-		lk.enqueue(execution{ID: newID(), State: "succeeded"})
+		lk.enqueue(protocol.Execution{ID: newID(), State: protocol.Succeeded})
 	}
 	if lk.Dropped() < 80 {
 		t.Fatalf("only %d of 100 dropped with a buffer of 10 and a stuck Latchkey", lk.Dropped())
