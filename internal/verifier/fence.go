@@ -254,15 +254,29 @@ func (c *FenceConfirmer) revoked(ctx context.Context, f *fence) (bool, error) {
 	key := &authv1alpha1.ApiKey{}
 	err := c.Reader.Get(ctx, f.key, key)
 	switch {
-	case apierrors.IsNotFound(err):
-		return true, nil
+	case apierrors.IsNotFound(err) || (err == nil && key.UID != f.uid):
+		// Gone, or the name reused — or a review that named the key's UID
+		// under another name: only the UID says which.
+		return c.revokedByUID(ctx, f)
 	case err != nil:
 		return false, err
-	case key.UID != f.uid:
-		// The name was reused: the fenced key itself is gone.
-		return true, nil
 	}
 	return key.Spec.Revoked || !key.DeletionTimestamp.IsZero(), nil
+}
+
+// revokedByUID looks for f's key by UID among its namespace's ApiKeys: it
+// is revoked if it is nowhere, or revoked or being deleted where it is.
+func (c *FenceConfirmer) revokedByUID(ctx context.Context, f *fence) (bool, error) {
+	var list authv1alpha1.ApiKeyList
+	if err := c.Reader.List(ctx, &list, client.InNamespace(f.key.Namespace)); err != nil {
+		return false, err
+	}
+	for i := range list.Items {
+		if k := &list.Items[i]; k.UID == f.uid {
+			return k.Spec.Revoked || !k.DeletionTimestamp.IsZero(), nil
+		}
+	}
+	return true, nil
 }
 
 // ring is a FIFO of fences over a slice that is reused as it drains.

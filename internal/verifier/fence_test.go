@@ -108,21 +108,37 @@ func (r *apiKeyReader) Get(_ context.Context, nn types.NamespacedName, obj clien
 	return nil
 }
 
+func (r *apiKeyReader) List(_ context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	o := (&client.ListOptions{}).ApplyOptions(opts)
+	l := list.(*authv1alpha1.ApiKeyList)
+	for nn, k := range r.keys {
+		if nn.Namespace == o.Namespace {
+			l.Items = append(l.Items, *k.DeepCopy())
+		}
+	}
+	return nil
+}
+
 func TestConfirmerDropsFencesTheAPIServerDoesNotConfirm(t *testing.T) {
 	f := newFixture(t)
 	f.v = New(f.clk, 30*time.Second, WithFenceConfirmAfter(time.Second))
 	// live is neither revoked nor being deleted: its fence was forged.
 	// The others' revocations are real, and the watch has not shown them.
 	live, revoked, deleting, renamed, gone := apiKey(1), apiKey(2), apiKey(3), apiKey(4), apiKey(5)
+	// misnamed is a live key that a forged review named by its UID under
+	// a name nothing has: the UID decides.
+	misnamedKey := apiKey(6)
+	misnamed := misnamedKey.DeepCopy()
+	misnamed.Name = "no-such-key"
 	revoked.Spec.Revoked = true
 	deleting.DeletionTimestamp = &metav1.Time{Time: f.clk.Now()}
 	other := apiKey(4) // renamed's name now holds another key
 	other.UID = "uid-other"
 	reader := &apiKeyReader{reads: make(chan types.NamespacedName, 10), keys: map[types.NamespacedName]*authv1alpha1.ApiKey{}}
-	for _, k := range []*authv1alpha1.ApiKey{live, revoked, deleting, other} {
+	for _, k := range []*authv1alpha1.ApiKey{live, revoked, deleting, other, misnamedKey} {
 		reader.keys[types.NamespacedName{Namespace: k.Namespace, Name: k.Name}] = k
 	}
-	for _, k := range []*authv1alpha1.ApiKey{live, revoked, deleting, renamed, gone} {
+	for _, k := range []*authv1alpha1.ApiKey{misnamed, live, revoked, deleting, renamed, gone} {
 		f.v.SetKey(&authv1alpha1.ApiKey{ObjectMeta: k.ObjectMeta}) // the watch: all live
 		if err := f.v.Fence(context.Background(), k); err != nil {
 			t.Fatal(err)
@@ -143,20 +159,20 @@ func TestConfirmerDropsFencesTheAPIServerDoesNotConfirm(t *testing.T) {
 	default:
 	}
 	f.clk.Step(time.Second)
-	for range 5 {
+	for range 6 {
 		select {
 		case <-reader.reads:
 		case <-time.After(10 * time.Second):
 			t.Fatal("the confirmer did not read every fenced key")
 		}
 	}
-	// Checks run one at a time, so live's (the first) was acted on
-	// before the last read; the others change nothing.
+	// Checks run one at a time, in the order of the fences, so misnamed's
+	// and live's were acted on before the last read; the others change nothing.
 	now := f.clk.Now()
 	for _, tt := range []struct {
 		key  *authv1alpha1.ApiKey
 		held bool
-	}{{live, false}, {revoked, true}, {deleting, true}, {renamed, true}, {gone, true}} {
+	}{{live, false}, {revoked, true}, {deleting, true}, {renamed, true}, {gone, true}, {misnamed, false}} {
 		if got := f.v.fences.holds(tt.key.UID, now); got != tt.held {
 			t.Errorf("%s: fenced = %v, want %v", tt.key.Name, got, tt.held)
 		}
