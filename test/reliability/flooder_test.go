@@ -147,7 +147,7 @@ func runFlooder(cpu string) int {
 		var err error
 		switch {
 		case spec.Connections != nil:
-			r, err = connectionFlood(spec)
+			r = connectionFlood(spec)
 		case spec.Admission != nil:
 			r, err = fenceFlood(spec)
 		default:

@@ -135,7 +135,7 @@ func (r *connectionReport) add(o connectionReport) {
 
 // connectionFlood opens every connection (answering "flooding" once all
 // are tried), trickles their bodies, and holds them until the flood ends.
-func connectionFlood(spec floodSpec) (floodReport, error) {
+func connectionFlood(spec floodSpec) floodReport {
 	cs := spec.Connections
 	start := time.Now()
 	end := start.Add(spec.Duration)
@@ -200,7 +200,7 @@ func connectionFlood(spec floodSpec) (floodReport, error) {
 	n := int64(cs.PerAddress * len(cs.From))
 	return floodReport{Elapsed: time.Since(start), Connections: connectionReport{
 		Attempts: n, Opened: opened.Load(), Refused: refused.Load(), Cut: cut.Load(),
-	}}, nil
+	}}
 }
 
 // splitCPUs gives CPU 0 to the servers (the operator's process or
@@ -317,8 +317,9 @@ func TestFenceFlood(t *testing.T) {
 	slow(t)
 	p, key, raw := managerServing(t, "victim")
 	g := NewWithT(t)
-	var requests [][]byte
-	for _, op := range []admissionv1.Operation{admissionv1.Delete, admissionv1.Update} {
+	ops := []admissionv1.Operation{admissionv1.Delete, admissionv1.Update}
+	requests := make([][]byte, 0, len(ops))
+	for _, op := range ops {
 		review, err := testenv.ForgedAdmissionReview(key, op)
 		g.Expect(err).NotTo(HaveOccurred())
 		requests = append(requests, fmt.Appendf(nil, "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
@@ -379,7 +380,7 @@ func TestConnectionFlood(t *testing.T) {
 	}{{"one address", []string{"127.0.0.2"}, 200}, {"32 addresses", many, 48}}
 	const pairs, round, hold = 4, 2 * time.Second, 12 * time.Second
 	rssBefore := p.RSS(t)
-	var figures []string
+	figures := make([]string, 0, len(shapes))
 	for _, shape := range shapes {
 		var flood floodReport
 		var rss int64
