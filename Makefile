@@ -71,7 +71,7 @@ reliability: envtest ## Run every reliability case (faults, floods, leaks, privi
 		go test -count=1 -timeout 60m -v ./test/reliability/ | grep -E '^CASE|^[0-9]{2} |^ok|FAIL|panic'
 
 FUZZ_TARGETS = ./internal/keys:FuzzParse ./internal/keys:FuzzGenerateRoundTrip \
-	./internal/endpoints:FuzzDecodeTokenReview ./internal/endpoints:FuzzBearerToken \
+	./internal/endpoints:FuzzDecodeTokenReview ./pkg/protocol:FuzzBearerToken \
 	./internal/usage:FuzzDecodeAndApply
 
 .PHONY: fuzz-corpus
