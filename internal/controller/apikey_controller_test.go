@@ -126,15 +126,20 @@ func TestSecretNotCreatedByLatchkeyIsNeverTouched(t *testing.T) {
 	g.Expect(meta.IsStatusConditionTrue(key.Status.Conditions, authv1alpha1.ConditionKeyDelivered)).To(BeTrue())
 }
 
+// activeKeyCheckedOften starts a manager that looks at Secrets every 300
+// ms and mints key k in a new namespace; it returns them and the key's hash.
+func activeKeyCheckedOften(t *testing.T, g Gomega) (string, *authv1alpha1.ApiKey, string) {
+	ns := env.Namespace(t)
+	startManager(t, ns, managerOptions{secretCheckInterval: 300 * time.Millisecond})
+	g.Expect(env.Client.Create(context.Background(), newKey(ns, "k", authv1alpha1.ApiKeySpec{}))).To(Succeed())
+	key := waitForPhase(t, ns, "k", authv1alpha1.PhaseActive)
+	return ns, key, getRecord(g, key).Spec.Hash
+}
+
 func TestSecretDeletedByUserKeepsKeyWorking(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
-	ns := env.Namespace(t)
-	startManager(t, ns, managerOptions{secretCheckInterval: 300 * time.Millisecond})
-
-	g.Expect(env.Client.Create(ctx, newKey(ns, "k", authv1alpha1.ApiKeySpec{}))).To(Succeed())
-	key := waitForPhase(t, ns, "k", authv1alpha1.PhaseActive)
-	hash := getRecord(g, key).Spec.Hash
+	ns, key, hash := activeKeyCheckedOften(t, g)
 	g.Expect(env.Client.Delete(ctx, getSecret(g, ns, "k"))).To(Succeed())
 
 	g.Eventually(func(g Gomega) {
@@ -295,12 +300,7 @@ func TestForgedSecretIsNeverAdopted(t *testing.T) {
 func TestSecretWhoseKeyWasReplacedIsReported(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
-	ns := env.Namespace(t)
-	startManager(t, ns, managerOptions{secretCheckInterval: 300 * time.Millisecond})
-
-	g.Expect(env.Client.Create(ctx, newKey(ns, "k", authv1alpha1.ApiKeySpec{}))).To(Succeed())
-	key := waitForPhase(t, ns, "k", authv1alpha1.PhaseActive)
-	hash := getRecord(g, key).Spec.Hash
+	ns, key, hash := activeKeyCheckedOften(t, g)
 	secret := getSecret(g, ns, "k")
 	base := secret.DeepCopy()
 	secret.Data[authv1alpha1.SecretKeyAPIKey] = []byte(strings.Repeat("0", 64))
