@@ -139,7 +139,7 @@ func activeKeyCheckedOften(t *testing.T, g Gomega) (string, *authv1alpha1.ApiKey
 func TestSecretDeletedByUserKeepsKeyWorking(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
-	ns, key, hash := activeKeyCheckedOften(t, g)
+	ns, _, hash := activeKeyCheckedOften(t, g)
 	g.Expect(env.Client.Delete(ctx, getSecret(g, ns, "k"))).To(Succeed())
 
 	g.Eventually(func(g Gomega) {
@@ -148,7 +148,7 @@ func TestSecretDeletedByUserKeepsKeyWorking(t *testing.T) {
 		g.Expect(cond.Reason).To(Equal(authv1alpha1.ReasonSecretMissing))
 		g.Expect(cond.Message).To(ContainSubstring("still works"))
 	}).WithTimeout(10 * time.Second).Should(Succeed())
-	key = getKey(g, ns, "k")
+	key := getKey(g, ns, "k")
 	g.Expect(key.Status.Phase).To(Equal(authv1alpha1.PhaseActive))
 	record := getRecord(g, key)
 	g.Expect(record.Spec.Revoked).To(BeFalse())
