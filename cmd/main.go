@@ -30,6 +30,7 @@ import (
 	"github.com/latchkey-dev/latchkey/internal/operator"
 	"github.com/latchkey-dev/latchkey/internal/scheme"
 	"github.com/latchkey-dev/latchkey/internal/serving"
+	"github.com/latchkey-dev/latchkey/internal/usage/activity"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 )
 
@@ -95,7 +96,7 @@ func main() {
 	flag.IntVar(&kubeAPIBurst, "kube-api-burst", controller.DefaultKubeAPIBurst, "Burst of queries to the API server.")
 	flag.DurationVar(&fenceTTL, "fence-ttl", verifier.DefaultFenceTTL,
 		"How long a key stays fenced after its revocation is admitted, if the revocation is never seen persisted.")
-	flag.DurationVar(&lastUsedInterval, "last-used-interval", verifier.DefaultLastUsedInterval,
+	flag.DurationVar(&lastUsedInterval, "last-used-interval", activity.DefaultLastUsedInterval,
 		"How often keys' last use is written to their status (at most one write per key per interval).")
 	flag.Float64Var(&failureRate, "failed-auth-rate", 10,
 		"Failed verifications at /authorize and /whoami allowed per second per client address before 429 (0 disables the limit).")

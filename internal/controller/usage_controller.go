@@ -20,7 +20,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
-	"github.com/latchkey-dev/latchkey/internal/ledger"
 	"github.com/latchkey-dev/latchkey/internal/usage"
 )
 
@@ -51,7 +50,7 @@ func (r *UsageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	}
 
 	l := &authv1alpha1.UsageLedger{}
-	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: u.Namespace, Name: ledger.Name}, l); client.IgnoreNotFound(err) != nil {
+	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: u.Namespace, Name: authv1alpha1.UsageLedgerStateName}, l); client.IgnoreNotFound(err) != nil {
 		return ctrl.Result{}, err
 	}
 	counts, err := r.countKeys(ctx, u.Namespace)
@@ -157,7 +156,7 @@ func (r *UsageReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&authv1alpha1.Usage{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&authv1alpha1.ApiKey{}, toUsage).
 		Watches(&authv1alpha1.UsageLedger{}, toUsage, builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
-			return o.GetName() == ledger.Name // batch-key segments change no summary
+			return o.GetName() == authv1alpha1.UsageLedgerStateName // batch-key segments change no summary
 		}))).
 		Named("usage").
 		Complete(r)

@@ -12,8 +12,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
-	"github.com/latchkey-dev/latchkey/internal/ledger"
 	"github.com/latchkey-dev/latchkey/internal/usage"
+	"github.com/latchkey-dev/latchkey/internal/usage/store"
 )
 
 // TestUsageWindowRollsOverAtUTCMidnight summarises a ledger with an injected
@@ -32,10 +32,10 @@ func TestUsageWindowRollsOverAtUTCMidnight(t *testing.T) {
 	g.Expect(env.Client.Get(ctx, req.NamespacedName, &authv1alpha1.Usage{})).NotTo(Succeed(), "no Usage without an ApiKey")
 
 	g.Expect(env.Client.Create(ctx, newKey(ns, "k", authv1alpha1.ApiKeySpec{}))).To(Succeed())
-	store := &ledger.Store{Client: env.Client, Reader: env.Client, Clock: clk}
+	ledgers := &store.Store{Client: env.Client, Reader: env.Client, Clock: clk}
 	started := time.Date(2026, 11, 16, 9, 0, 0, 0, time.UTC) // six days ago
 	finished := started.Add(3 * time.Second)
-	_, err = store.Apply(ctx, ns, "svc", &usage.Batch{IdempotencyKey: "b", Executions: []usage.Execution{
+	_, err = ledgers.Report(ctx, ns, "svc", &usage.Batch{IdempotencyKey: "b", Executions: []usage.Execution{
 		{ID: "old", State: usage.Succeeded, StartedAt: started, FinishedAt: &finished},
 		{ID: "now", State: usage.Running, StartedAt: clk.Now().Add(-time.Hour)},
 	}})

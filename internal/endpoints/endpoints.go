@@ -15,6 +15,7 @@ import (
 	authnv1 "k8s.io/api/authentication/v1"
 	"k8s.io/utils/clock"
 
+	"github.com/latchkey-dev/latchkey/internal/metrics"
 	"github.com/latchkey-dev/latchkey/internal/usage"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 	"github.com/latchkey-dev/latchkey/pkg/protocol"
@@ -32,14 +33,15 @@ const MaxBodyBytes = 64 << 10
 // Server answers verification requests from the verifier's index.
 type Server struct {
 	Verifier *verifier.Verifier
-	// Activity is told of every verification of a known key.
+	// Activity is told of every verification of a known key: the identity
+	// of one allowed, the tenant of one refused.
 	Activity interface {
 		Allowed(verifier.Identity)
-		Denied(verifier.Identity)
+		Denied(tenant string)
 	}
-	// Reports applies execution reports; nil disables /v1/executions.
+	// Reports records execution reports; nil disables /v1/executions.
 	Reports interface {
-		Apply(ctx context.Context, tenant, reporter string, b *usage.Batch) (bool, error)
+		Report(ctx context.Context, tenant, reporter string, b *usage.Batch) (bool, error)
 	}
 	// Limiter limits failed attempts at /authorize and /whoami per client
 	// address; nil disables it.
@@ -54,7 +56,8 @@ type Server struct {
 	// empty, keys are not Kubernetes credentials.
 	APIServerAudiences []string
 	Clock              clock.PassiveClock
-	Metrics            *Metrics
+	// Metrics receives the verification counts and durations; nil is none.
+	Metrics *metrics.Metrics
 }
 
 // Register adds the endpoints to a mux, such as the webhook server.
@@ -124,14 +127,14 @@ func (s *Server) verifyBearer(w http.ResponseWriter, r *http.Request, endpoint s
 		id, err = s.Verifier.Verify(token)
 	}
 	if err != nil {
-		s.denied(id)
+		s.denied(err)
 		if s.limited(w, r, endpoint) {
-			return id, false
+			return verifier.Identity{}, false
 		}
 		s.count(endpoint, resultOf(err))
 		w.Header().Set("WWW-Authenticate", protocol.Challenge(err.Error()))
 		http.Error(w, err.Error(), http.StatusUnauthorized)
-		return id, false
+		return verifier.Identity{}, false
 	}
 	s.count(endpoint, "allowed")
 	if s.Activity != nil {
@@ -169,7 +172,7 @@ func (s *Server) TokenReview(w http.ResponseWriter, r *http.Request) {
 		// A reviewer asks on behalf of its callers, so their failures are
 		// not charged to its address: a 429 would refuse its other callers,
 		// and kube-apiserver retries 429s, multiplying a flood.
-		s.denied(id)
+		s.denied(verr)
 		s.count("tokenreview", resultOf(verr))
 		review.Status.Error = verr.Error()
 	default:
@@ -261,9 +264,11 @@ func (s *Server) limited(w http.ResponseWriter, r *http.Request, endpoint string
 	return true
 }
 
-func (s *Server) denied(id verifier.Identity) {
-	if s.Activity != nil {
-		s.Activity.Denied(id)
+// denied counts a refused known key for its tenant.
+func (s *Server) denied(err error) {
+	var refused *verifier.RefusedError
+	if s.Activity != nil && errors.As(err, &refused) {
+		s.Activity.Denied(refused.Tenant)
 	}
 }
 
@@ -283,16 +288,10 @@ func (s *Server) badRequest(w http.ResponseWriter, endpoint, reason string) {
 	http.Error(w, reason, http.StatusBadRequest)
 }
 
-func (s *Server) count(endpoint, result string) {
-	if s.Metrics != nil {
-		s.Metrics.Verifications.WithLabelValues(endpoint, result).Inc()
-	}
-}
+func (s *Server) count(endpoint, result string) { s.Metrics.Verified(endpoint, result) }
 
 func (s *Server) observe(endpoint string, start time.Time) {
-	if s.Metrics != nil {
-		s.Metrics.Latency.WithLabelValues(endpoint).Observe(s.Clock.Since(start).Seconds())
-	}
+	s.Metrics.Answered(endpoint, s.Clock.Since(start))
 }
 
 func resultOf(err error) string {

@@ -22,6 +22,7 @@ import (
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/keys"
+	"github.com/latchkey-dev/latchkey/internal/metrics"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 	"github.com/latchkey-dev/latchkey/internal/verifier/verifiertest"
 	"github.com/latchkey-dev/latchkey/pkg/latchkey"
@@ -29,11 +30,16 @@ import (
 )
 
 type usesSeen struct {
-	mu  sync.Mutex
-	ids []verifier.Identity
+	mu     sync.Mutex
+	ids    []verifier.Identity
+	denied []string // tenants
 }
 
-func (u *usesSeen) Denied(verifier.Identity) {}
+func (u *usesSeen) Denied(tenant string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.denied = append(u.denied, tenant)
+}
 
 func (u *usesSeen) Allowed(id verifier.Identity) {
 	u.mu.Lock()
@@ -94,7 +100,7 @@ func newRig(t *testing.T, s *Server) *rig {
 		}
 	}
 	s.Verifier, s.Clock, s.Activity = v, clk, r.uses
-	s.Metrics = NewMetrics(prometheus.NewRegistry(), v, s.Limiter)
+	s.Metrics = metrics.New(prometheus.NewRegistry())
 	mux := http.NewServeMux()
 	s.Register(mux.Handle)
 	r.srv = httptest.NewTLSServer(mux)

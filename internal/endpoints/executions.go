@@ -35,7 +35,7 @@ func (s *Server) Executions(w http.ResponseWriter, r *http.Request) {
 		s.badRequest(w, "executions", err.Error())
 		return
 	}
-	applied, err := s.Reports.Apply(r.Context(), id.Tenant, id.KeyName, batch)
+	applied, err := s.Reports.Report(r.Context(), id.Tenant, id.KeyName, batch)
 	var invalid *usage.InvalidError
 	switch {
 	case errors.As(err, &invalid):

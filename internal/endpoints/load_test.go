@@ -16,7 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/clock"
 
-	"github.com/latchkey-dev/latchkey/internal/verifier"
+	"github.com/latchkey-dev/latchkey/internal/metrics"
+	"github.com/latchkey-dev/latchkey/internal/usage/activity"
 	"github.com/latchkey-dev/latchkey/internal/verifier/verifiertest"
 	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
@@ -34,9 +35,9 @@ func BenchmarkLoadAuthorize(b *testing.B) {
 	clk := clock.RealClock{}
 	s := &Server{
 		Verifier: v, Clock: clk,
-		Activity: verifier.NewActivity(nil, nil, clk, time.Hour, nil),
+		Activity: activity.New(nil, nil, clk, time.Hour, nil),
 		Limiter:  NewFailureLimiter(10, 50, nil),
-		Metrics:  NewMetrics(prometheus.NewRegistry(), v, nil),
+		Metrics:  metrics.New(prometheus.NewRegistry()),
 	}
 	mux := http.NewServeMux()
 	s.Register(mux.Handle)

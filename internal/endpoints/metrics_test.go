@@ -2,34 +2,37 @@ package endpoints
 
 import (
 	"net/http"
+	"slices"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/latchkey-dev/latchkey/internal/metrics"
 	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
 
-func TestMetricsAreExported(t *testing.T) {
+func TestVerificationsAreCountedByEndpointAndResult(t *testing.T) {
 	s := &Server{}
 	r := newRig(t, s)
-	reg := prometheus.NewRegistry()
-	s.Metrics = NewMetrics(reg, s.Verifier, s.Limiter)
+	m := metrics.New(prometheus.NewRegistry())
+	s.Metrics = m
 	r.do(t, http.MethodGet, protocol.PathAuthorize, nil, http.Header{"Authorization": {"Bearer " + r.active}})
 	r.do(t, http.MethodGet, protocol.PathAuthorize, nil, http.Header{"Authorization": {"Bearer " + r.revoked}})
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]bool{}
-	for _, f := range families {
-		got[f.GetName()] = true
-	}
-	for _, name := range []string{
-		"latchkey_verifications_total", "latchkey_verification_duration_seconds",
-		"latchkey_index_keys", "latchkey_fences", "latchkey_refusals_held",
-	} {
-		if !got[name] {
-			t.Errorf("metric %s is not exported", name)
+	r.do(t, http.MethodGet, protocol.PathAuthorize, nil, http.Header{"Authorization": {"Bearer " + r.active + "x"}})
+	for _, result := range []string{"allowed", "revoked", "malformed"} {
+		if n := testutil.ToFloat64(m.Verifications.WithLabelValues("authorize", result)); n != 1 {
+			t.Errorf("latchkey_verifications_total{endpoint=authorize,result=%s} = %v, want 1", result, n)
 		}
+	}
+	if n := testutil.CollectAndCount(m.VerificationDuration); n != 1 {
+		t.Errorf("latchkey_verification_duration_seconds has %d series, want authorize's", n)
+	}
+	// The revoked key's refusal is counted for its tenant; the malformed
+	// one has no tenant to count it for.
+	r.uses.mu.Lock()
+	defer r.uses.mu.Unlock()
+	if !slices.Equal(r.uses.denied, []string{"tenant-a"}) {
+		t.Errorf("refusals counted for %q, want tenant-a's once", r.uses.denied)
 	}
 }

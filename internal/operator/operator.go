@@ -24,8 +24,10 @@ import (
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/controller"
 	"github.com/latchkey-dev/latchkey/internal/endpoints"
-	"github.com/latchkey-dev/latchkey/internal/ledger"
+	"github.com/latchkey-dev/latchkey/internal/metrics"
 	"github.com/latchkey-dev/latchkey/internal/serving"
+	"github.com/latchkey-dev/latchkey/internal/usage/activity"
+	"github.com/latchkey-dev/latchkey/internal/usage/store"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 	webhookv1alpha1 "github.com/latchkey-dev/latchkey/webhook/v1alpha1"
 )
@@ -34,7 +36,7 @@ import (
 type Options struct {
 	Clock  clock.Clock
 	Random io.Reader
-	// Registry receives the verification metrics.
+	// Registry receives Latchkey's metrics (package metrics lists them).
 	Registry prometheus.Registerer
 
 	MaxConcurrentReconciles int
@@ -75,8 +77,8 @@ type Options struct {
 // Operator is what Setup wired, for callers that look inside (tests).
 type Operator struct {
 	Verifier *verifier.Verifier
-	Activity *verifier.Activity
-	Metrics  *endpoints.Metrics
+	Activity *activity.Recorder
+	Metrics  *metrics.Metrics
 }
 
 // Setup adds everything Latchkey runs to mgr.
@@ -114,22 +116,24 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 	if err := mgr.Add(&verifier.FenceConfirmer{Verifier: v, Reader: mgr.GetAPIReader(), Clock: o.Clock}); err != nil {
 		return nil, err
 	}
+	m := metrics.New(o.Registry)
+	m.ReadIndex(v.Size, v.Fences)
 	if s, ok := mgr.GetWebhookServer().(*serving.Server); ok {
-		o.Registry.MustRegister(s.Collectors()...)
+		s.UseMetrics(m)
 	}
 	limiter := endpoints.NewFailureLimiter(o.FailedAuthRate, o.FailedAuthBurst, o.TrustedProxies,
 		endpoints.WithGlobalBudget(o.FailedAuthGlobalRate, o.FailedAuthGlobalBurst),
 		endpoints.WithClientAddressHeader(o.ClientAddressHeader))
-	m := endpoints.NewMetrics(o.Registry, v, limiter)
-	store := &ledger.Store{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Clock: o.Clock, Writes: m.LedgerWrites}
-	activity := verifier.NewActivity(mgr.GetClient(), store, o.Clock, o.LastUsedInterval, m.LastUsedWrite)
-	if err := mgr.Add(activity); err != nil {
+	m.ReadRefusalsHeld(limiter.Held)
+	ledgers := &store.Store{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Clock: o.Clock, Metrics: m}
+	recorder := activity.New(mgr.GetClient(), ledgers, o.Clock, o.LastUsedInterval, m)
+	if err := mgr.Add(recorder); err != nil {
 		return nil, err
 	}
 	(&endpoints.Server{
 		Verifier:           v,
-		Activity:           activity,
-		Reports:            store,
+		Activity:           recorder,
+		Reports:            ledgers,
 		Limiter:            limiter,
 		Audiences:          o.TokenAudiences,
 		APIServerAudiences: o.APIServerAudiences,
@@ -150,7 +154,7 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 	}); err != nil {
 		return nil, err
 	}
-	return &Operator{Verifier: v, Activity: activity, Metrics: m}, nil
+	return &Operator{Verifier: v, Activity: recorder, Metrics: m}, nil
 }
 
 // CacheOptions keep the manager's cache small: no managed fields, and no

@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"sync"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 )
 
@@ -33,7 +32,7 @@ type limitListener struct {
 	// requests) count towards the total only.
 	exempt []netip.Prefix
 	// refused counts by reason; open is read by a gauge.
-	refused *prometheus.CounterVec
+	refused func(reason string)
 	// rates limit how fast one address opens connections: a failed TLS
 	// handshake costs the server far more than the refusal at accept.
 	seed  maphash.Seed
@@ -44,7 +43,7 @@ type limitListener struct {
 	byAddr map[netip.Addr]int
 }
 
-func newLimitListener(l net.Listener, lim Limits, exempt []netip.Prefix, refused *prometheus.CounterVec) *limitListener {
+func newLimitListener(l net.Listener, lim Limits, exempt []netip.Prefix, refused func(reason string)) *limitListener {
 	ll := &limitListener{
 		Listener: l, perAddress: lim.MaxConnsPerAddress, total: lim.MaxConns, exempt: exempt, refused: refused,
 		byAddr: map[netip.Addr]int{}, seed: maphash.MakeSeed(),
@@ -68,7 +67,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		}
 		addr, exempt := l.classify(c)
 		if reason := l.acquire(addr, exempt); reason != "" {
-			l.refused.WithLabelValues(reason).Inc()
+			l.refused(reason)
 			// No lingering: a refused connection leaves nothing behind.
 			if tc, ok := c.(*net.TCPConn); ok {
 				_ = tc.SetLinger(0)

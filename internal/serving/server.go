@@ -35,13 +35,13 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	"github.com/prometheus/client_golang/prometheus"
 	"sigs.k8s.io/controller-runtime/pkg/certwatcher"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/latchkey-dev/latchkey/internal/certs"
+	"github.com/latchkey-dev/latchkey/internal/metrics"
 )
 
 // Ports the manager listens on by default.
@@ -180,9 +180,7 @@ type Server struct {
 	hasHooks  bool
 	started   bool
 	listeners map[string]*limitListener
-
-	open    *prometheus.GaugeVec
-	refused *prometheus.CounterVec
+	metrics   *metrics.Metrics
 }
 
 var _ webhook.Server = &Server{}
@@ -216,32 +214,27 @@ func New(o Options) *Server {
 		admission:    http.NewServeMux(),
 		paths:        map[string]bool{},
 		listeners:    map[string]*limitListener{},
-		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "latchkey_serving_connections_refused_total",
-			Help: "Connections closed at accept because a connection cap was reached, by listener and cap (per_address, total).",
-		}, []string{"listener", "cap"}),
 	}
 	return s
 }
 
-// Collectors are the server's metrics, for the operator's registry.
-func (s *Server) Collectors() []prometheus.Collector {
-	open := func(name string) prometheus.Collector {
-		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name:        "latchkey_serving_connections",
-			Help:        "Connections open, by listener.",
-			ConstLabels: prometheus.Labels{"listener": name},
-		}, func() float64 {
+// UseMetrics counts refused connections in m and has it read the open
+// ones; it must be called before Start.
+func (s *Server) UseMetrics(m *metrics.Metrics) {
+	s.mu.Lock()
+	s.metrics = m
+	s.mu.Unlock()
+	for _, name := range []string{listenerVerification, listenerAdmission} {
+		m.ReadConnections(name, func() int {
 			s.mu.Lock()
 			l := s.listeners[name]
 			s.mu.Unlock()
 			if l == nil {
 				return 0
 			}
-			return float64(l.Open())
+			return l.Open()
 		})
 	}
-	return []prometheus.Collector{s.refused, open(listenerVerification), open(listenerAdmission)}
 }
 
 // NeedLeaderElection is false: every replica serves.
@@ -336,8 +329,9 @@ func (s *Server) Start(ctx context.Context) error {
 			}
 			return fmt.Errorf("the %s listener: %w", sv.name, err)
 		}
-		limited := newLimitListener(tcp, sv.limits, sv.exempt, s.refused.MustCurryWith(prometheus.Labels{"listener": sv.name}))
 		s.mu.Lock()
+		m := s.metrics
+		limited := newLimitListener(tcp, sv.limits, sv.exempt, func(reason string) { m.ConnectionRefused(sv.name, reason) })
 		s.listeners[sv.name] = limited
 		s.mu.Unlock()
 		listeners = append(listeners, tls.NewListener(limited, sv.tls))

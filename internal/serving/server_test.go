@@ -16,10 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/latchkey-dev/latchkey/internal/certs"
 	"github.com/latchkey-dev/latchkey/internal/endpoints"
+	"github.com/latchkey-dev/latchkey/internal/metrics"
 )
 
 // fixture is a running Server on loopback with an echo handler on each
@@ -63,6 +65,7 @@ func start(t *testing.T, tune func(*Options)) *fixture {
 		tune(&o)
 	}
 	s := New(o)
+	s.UseMetrics(metrics.New(prometheus.NewRegistry()))
 	echo := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, err := io.ReadAll(r.Body)
 		if err != nil {
@@ -216,7 +219,7 @@ func closedByServer(c net.Conn, wait time.Duration) bool {
 	_ = c.SetReadDeadline(time.Now().Add(wait))
 	_, err := io.ReadAll(c)
 	var ne net.Error
-	return !(errors.As(err, &ne) && ne.Timeout())
+	return !errors.As(err, &ne) || !ne.Timeout()
 }
 
 func TestSlowBodiesAreCutAtReadTimeout(t *testing.T) {
@@ -273,7 +276,7 @@ func TestConnectionCaps(t *testing.T) {
 		o.Verification.MaxConnsPerAddress, o.Verification.MaxConns = 3, 5
 	})
 	refused := func(cap string) float64 {
-		return testutil.ToFloat64(f.s.refused.WithLabelValues(listenerVerification, cap))
+		return testutil.ToFloat64(f.s.metrics.ConnectionsRefused.WithLabelValues(listenerVerification, cap))
 	}
 	works := func(c *tls.Conn) bool {
 		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
@@ -298,7 +301,7 @@ func TestConnectionCaps(t *testing.T) {
 		}
 		return err
 	}
-	var held []*tls.Conn
+	held := make([]*tls.Conn, 0, 5)
 	for range 3 {
 		held = append(held, f.dialTLS(t, "127.0.0.2", f.verify))
 	}
@@ -361,7 +364,7 @@ func TestNewConnectionRatePerAddress(t *testing.T) {
 		_ = c.Close()
 		t.Fatal("a third new connection within the burst's refill was served")
 	}
-	if n := testutil.ToFloat64(f.s.refused.WithLabelValues(listenerVerification, refusedRate)); n != 1 {
+	if n := testutil.ToFloat64(f.s.metrics.ConnectionsRefused.WithLabelValues(listenerVerification, refusedRate)); n != 1 {
 		t.Fatalf("rate refusals counted %v", n)
 	}
 	// Another address has its own budget.

@@ -1,6 +1,3 @@
-// Package usage is the arithmetic of execution reports: validating a batch,
-// applying it to a tenant's ledger exactly once, and summarising a ledger
-// into a Usage window. It holds no I/O; the endpoint and the controller do.
 package usage
 
 import (
@@ -47,7 +44,7 @@ func invalid(format string, args ...any) error {
 }
 
 // DecodeBatch parses and checks a report body. Everything that can be
-// judged without the ledger is judged here; Apply judges the rest.
+// judged without the ledger is judged here; ApplyBatch judges the rest.
 func DecodeBatch(body []byte, now time.Time) (*Batch, error) {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil, invalid("empty body: expected {\"idempotencyKey\": ..., \"executions\": [...]}")

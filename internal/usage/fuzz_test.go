@@ -14,7 +14,7 @@ func FuzzDecodeAndApply(f *testing.F) {
 			return
 		}
 		l, _ := Decode(nil)
-		if _, err := Apply(l, b, "svc", nil, now); err != nil {
+		if _, err := ApplyBatch(l, b, "svc", nil, now); err != nil {
 			return
 		}
 		if again, err := Decode(l.Encode()); err != nil || len(again.InFlight) != len(l.InFlight) {

@@ -91,7 +91,7 @@ func TestTheLedgersBoundsRefuseWithAReason(t *testing.T) {
 			l := empty()
 			tt.setup(t, l)
 			before := fmt.Sprint(l.Encode())
-			applied, err := Apply(l, &Batch{IdempotencyKey: "the batch", Executions: tt.batch}, tt.reporter, nil, now)
+			applied, err := ApplyBatch(l, &Batch{IdempotencyKey: "the batch", Executions: tt.batch}, tt.reporter, nil, now)
 			if tt.want == nil {
 				if err != nil || !applied {
 					t.Fatalf("applied %v, %v", applied, err)
@@ -110,7 +110,7 @@ func TestTheLedgersBoundsRefuseWithAReason(t *testing.T) {
 
 func mustApply(t *testing.T, l *Ledger, key, reporter string, es ...Execution) {
 	t.Helper()
-	if applied, err := Apply(l, &Batch{IdempotencyKey: key, Executions: es}, reporter, nil, now); err != nil || !applied {
+	if applied, err := ApplyBatch(l, &Batch{IdempotencyKey: key, Executions: es}, reporter, nil, now); err != nil || !applied {
 		t.Fatalf("applied %v, %v", applied, err)
 	}
 }
@@ -119,7 +119,7 @@ func TestABatchKeyInASegmentIsNotAppliedAgain(t *testing.T) {
 	l := empty()
 	b := &Batch{IdempotencyKey: "moved", Executions: []Execution{ex("a", Succeeded, at(0, 1), time.Second)}}
 	inSegment := func(id ID) bool { return id == Hash("moved") }
-	applied, err := Apply(l, b, "svc", inSegment, now)
+	applied, err := ApplyBatch(l, b, "svc", inSegment, now)
 	if err != nil || applied {
 		t.Fatalf("applied %v, %v", applied, err)
 	}
@@ -133,7 +133,7 @@ func TestADayNeverStartsTwice(t *testing.T) {
 	mustApply(t, l, "today", "svc", ex("a", Succeeded, at(0, 1), time.Second))
 	// A replica whose clock is an hour behind, just after midnight.
 	behind := time.Date(2026, 11, 21, 23, 30, 0, 0, time.UTC)
-	if _, err := Apply(l, &Batch{IdempotencyKey: "late", Executions: []Execution{ex("b", Succeeded, at(1, 1), time.Second)}}, "svc", nil, behind); err != nil {
+	if _, err := ApplyBatch(l, &Batch{IdempotencyKey: "late", Executions: []Execution{ex("b", Succeeded, at(1, 1), time.Second)}}, "svc", nil, behind); err != nil {
 		t.Fatal(err)
 	}
 	if l.BatchDate != "2026-11-22" || l.Batches != 2 {

@@ -27,7 +27,7 @@ func ex(id string, s State, started time.Time, dur time.Duration) Execution {
 
 func apply(t *testing.T, l *Ledger, key string, es ...Execution) {
 	t.Helper()
-	if _, err := Apply(l, &Batch{IdempotencyKey: key, Executions: es}, "svc", nil, now); err != nil {
+	if _, err := ApplyBatch(l, &Batch{IdempotencyKey: key, Executions: es}, "svc", nil, now); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -109,7 +109,7 @@ func TestARetriedBatchIsNotAppliedTwice(t *testing.T) {
 	l := empty()
 	b := &Batch{IdempotencyKey: "k", Executions: []Execution{ex("a", Succeeded, at(0, 1), time.Second)}}
 	for i, want := range []bool{true, false, false} {
-		applied, err := Apply(l, b, "svc", nil, now)
+		applied, err := ApplyBatch(l, b, "svc", nil, now)
 		if err != nil || applied != want {
 			t.Fatalf("attempt %d: applied %v, %v", i, applied, err)
 		}
@@ -123,7 +123,7 @@ func TestBadBatchesChangeNothing(t *testing.T) {
 	l := empty()
 	apply(t, l, "first", ex("done", Succeeded, at(0, 1), time.Second))
 	before := fmt.Sprint(l.Encode())
-	_, err := Apply(l, &Batch{IdempotencyKey: "second", Executions: []Execution{
+	_, err := ApplyBatch(l, &Batch{IdempotencyKey: "second", Executions: []Execution{
 		ex("new", Succeeded, at(0, 2), time.Second), ex("done", Running, at(0, 1), 0),
 	}}, "svc", nil, now)
 	var inv *InvalidError

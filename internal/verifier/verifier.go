@@ -39,6 +39,18 @@ var (
 	ErrExpired = errors.New("key expired")
 )
 
+// RefusedError refuses a known key (ErrRevoked or ErrExpired, which it
+// wraps and whose text it has): it names the key's tenant, so that the
+// refusal can be counted for it.
+type RefusedError struct {
+	Tenant string
+	Err    error
+}
+
+func (e *RefusedError) Error() string { return e.Err.Error() }
+
+func (e *RefusedError) Unwrap() error { return e.Err }
+
 // Identity is who a valid key belongs to.
 type Identity struct {
 	Tenant  string
@@ -102,10 +114,10 @@ func New(clk clock.PassiveClock, fenceTTL time.Duration, opts ...Option) *Verifi
 	}
 }
 
-// Verify resolves a presented key. When a known key is refused (revoked,
-// expired), the identity is returned with the error so that the refusal
-// can be counted for its tenant; it must not be used otherwise. A malformed key, or a Prefixed key whose
-// checksum fails, is refused before any lookup. A key authenticates only if
+// Verify resolves a presented key; on error the Identity is zero. A known
+// key refused (revoked, expired) is a *RefusedError naming its tenant. A
+// malformed key, or a Prefixed key whose checksum fails, is refused before
+// any lookup. A key authenticates only if
 // its record is not revoked, its ApiKey exists and is neither revoked nor
 // being deleted, nor fenced, and it has not expired at this instant.
 func (v *Verifier) Verify(raw string) (Identity, error) {
@@ -123,17 +135,14 @@ func (v *Verifier) Verify(raw string) (Identity, error) {
 	}
 	id := rec.id
 	ks, ok := v.keys[id.KeyUID]
-	if !ok || rec.revoked || ks.revoked || ks.deleting {
-		return id, ErrRevoked
-	}
-	if v.fences.holds(id.KeyUID, now) {
-		return id, ErrRevoked
+	if !ok || rec.revoked || ks.revoked || ks.deleting || v.fences.holds(id.KeyUID, now) {
+		return Identity{}, &RefusedError{Tenant: id.Tenant, Err: ErrRevoked}
 	}
 	if ks.expiresAt != nil {
 		id.ExpiresAt = ks.expiresAt
 	}
 	if id.ExpiresAt != nil && !now.Before(*id.ExpiresAt) {
-		return id, ErrExpired
+		return Identity{}, &RefusedError{Tenant: id.Tenant, Err: ErrExpired}
 	}
 	return id, nil
 }

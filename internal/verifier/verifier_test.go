@@ -127,6 +127,16 @@ func TestVerify(t *testing.T) {
 			if err == nil && (id.Tenant != "tenant-a" || id.KeyName != "ci" || id.KeyUID != types.UID("uid-1")) {
 				t.Fatalf("Verify resolved to %+v", id)
 			}
+			if err != nil && id != (Identity{}) {
+				t.Fatalf("Verify refused the key and still returned %+v", id)
+			}
+			// A known key's refusal is counted for its tenant; an unknown
+			// key has none to learn.
+			var refused *RefusedError
+			known := errors.Is(err, ErrRevoked) || errors.Is(err, ErrExpired)
+			if errors.As(err, &refused) != known || (known && refused.Tenant != "tenant-a") {
+				t.Fatalf("Verify = %#v: a refused known key names its tenant, and only it", err)
+			}
 		})
 	}
 }

@@ -37,6 +37,7 @@ import (
 	"github.com/latchkey-dev/latchkey/internal/operator"
 	"github.com/latchkey-dev/latchkey/internal/plugin/clusterext"
 	"github.com/latchkey-dev/latchkey/internal/serving"
+	"github.com/latchkey-dev/latchkey/internal/usage/activity"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 	"github.com/latchkey-dev/latchkey/pkg/devenv/controlplane"
 	"github.com/latchkey-dev/latchkey/pkg/protocol"
@@ -112,7 +113,7 @@ func (lk *Latchkey) startOperator(ctx context.Context, o Options) error {
 	}
 	interval := o.LastUsedInterval
 	if interval == 0 {
-		interval = verifier.DefaultLastUsedInterval
+		interval = activity.DefaultLastUsedInterval
 	}
 	opts := operator.Options{
 		Clock:                   clock.RealClock{},

@@ -18,8 +18,9 @@ import (
 	"k8s.io/utils/clock"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
-	"github.com/latchkey-dev/latchkey/internal/ledger"
+	"github.com/latchkey-dev/latchkey/internal/metrics"
 	"github.com/latchkey-dev/latchkey/internal/usage"
+	"github.com/latchkey-dev/latchkey/internal/usage/store"
 	"github.com/latchkey-dev/latchkey/internal/verifier/verifiertest"
 )
 
@@ -181,8 +182,8 @@ func TestConcurrentReportersLoseNothing(t *testing.T) {
 	ns := env.Namespace(t)
 	_, raw := mint(t, ns, "svc", authv1alpha1.ApiKeySpec{})
 	now := time.Now().UTC().Add(-time.Minute)
-	writes := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "w"}, []string{"result"})
-	otherReplica := &ledger.Store{Client: env.Client, Reader: env.Client, Clock: clock.RealClock{}, Writes: writes}
+	otherMetrics := metrics.New(prometheus.NewRegistry())
+	otherReplica := &store.Store{Client: env.Client, Reader: env.Client, Clock: clock.RealClock{}, Metrics: otherMetrics}
 	conflictsBefore := ledgerWrites("conflict")
 	const reporters, batches, per = 4, 20, 20
 	var wg sync.WaitGroup
@@ -198,7 +199,7 @@ func TestConcurrentReportersLoseNothing(t *testing.T) {
 					if status, body := report(t, raw, batch); status != http.StatusOK {
 						t.Errorf("status %d: %s", status, body)
 					}
-				} else if _, err := otherReplica.Apply(context.Background(), ns, "svc", &batch); err != nil {
+				} else if _, err := otherReplica.Report(context.Background(), ns, "svc", &batch); err != nil {
 					t.Error(err)
 				}
 			}
@@ -209,7 +210,7 @@ func TestConcurrentReportersLoseNothing(t *testing.T) {
 		g.Expect(s.Executions).To(Equal(int64(reporters * batches * per)))
 		g.Expect(s.Succeeded).To(Equal(int64(reporters * batches * per)))
 	})
-	conflicts := ledgerWrites("conflict") - conflictsBefore + testutil.ToFloat64(writes.WithLabelValues("conflict"))
+	conflicts := ledgerWrites("conflict") - conflictsBefore + testutil.ToFloat64(otherMetrics.LedgerWrites.WithLabelValues("conflict"))
 	t.Logf("FIGURE %d batches from two replicas at once: %v ledger write conflicts, each retried; no count lost", reporters*batches, conflicts)
 }
 

@@ -64,7 +64,7 @@ func TestOneBusyKey(t *testing.T) {
 	ns := env.Namespace(t)
 	_, raw := mint(t, ns, "busy")
 	writes := func(r string) float64 {
-		return testutil.ToFloat64(lk.Operator.Metrics.LastUsedWrite.WithLabelValues(r))
+		return testutil.ToFloat64(lk.Operator.Metrics.LastUsedWrites.WithLabelValues(r))
 	}
 	before, failedBefore := writes("written"), writes("failed")
 	client := newClient(16)

@@ -1,4 +1,8 @@
-package verifier
+// Package activity records what keys did on the request path, in memory,
+// and writes it to the API server in batches: each key's last use to its
+// ApiKey and record, each tenant's verification counts to its usage ledger.
+// It is apart from the verifier, whose index never writes.
+package activity
 
 import (
 	"context"
@@ -6,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -15,6 +18,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/metrics"
+	"github.com/latchkey-dev/latchkey/internal/verifier"
 )
 
 // DefaultLastUsedInterval is how often activity is written out: at most
@@ -22,22 +27,23 @@ import (
 // replica.
 const DefaultLastUsedInterval = time.Minute
 
-// VerificationCounter receives a tenant's verification counts of a day.
+// VerificationCounter records a tenant's verification counts of a day; the
+// usage store is one.
 type VerificationCounter interface {
-	CountVerifications(ctx context.Context, tenant, date string, allowed, denied int64) error
+	RecordVerifications(ctx context.Context, tenant, date string, allowed, denied int64) error
 }
 
-// Activity remembers when each key last authenticated a request, and how
+// Recorder remembers when each key last authenticated a request, and how
 // many verifications each tenant's keys passed and failed per day, and
 // writes them out in batches: last use to the ApiKey's and the record's
 // status, counts to the tenant's usage ledger. The request path only
 // touches maps; a crash loses at most one interval.
-type Activity struct {
+type Recorder struct {
 	client   client.Client
 	counter  VerificationCounter
 	clock    clock.PassiveClock
 	interval time.Duration
-	writes   *prometheus.CounterVec
+	metrics  *metrics.Metrics
 
 	mu      sync.Mutex
 	pending map[types.UID]use
@@ -53,19 +59,20 @@ type tenantDay struct{ tenant, date string }
 
 type verifications struct{ allowed, denied int64 }
 
-// NewActivity returns a recorder that writes through c and counter every interval.
-func NewActivity(c client.Client, counter VerificationCounter, clk clock.PassiveClock, interval time.Duration, writes *prometheus.CounterVec) *Activity {
+// New returns a recorder that writes through c and counter every interval,
+// counting last-use writes in m (which may be nil).
+func New(c client.Client, counter VerificationCounter, clk clock.PassiveClock, interval time.Duration, m *metrics.Metrics) *Recorder {
 	if interval <= 0 {
 		interval = DefaultLastUsedInterval
 	}
-	return &Activity{
-		client: c, counter: counter, clock: clk, interval: interval, writes: writes,
+	return &Recorder{
+		client: c, counter: counter, clock: clk, interval: interval, metrics: m,
 		pending: map[types.UID]use{}, counts: map[tenantDay]verifications{},
 	}
 }
 
 // Allowed notes that id authenticated a request now.
-func (l *Activity) Allowed(id Identity) {
+func (l *Recorder) Allowed(id verifier.Identity) {
 	now := l.clock.Now()
 	td := tenantDay{id.Tenant, now.UTC().Format(time.DateOnly)}
 	l.mu.Lock()
@@ -76,12 +83,12 @@ func (l *Activity) Allowed(id Identity) {
 	l.mu.Unlock()
 }
 
-// Denied notes that a key of id's tenant was refused now.
-func (l *Activity) Denied(id Identity) {
-	if id.Tenant == "" {
+// Denied notes that a key of tenant was refused now.
+func (l *Recorder) Denied(tenant string) {
+	if tenant == "" {
 		return
 	}
-	td := tenantDay{id.Tenant, l.clock.Now().UTC().Format(time.DateOnly)}
+	td := tenantDay{tenant, l.clock.Now().UTC().Format(time.DateOnly)}
 	l.mu.Lock()
 	c := l.counts[td]
 	c.denied++
@@ -90,7 +97,7 @@ func (l *Activity) Denied(id Identity) {
 }
 
 // Start flushes every interval until ctx ends, then once more.
-func (l *Activity) Start(ctx context.Context) error {
+func (l *Recorder) Start(ctx context.Context) error {
 	t := time.NewTicker(l.interval)
 	defer t.Stop()
 	for {
@@ -107,11 +114,11 @@ func (l *Activity) Start(ctx context.Context) error {
 }
 
 // NeedLeaderElection is false: every replica writes the uses it saw.
-func (l *Activity) NeedLeaderElection() bool { return false }
+func (l *Recorder) NeedLeaderElection() bool { return false }
 
 // Flush writes every pending use and count, and returns how many keys'
 // last use it wrote. What fails to be written is kept for the next flush.
-func (l *Activity) Flush(ctx context.Context) int {
+func (l *Recorder) Flush(ctx context.Context) int {
 	l.mu.Lock()
 	batch, counts := l.pending, l.counts
 	l.pending = make(map[types.UID]use, len(batch))
@@ -120,7 +127,7 @@ func (l *Activity) Flush(ctx context.Context) int {
 
 	if l.counter != nil {
 		for td, c := range counts {
-			if err := l.counter.CountVerifications(ctx, td.tenant, td.date, c.allowed, c.denied); err != nil {
+			if err := l.counter.RecordVerifications(ctx, td.tenant, td.date, c.allowed, c.denied); err != nil {
 				log.FromContext(ctx).Error(err, "Failed to count verifications; keeping them for the next flush", "tenant", td.tenant)
 				l.mu.Lock()
 				k := l.counts[td]
@@ -153,15 +160,11 @@ func (l *Activity) Flush(ctx context.Context) int {
 	return written
 }
 
-func (l *Activity) count(result string) {
-	if l.writes != nil {
-		l.writes.WithLabelValues(result).Inc()
-	}
-}
+func (l *Recorder) count(result string) { l.metrics.LastUseWritten(result) }
 
 // write sets lastUsedAt with merge patches of status alone: they never
 // conflict with the controller's own status writes.
-func (l *Activity) write(ctx context.Context, uid types.UID, u use) error {
+func (l *Recorder) write(ctx context.Context, uid types.UID, u use) error {
 	at := metav1.NewTime(u.at).UTC().Format(time.RFC3339)
 	// The UID makes the write a precondition: a newer ApiKey of the same
 	// name is never stamped with the old key's use.

@@ -1,4 +1,5 @@
-// Package ledger reads and writes tenants' UsageLedgers. Every change is one
+// Package store reads and writes tenants' UsageLedgers, applying the
+// arithmetic of package usage to them. Every change is one
 // optimistic-concurrency write of the tenant's state object, retried on
 // conflict, so reports from several replicas never lose an update and a
 // change is durable once a call returns.
@@ -9,7 +10,7 @@
 // write made after it is in a segment, and a lookup reads the state object
 // before the segments, so a key is always found in one or the other: a batch
 // is applied at most once for at least 24 hours.
-package ledger
+package store
 
 import (
 	"bytes"
@@ -19,7 +20,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
@@ -29,11 +29,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/metrics"
 	"github.com/latchkey-dev/latchkey/internal/usage"
 )
-
-// Name is the name of the state object in each tenant namespace.
-const Name = authv1alpha1.UsageLedgerStateName
 
 // maxCachedKeys bounds the segment keys the store keeps in memory for all
 // tenants together (12 bytes each: 24 MB); a tenant dropped from the cache
@@ -48,8 +46,8 @@ type Store struct {
 	Client client.Client
 	Reader client.Reader
 	Clock  clock.PassiveClock
-	// Writes counts ledger writes by result (written, conflict, failed); optional.
-	Writes *prometheus.CounterVec
+	// Metrics counts ledger writes; nil counts none.
+	Metrics *metrics.Metrics
 
 	mu     sync.Mutex
 	queues map[string]*queue
@@ -75,23 +73,25 @@ func compareIDs(a, b usage.ID) int { return bytes.Compare(a[:], b[:]) }
 // conflictBackoff retries conflicting writes from several replicas.
 var conflictBackoff = wait.Backoff{Steps: 20, Duration: 5 * time.Millisecond, Factor: 1.6, Jitter: 1, Cap: time.Second}
 
-// Apply applies a batch of executions sent with the key named reporter to
-// the tenant's ledger. It returns false when the batch had been applied
-// before; errors from usage.Apply mean nothing was applied.
-func (s *Store) Apply(ctx context.Context, tenant, reporter string, b *usage.Batch) (bool, error) {
+// Report records a batch of executions sent with the key named reporter in
+// the tenant's ledger, durably once it returns. It returns false when the
+// batch had been applied before; errors from usage.ApplyBatch mean nothing
+// was applied.
+func (s *Store) Report(ctx context.Context, tenant, reporter string, b *usage.Batch) (bool, error) {
 	var applied bool
 	err := s.change(ctx, tenant, func(l *usage.Ledger, seen func(usage.ID) bool) (bool, error) {
 		var err error
-		applied, err = usage.Apply(l, b, reporter, seen, s.Clock.Now())
+		applied, err = usage.ApplyBatch(l, b, reporter, seen, s.Clock.Now())
 		return applied, err
 	})
 	return applied, err
 }
 
-// CountVerifications adds a day's verification counts to the tenant's ledger.
-func (s *Store) CountVerifications(ctx context.Context, tenant, date string, allowed, denied int64) error {
+// RecordVerifications adds a day's verification counts to the tenant's
+// ledger, durably once it returns.
+func (s *Store) RecordVerifications(ctx context.Context, tenant, date string, allowed, denied int64) error {
 	return s.change(ctx, tenant, func(l *usage.Ledger, _ func(usage.ID) bool) (bool, error) {
-		usage.CountVerifications(l, date, allowed, denied, s.Clock.Now())
+		usage.AddVerifications(l, date, allowed, denied, s.Clock.Now())
 		return true, nil
 	})
 }
@@ -175,7 +175,7 @@ func (s *Store) commitAll(tenant string, q *queue) {
 func (s *Store) commit(ctx context.Context, tenant string, group []*op) error {
 	err := retryOnConflict(ctx, func() error {
 		obj := &authv1alpha1.UsageLedger{}
-		err := s.Reader.Get(ctx, types.NamespacedName{Namespace: tenant, Name: Name}, obj)
+		err := s.Reader.Get(ctx, types.NamespacedName{Namespace: tenant, Name: authv1alpha1.UsageLedgerStateName}, obj)
 		exists := err == nil
 		if err != nil && !apierrors.IsNotFound(err) {
 			return err
@@ -221,7 +221,7 @@ func (s *Store) commit(ctx context.Context, tenant string, group []*op) error {
 		if exists {
 			err = s.Client.Update(ctx, obj)
 		} else {
-			obj.Namespace, obj.Name = tenant, Name
+			obj.Namespace, obj.Name = tenant, authv1alpha1.UsageLedgerStateName
 			err = s.Client.Create(ctx, obj)
 		}
 		s.count(err)
@@ -410,15 +410,12 @@ func retryOnConflict(ctx context.Context, f func() error) error {
 }
 
 func (s *Store) count(err error) {
-	if s.Writes == nil {
-		return
-	}
 	switch {
 	case err == nil:
-		s.Writes.WithLabelValues("written").Inc()
+		s.Metrics.LedgerWritten("written")
 	case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err):
-		s.Writes.WithLabelValues("conflict").Inc()
+		s.Metrics.LedgerWritten("conflict")
 	default:
-		s.Writes.WithLabelValues("failed").Inc()
+		s.Metrics.LedgerWritten("failed")
 	}
 }

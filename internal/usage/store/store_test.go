@@ -1,4 +1,4 @@
-package ledger
+package store
 
 import (
 	"context"
@@ -78,7 +78,7 @@ func applyAll(tb testing.TB, s *Store, ns string, batches []usage.Batch) {
 	for range 16 {
 		wg.Go(func() {
 			for i := next.Add(1) - 1; i < int64(len(batches)); i = next.Add(1) - 1 {
-				if applied, err := s.Apply(context.Background(), ns, fmt.Sprint("reporter-", i%5), &batches[i]); err != nil || !applied {
+				if applied, err := s.Report(context.Background(), ns, fmt.Sprint("reporter-", i%5), &batches[i]); err != nil || !applied {
 					tb.Errorf("batch %s: applied %v, %v", batches[i].IdempotencyKey, applied, err)
 					return
 				}
@@ -123,7 +123,7 @@ func fillToTheCaps(tb testing.TB, s *Store, ns string, now time.Time) {
 func state(tb testing.TB, ns string) (*authv1alpha1.UsageLedger, *usage.Ledger) {
 	tb.Helper()
 	obj := &authv1alpha1.UsageLedger{}
-	if err := env.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: Name}, obj); err != nil {
+	if err := env.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: authv1alpha1.UsageLedgerStateName}, obj); err != nil {
 		tb.Fatal(err)
 	}
 	l, err := usage.Decode(obj.Spec.State)
@@ -155,7 +155,7 @@ func TestTheLedgerAtItsMaximumSize(t *testing.T) {
 	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC))
 	s, _ := newStore(clk)
 	fillToTheCaps(t, s, ns, clk.Now())
-	if err := s.CountVerifications(ctx, ns, usage.Day(clk.Now()), 1, 1); err != nil {
+	if err := s.RecordVerifications(ctx, ns, usage.Day(clk.Now()), 1, 1); err != nil {
 		t.Fatal(err)
 	}
 
@@ -163,7 +163,7 @@ func TestTheLedgerAtItsMaximumSize(t *testing.T) {
 	if len(l.InFlight) != usage.MaxInFlight || len(l.Finished) != usage.MaxFinished || len(l.Days) != usage.LedgerDays || len(l.Recent) != usage.MoveAt-1 {
 		t.Fatalf("filled to %d in flight, %d finished, %d days, %d recent", len(l.InFlight), len(l.Finished), len(l.Days), len(l.Recent))
 	}
-	reported, reportedManaged := stored(t, ns, Name)
+	reported, reportedManaged := stored(t, ns, authv1alpha1.UsageLedgerStateName)
 
 	// Beyond what reports reach: the recent keys at their bound (moving
 	// failed throughout), a 91st day, every counter at its widest.
@@ -180,7 +180,7 @@ func TestTheLedgerAtItsMaximumSize(t *testing.T) {
 	if err := s.Client.Update(ctx, obj); err != nil {
 		t.Fatal(err)
 	}
-	full, fullManaged := stored(t, ns, Name)
+	full, fullManaged := stored(t, ns, authv1alpha1.UsageLedgerStateName)
 	if n := len(obj.ManagedFields); n != 1 {
 		t.Errorf("the state has %d managedFields entries after every write by one manager; want 1", n)
 	}
@@ -219,7 +219,7 @@ func TestABatchIsAppliedOnceForADay(t *testing.T) {
 	x := usage.Batch{IdempotencyKey: "x", Executions: []usage.Execution{
 		succeeded("x-0", sent.Add(-time.Minute)), succeeded("x-1", sent.Add(-time.Minute)), runningSince("x-2", sent.Add(-time.Minute)),
 	}}
-	if applied, err := s.Apply(ctx, ns, "reporter-0", &x); err != nil || !applied {
+	if applied, err := s.Report(ctx, ns, "reporter-0", &x); err != nil || !applied {
 		t.Fatalf("applied %v, %v", applied, err)
 	}
 	const others, per = 2100, 3
@@ -242,7 +242,7 @@ func TestABatchIsAppliedOnceForADay(t *testing.T) {
 		other, _ := newStore(clk)
 		for name, store := range map[string]*Store{"this replica": s, "another replica": other} {
 			x := x // a retry resends the same batch
-			if applied, err := store.Apply(ctx, ns, "reporter-0", &x); err != nil || applied {
+			if applied, err := store.Report(ctx, ns, "reporter-0", &x); err != nil || applied {
 				t.Errorf("%v later through %s: applied %v, %v", later, name, applied, err)
 			}
 		}
@@ -266,7 +266,7 @@ func TestOneKeyCannotBlockTheOthers(t *testing.T) {
 		for i := range n {
 			b.Executions = append(b.Executions, runningSince(fmt.Sprint(key, i), clk.Now().Add(-time.Minute)))
 		}
-		return s.Apply(ctx, ns, reporter, &b)
+		return s.Report(ctx, ns, reporter, &b)
 	}
 	if _, err := fill("a-all", "a", usage.MaxInFlightPerKey); err != nil {
 		t.Fatal(err)
@@ -284,7 +284,7 @@ func TestOneKeyCannotBlockTheOthers(t *testing.T) {
 // per report, as stored (managedFields included), moves of batch keys to
 // segments amortised.
 //
-//	go test -run '^$' -bench ReportsAtTheCaps -benchtime 1x ./internal/ledger/
+//	go test -run '^$' -bench ReportsAtTheCaps -benchtime 1x ./internal/usage/store/
 func BenchmarkReportsAtTheCaps(b *testing.B) {
 	for range b.N {
 		ns := env.Namespace(b)
@@ -296,7 +296,7 @@ func BenchmarkReportsAtTheCaps(b *testing.B) {
 		start := time.Now()
 		for i := range reports {
 			batch := usage.Batch{IdempotencyKey: fmt.Sprint("report-", i), Executions: []usage.Execution{succeeded(fmt.Sprint("report-", i), clk.Now())}}
-			if _, err := s.Apply(context.Background(), ns, "reporter-9", &batch); err != nil {
+			if _, err := s.Report(context.Background(), ns, "reporter-9", &batch); err != nil {
 				b.Fatal(err)
 			}
 		}
