@@ -90,7 +90,7 @@ func TestLeastPrivilege(t *testing.T) {
 	// The overlay for clusters that deliver keys everywhere adds exactly one
 	// binding, and with it create and get in every namespace, still never
 	// list or watch.
-	overlay, errOut, err := env.Kubectl("", "kustomize", filepath.Join(testenv.RepoRoot(), "config", "cluster-wide-delivery"))
+	overlay, errOut, err := env.Kubectl("", "kustomize", filepath.Join(testenv.RepoRoot(), "config", "overlays", "cluster-wide-delivery"))
 	g.Expect(err).NotTo(HaveOccurred(), errOut)
 	wide := testenv.DocsByKind(overlay)
 	g.Expect(wide["ClusterRoleBinding"]).To(HaveLen(len(docs["ClusterRoleBinding"]) + 1))
@@ -100,6 +100,6 @@ func TestLeastPrivilege(t *testing.T) {
 	g.Expect(secretRules(canI(env.Namespace(t)))).To(Equal([]string{"secrets [] [create get]"}))
 
 	t.Logf("verb inventory in a tenant's namespace:\n%s", strings.Join(got, "\n"))
-	record(t, "10 least privilege", fmt.Sprintf("%d rules in a tenant's namespace, exactly what the code needs, none on Secrets; Secrets only in the manager's namespace (create, get, update of its certificate) and, once a namespace opts in with a RoleBinding (or everywhere, with config/cluster-wide-delivery), create and get there; never list or watch",
+	record(t, "10 least privilege", fmt.Sprintf("%d rules in a tenant's namespace, exactly what the code needs, none on Secrets; Secrets only in the manager's namespace (create, get, update of its certificate) and, once a namespace opts in with a RoleBinding (or everywhere, with config/overlays/cluster-wide-delivery), create and get there; never list or watch",
 		len(got)))
 }
