@@ -1,5 +1,5 @@
-// Command manager runs the Latchkey operator: the ApiKey and ApiKeyRecord
-// controllers and the webhook server.
+// Command manager runs the Latchkey operator: the ApiKey, ApiKeyRecord and
+// Usage controllers, the verification endpoints and the webhook server.
 package main
 
 import (

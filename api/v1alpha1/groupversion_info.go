@@ -1,5 +1,7 @@
 // Package v1alpha1 contains the auth.latchkey.dev/v1alpha1 API: ApiKey, the
-// key a user declares, and ApiKeyRecord, the hashed record the operator keeps.
+// key a user declares; ApiKeyRecord, the hashed record the operator keeps of
+// each minted key; Usage, a tenant's daily summary of executions and
+// verifications; and UsageLedger, the durable record that summary is made from.
 // +kubebuilder:object:generate=true
 // +groupName=auth.latchkey.dev
 package v1alpha1

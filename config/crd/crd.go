@@ -1,5 +1,6 @@
-// Package crd embeds Latchkey's generated CustomResourceDefinitions, so
-// that a local Latchkey (pkg/devenv) can install them from any module.
+// Package crd embeds Latchkey's generated CustomResourceDefinitions (ApiKey,
+// ApiKeyRecord, Usage and UsageLedger), so that a local Latchkey (pkg/devenv)
+// can install them from any module.
 package crd
 
 import "embed"

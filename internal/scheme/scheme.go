@@ -1,4 +1,6 @@
-// Package scheme builds the runtime scheme of the kinds Latchkey uses.
+// Package scheme builds the runtime scheme of the kinds Latchkey uses:
+// Kubernetes' built-in kinds and auth.latchkey.dev/v1alpha1's ApiKey,
+// ApiKeyRecord, Usage and UsageLedger.
 package scheme
 
 import (

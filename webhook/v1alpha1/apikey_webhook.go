@@ -1,4 +1,7 @@
-// Package v1alpha1 holds the admission webhooks of the auth.latchkey.dev/v1alpha1 kinds.
+// Package v1alpha1 holds the admission webhook of the auth.latchkey.dev/v1alpha1
+// API. Only ApiKey has one, because its checks need other objects and the
+// revocation fence; ApiKeyRecord, Usage and UsageLedger are judged by their
+// CRDs' schemas alone.
 package v1alpha1
 
 import (
