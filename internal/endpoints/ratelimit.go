@@ -73,6 +73,10 @@ const (
 	// at once, per client and in all; past them the connection is closed.
 	DefaultMaxHeldPerAddress = 32
 	DefaultMaxHeld           = 1024
+	// DefaultFailureRate and DefaultFailureBurst are the failures a second,
+	// and their burst, allowed per client address.
+	DefaultFailureRate  = 10
+	DefaultFailureBurst = 50
 	// DefaultGlobalFailureRate and DefaultGlobalFailureBurst are the failures
 	// allowed from all clients together: a hundred times one client's.
 	DefaultGlobalFailureRate  = 1000

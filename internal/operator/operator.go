@@ -5,6 +5,7 @@ package operator
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -72,6 +73,31 @@ type Options struct {
 	// kube-apiserver's own, for which keys are valid only when set.
 	TokenAudiences     []string
 	APIServerAudiences []string
+}
+
+// DefaultOptions are the operator's settings as the manager ships them:
+// cmd/main.go's flags start from them, and pkg/devenv and the tests change
+// only what they must.
+func DefaultOptions() Options {
+	return Options{
+		Clock:                      clock.RealClock{},
+		Random:                     rand.Reader,
+		Registry:                   prometheus.NewRegistry(),
+		MaxConcurrentReconciles:    controller.DefaultMaxConcurrentReconciles,
+		RecordRetention:            controller.DefaultRecordRetention,
+		MaxDeletedRecordsPerTenant: controller.DefaultMaxDeletedRecordsPerTenant,
+		SecretCheckInterval:        controller.DefaultSecretCheckInterval,
+		Webhooks:                   true,
+		FenceTTL:                   verifier.DefaultFenceTTL,
+		MaxFences:                  verifier.DefaultMaxFences,
+		LastUsedInterval:           activity.DefaultLastUsedInterval,
+		FailedAuthRate:             endpoints.DefaultFailureRate,
+		FailedAuthBurst:            endpoints.DefaultFailureBurst,
+		FailedAuthGlobalRate:       endpoints.DefaultGlobalFailureRate,
+		FailedAuthGlobalBurst:      endpoints.DefaultGlobalFailureBurst,
+		ClientAddressHeader:        endpoints.DefaultClientAddressHeader,
+		TokenAudiences:             []string{endpoints.DefaultAudience},
+	}
 }
 
 // Operator is what Setup wired, for callers that look inside (tests).

@@ -12,7 +12,6 @@ package devenv
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -23,22 +22,17 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
-	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"github.com/latchkey-dev/latchkey/internal/controller"
-	"github.com/latchkey-dev/latchkey/internal/endpoints"
 	"github.com/latchkey-dev/latchkey/internal/operator"
 	"github.com/latchkey-dev/latchkey/internal/plugin/clusterext"
 	"github.com/latchkey-dev/latchkey/internal/serving"
 	"github.com/latchkey-dev/latchkey/internal/usage/activity"
-	"github.com/latchkey-dev/latchkey/internal/verifier"
 	"github.com/latchkey-dev/latchkey/pkg/devenv/controlplane"
 	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
@@ -115,21 +109,10 @@ func (lk *Latchkey) startOperator(ctx context.Context, o Options) error {
 	if interval == 0 {
 		interval = activity.DefaultLastUsedInterval
 	}
-	opts := operator.Options{
-		Clock:                   clock.RealClock{},
-		Random:                  rand.Reader,
-		Registry:                prometheus.NewRegistry(),
-		MaxConcurrentReconciles: controller.DefaultMaxConcurrentReconciles,
-		RecordRetention:         controller.DefaultRecordRetention,
-		SecretCheckInterval:     30 * time.Second,
-		Webhooks:                true,
-		FenceTTL:                verifier.DefaultFenceTTL,
-		LastUsedInterval:        interval,
-		FailedAuthRate:          10,
-		FailedAuthBurst:         50,
-		FailedAuthGlobalRate:    endpoints.DefaultGlobalFailureRate,
-		FailedAuthGlobalBurst:   endpoints.DefaultGlobalFailureBurst,
-	}
+	// The manager's defaults, but for what a local run needs sooner.
+	opts := operator.DefaultOptions()
+	opts.SecretCheckInterval = 30 * time.Second
+	opts.LastUsedInterval = interval
 	if o.TokenWebhook {
 		// kube-apiserver asks for its own audience, which defaults to its
 		// service account issuer: envtest's is its own URL.
