@@ -121,13 +121,14 @@ func (s *Server) verifyBearer(w http.ResponseWriter, r *http.Request, endpoint s
 	token, ok := protocol.BearerToken(r.Header.Get("Authorization"))
 	var err error
 	var id verifier.Identity
+	var tenant string
 	if !ok {
 		err = errMissingBearer
 	} else {
-		id, err = s.Verifier.Verify(token)
+		id, tenant, err = s.Verifier.Resolve(token)
 	}
 	if err != nil {
-		s.denied(err)
+		s.denied(tenant)
 		if s.limited(w, r, endpoint) {
 			return verifier.Identity{}, false
 		}
@@ -163,7 +164,7 @@ func (s *Server) TokenReview(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	id, verr := s.Verifier.Verify(review.Spec.Token)
+	id, tenant, verr := s.Verifier.Resolve(review.Spec.Token)
 	requested := review.Spec.Audiences
 	review.Spec = authnv1.TokenReviewSpec{} // never echo the token
 	review.Status = authnv1.TokenReviewStatus{}
@@ -172,7 +173,7 @@ func (s *Server) TokenReview(w http.ResponseWriter, r *http.Request) {
 		// A reviewer asks on behalf of its callers, so their failures are
 		// not charged to its address: a 429 would refuse its other callers,
 		// and kube-apiserver retries 429s, multiplying a flood.
-		s.denied(verr)
+		s.denied(tenant)
 		s.count("tokenreview", resultOf(verr))
 		review.Status.Error = verr.Error()
 	default:
@@ -264,11 +265,10 @@ func (s *Server) limited(w http.ResponseWriter, r *http.Request, endpoint string
 	return true
 }
 
-// denied counts a refused known key for its tenant.
-func (s *Server) denied(err error) {
-	var refused *verifier.RefusedError
-	if s.Activity != nil && errors.As(err, &refused) {
-		s.Activity.Denied(refused.Tenant)
+// denied counts a refused key for its tenant, when it is a known key's.
+func (s *Server) denied(tenant string) {
+	if s.Activity != nil && tenant != "" {
+		s.Activity.Denied(tenant)
 	}
 }
 

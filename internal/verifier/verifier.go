@@ -39,18 +39,6 @@ var (
 	ErrExpired = errors.New("key expired")
 )
 
-// RefusedError refuses a known key (ErrRevoked or ErrExpired, which it
-// wraps and whose text it has): it names the key's tenant, so that the
-// refusal can be counted for it.
-type RefusedError struct {
-	Tenant string
-	Err    error
-}
-
-func (e *RefusedError) Error() string { return e.Err.Error() }
-
-func (e *RefusedError) Unwrap() error { return e.Err }
-
 // Identity is who a valid key belongs to.
 type Identity struct {
 	Tenant  string
@@ -114,15 +102,22 @@ func New(clk clock.PassiveClock, fenceTTL time.Duration, opts ...Option) *Verifi
 	}
 }
 
-// Verify resolves a presented key; on error the Identity is zero. A known
-// key refused (revoked, expired) is a *RefusedError naming its tenant. A
-// malformed key, or a Prefixed key whose checksum fails, is refused before
-// any lookup. A key authenticates only if
-// its record is not revoked, its ApiKey exists and is neither revoked nor
-// being deleted, nor fenced, and it has not expired at this instant.
+// Verify resolves a presented key; on error the Identity is zero.
 func (v *Verifier) Verify(raw string) (Identity, error) {
+	id, _, err := v.Resolve(raw)
+	return id, err
+}
+
+// Resolve is Verify that also names the tenant of a known key, refused or
+// not, so that a refusal can be counted for it; an unknown or malformed
+// key has none. Nothing allocates, allowed or refused. A malformed key, or
+// a Prefixed key whose checksum fails, is refused before any lookup. A key
+// authenticates only if its record is not revoked, its ApiKey exists and
+// is neither revoked nor being deleted, nor fenced, and it has not expired
+// at this instant.
+func (v *Verifier) Resolve(raw string) (id Identity, tenant string, err error) {
 	if _, err := keys.Parse(raw); err != nil {
-		return Identity{}, ErrMalformed
+		return Identity{}, "", ErrMalformed
 	}
 	hash := keys.Sum(raw)
 	now := v.clock.Now()
@@ -131,20 +126,20 @@ func (v *Verifier) Verify(raw string) (Identity, error) {
 	defer v.mu.RUnlock()
 	rec, ok := v.byHash[hash]
 	if !ok {
-		return Identity{}, ErrUnknown
+		return Identity{}, "", ErrUnknown
 	}
-	id := rec.id
+	id = rec.id
 	ks, ok := v.keys[id.KeyUID]
 	if !ok || rec.revoked || ks.revoked || ks.deleting || v.fences.holds(id.KeyUID, now) {
-		return Identity{}, &RefusedError{Tenant: id.Tenant, Err: ErrRevoked}
+		return Identity{}, id.Tenant, ErrRevoked
 	}
 	if ks.expiresAt != nil {
 		id.ExpiresAt = ks.expiresAt
 	}
 	if id.ExpiresAt != nil && !now.Before(*id.ExpiresAt) {
-		return Identity{}, &RefusedError{Tenant: id.Tenant, Err: ErrExpired}
+		return Identity{}, id.Tenant, ErrExpired
 	}
-	return id, nil
+	return id, id.Tenant, nil
 }
 
 // Fence stops the key from authenticating until fenceTTL passes, for good

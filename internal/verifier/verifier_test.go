@@ -120,7 +120,7 @@ func TestVerify(t *testing.T) {
 			if tt.present != nil {
 				raw = tt.present(f)
 			}
-			id, err := f.v.Verify(raw)
+			id, tenant, err := f.v.Resolve(raw)
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("Verify = %v, want %v", err, tt.want)
 			}
@@ -132,10 +132,12 @@ func TestVerify(t *testing.T) {
 			}
 			// A known key's refusal is counted for its tenant; an unknown
 			// key has none to learn.
-			var refused *RefusedError
-			known := errors.Is(err, ErrRevoked) || errors.Is(err, ErrExpired)
-			if errors.As(err, &refused) != known || (known && refused.Tenant != "tenant-a") {
-				t.Fatalf("Verify = %#v: a refused known key names its tenant, and only it", err)
+			known := err == nil || errors.Is(err, ErrRevoked) || errors.Is(err, ErrExpired)
+			if (tenant != "") != known || (known && tenant != "tenant-a") {
+				t.Fatalf("Resolve = %q, %v: a known key names its tenant, and only it", tenant, err)
+			}
+			if v, verr := f.v.Verify(raw); v != id || verr != err {
+				t.Fatalf("Verify and Resolve disagree: %+v %v", v, verr)
 			}
 		})
 	}
@@ -178,4 +180,25 @@ func flip(c byte) string {
 		return "b"
 	}
 	return "a"
+}
+
+// TestResolveNeverAllocates: the request path allocates nothing, whatever
+// the answer, so a flood of any kind of key costs no garbage.
+func TestResolveNeverAllocates(t *testing.T) {
+	f := newFixture(t)
+	revoked := newFixture(t)
+	r := revoked.rec.DeepCopy()
+	r.Spec.Revoked = true
+	revoked.v.SetRecord(r)
+	other, _ := keys.Generate(rand.Reader, keys.Prefixed)
+	for name, call := range map[string]func(){
+		"valid":     func() { _, _, _ = f.v.Resolve(f.raw) },
+		"revoked":   func() { _, _, _ = revoked.v.Resolve(revoked.raw) },
+		"unknown":   func() { _, _, _ = f.v.Resolve(other) },
+		"malformed": func() { _, _, _ = f.v.Resolve(f.raw[:20]) },
+	} {
+		if n := testing.AllocsPerRun(100, call); n != 0 {
+			t.Errorf("a %s key: %v allocations per call", name, n)
+		}
+	}
 }
