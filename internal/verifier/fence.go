@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -60,6 +61,9 @@ type fenceTable struct {
 
 	mu    sync.RWMutex
 	byUID map[types.UID]*fence
+	// held mirrors len(byUID), so that the request path, which almost
+	// always finds the table empty, need not take its lock.
+	held atomic.Int64
 	// order holds every fence in byUID, oldest first; checks are the
 	// fences whose check has not come yet, oldest first. Both are rings
 	// over a slice that grows to the table's bound at most.
@@ -97,6 +101,7 @@ func (t *fenceTable) add(key *authv1alpha1.ApiKey) error {
 	f := &fence{uid: key.UID, key: types.NamespacedName{Namespace: key.Namespace, Name: key.Name},
 		until: now.Add(t.ttl), check: now.Add(t.confirmAfter)}
 	t.byUID[f.uid] = f
+	t.held.Store(int64(len(t.byUID)))
 	t.order.push(f)
 	if t.confirmAfter < t.ttl {
 		if t.checks.len() == 0 {
@@ -112,6 +117,9 @@ func (t *fenceTable) add(key *authv1alpha1.ApiKey) error {
 
 // holds reports whether uid is fenced at now.
 func (t *fenceTable) holds(uid types.UID, now time.Time) bool {
+	if t.held.Load() == 0 {
+		return false
+	}
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	f, ok := t.byUID[uid]
@@ -123,6 +131,7 @@ func (t *fenceTable) holds(uid types.UID, now time.Time) bool {
 func (t *fenceTable) drop(uid types.UID) {
 	t.mu.Lock()
 	delete(t.byUID, uid)
+	t.held.Store(int64(len(t.byUID)))
 	t.mu.Unlock()
 }
 
@@ -145,6 +154,7 @@ func (t *fenceTable) expireLocked(now time.Time) {
 		}
 		if t.byUID[f.uid] == f {
 			delete(t.byUID, f.uid)
+			t.held.Store(int64(len(t.byUID)))
 		}
 		t.order.pop()
 	}
@@ -208,6 +218,7 @@ func (t *fenceTable) lift(f *fence) {
 	t.mu.Lock()
 	if t.byUID[f.uid] == f {
 		delete(t.byUID, f.uid)
+		t.held.Store(int64(len(t.byUID)))
 	}
 	t.mu.Unlock()
 }
