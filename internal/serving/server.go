@@ -103,10 +103,13 @@ const (
 // connections they keep: one that opens 20 a second is a forger without a
 // client certificate, whose every attempt would cost a TLS handshake. The
 // verification listener has no such bound: clients without keep-alive
-// (nginx's auth_request by default) open one per request.
+// (nginx's auth_request by default) open one per request. One address
+// may hold a quarter of the connections: a forger that opens them and
+// never finishes its handshake must not leave kube-apiserver none.
 const (
 	DefaultAdmissionMaxBodyBytes                = 1 << 20
 	DefaultAdmissionMaxConns                    = 64
+	DefaultAdmissionMaxConnsPerAddress          = 16
 	DefaultAdmissionNewConnsPerAddressPerSecond = 20
 	DefaultAdmissionNewConnsPerAddressBurst     = 100
 )
@@ -127,7 +130,7 @@ func DefaultAdmissionLimits() Limits {
 	l := DefaultLimits()
 	l.ReadTimeout, l.WriteTimeout = DefaultReadTimeout, DefaultReadTimeout
 	l.MaxBodyBytes = DefaultAdmissionMaxBodyBytes
-	l.MaxConnsPerAddress, l.MaxConns = DefaultAdmissionMaxConns, DefaultAdmissionMaxConns
+	l.MaxConnsPerAddress, l.MaxConns = DefaultAdmissionMaxConnsPerAddress, DefaultAdmissionMaxConns
 	l.NewConnsPerAddressPerSecond = DefaultAdmissionNewConnsPerAddressPerSecond
 	l.NewConnsPerAddressBurst = DefaultAdmissionNewConnsPerAddressBurst
 	return l
