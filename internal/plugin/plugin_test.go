@@ -222,6 +222,29 @@ func TestWhoAmIIgnoresTheCurrentDirectory(t *testing.T) {
 	}
 }
 
+// An endpoint that redirects never receives the key at the place it names.
+func TestWhoAmIFollowsNoRedirect(t *testing.T) {
+	var stolen atomic.Int32
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/elsewhere" {
+			stolen.Add(1)
+			return
+		}
+		http.Redirect(w, r, "/elsewhere", http.StatusTemporaryRedirect)
+	}))
+	defer srv.Close()
+	caFile := filepath.Join(t.TempDir(), "ca.crt")
+	_ = os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
+	t.Setenv("LATCHKEY_API_KEY", "lk_the-key-of-whoever-runs-it")
+	out, err := run(t, time.Now(), "", "whoami", "--endpoint", srv.URL, "--ca-file", caFile)
+	if err == nil || !strings.Contains(err.Error(), "307") {
+		t.Fatalf("whoami against a redirect: %v\n%s", err, out)
+	}
+	if n := stolen.Load(); n != 0 {
+		t.Fatalf("the redirect's target received %d requests", n)
+	}
+}
+
 // make dev's kubeconfig names the endpoints and their CA: whoami finds them
 // there, with no flag.
 func TestWhoAmIFromTheKubeconfig(t *testing.T) {

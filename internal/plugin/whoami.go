@@ -13,17 +13,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/latchkey-dev/latchkey/internal/plugin/clusterext"
 	"github.com/latchkey-dev/latchkey/pkg/protocol"
-)
-
-// The Service `make deploy` and dist/install.yaml create for the endpoints.
-const (
-	serviceNamespace = "latchkey-system"
-	serviceName      = "latchkey-webhook-service"
 )
 
 func newWhoAmI(o *Options) *cobra.Command {
@@ -35,9 +27,9 @@ func newWhoAmI(o *Options) *cobra.Command {
 /whoami endpoint. The key comes from LATCHKEY_API_KEY or --key-file. The
 endpoint comes from --endpoint (or LATCHKEY_ENDPOINT) with --ca-file, from
 the kubeconfig's cluster (its extension latchkey.dev/endpoints, which make
-dev writes into bin/dev/kubeconfig), or is the latchkey-webhook-service
-Service of the cluster. Never from a file in the current directory: a
-directory you run in could name a server of its own and receive your key.`,
+dev writes into bin/dev/kubeconfig), and from nowhere else: not from a file
+in the current directory, which could name a server of its own and receive
+your key, nor from a guess. Redirects are not followed.`,
 		Example: `  LATCHKEY_API_KEY=lk_… kubectl latchkey whoami
   kubectl latchkey whoami --key-file ./key --endpoint https://latchkey.example.internal --ca-file ca.crt`,
 		Args: cobra.NoArgs,
@@ -57,7 +49,10 @@ directory you run in could name a server of its own and receive your key.`,
 			if err != nil {
 				return err
 			}
-			httpClient := &http.Client{Timeout: 10 * time.Second}
+			// A redirect could carry the key to a URL nobody configured.
+			httpClient := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error {
+				return http.ErrUseLastResponse
+			}}
 			if ca != nil {
 				pool := x509.NewCertPool()
 				if !pool.AppendCertsFromPEM(ca) {
@@ -104,8 +99,7 @@ directory you run in could name a server of its own and receive your key.`,
 }
 
 // endpoint finds Latchkey's endpoints and the CA of their certificate
-// (nil: the system's roots): the flag, the kubeconfig's cluster, or the
-// cluster's Service.
+// (nil: the system's roots): the flag, or the kubeconfig's cluster.
 func (o *Options) endpoint(flagURL, flagCA string) (string, []byte, error) {
 	ca, err := readCA(flagCA)
 	if err != nil {
@@ -118,23 +112,13 @@ func (o *Options) endpoint(flagURL, flagCA string) (string, []byte, error) {
 	if err != nil {
 		return "", nil, err
 	}
-	if ok {
-		if ca == nil {
-			ca = named.CertificateAuthorityData
-		}
-		return named.URL, ca, nil
+	if !ok {
+		return "", nil, errors.New("no endpoint: pass --endpoint (or set LATCHKEY_ENDPOINT) with --ca-file, such as https://latchkey-webhook-service.latchkey-system.svc inside the cluster, or name it in the kubeconfig's cluster (extension " + clusterext.Name + ")")
 	}
-	c, err := o.NewClient()
-	if err != nil {
-		return "", nil, fmt.Errorf("no endpoint: pass --endpoint or set LATCHKEY_ENDPOINT (%w)", err)
+	if ca == nil {
+		ca = named.CertificateAuthorityData
 	}
-	ctx, cancel := withTimeout(10 * time.Second)
-	defer cancel()
-	svc := &corev1.Service{}
-	if err := c.Get(ctx, types.NamespacedName{Namespace: serviceNamespace, Name: serviceName}, svc); err != nil {
-		return "", nil, fmt.Errorf("no endpoint: pass --endpoint or set LATCHKEY_ENDPOINT (Service %s/%s: %w)", serviceNamespace, serviceName, err)
-	}
-	return fmt.Sprintf("https://%s.%s.svc", serviceName, serviceNamespace), ca, nil
+	return named.URL, ca, nil
 }
 
 func readCA(file string) ([]byte, error) {
