@@ -52,6 +52,11 @@ func (s *Server) Executions(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Retry-After", strconv.Itoa(int(midnight.Sub(now).Seconds())+1))
 		http.Error(w, err.Error(), http.StatusTooManyRequests)
 		return
+	case errors.Is(err, usage.ErrBusy):
+		// Expected while batch keys move to a segment: no fault to log.
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
 	case err != nil:
 		log.FromContext(r.Context()).Error(err, "Failed to record an execution report", "tenant", id.Tenant)
 		w.Header().Set("Retry-After", "1")

@@ -2,6 +2,9 @@ package store
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -32,10 +35,11 @@ func fakeStore(t *testing.T, funcs interceptor.Funcs) (*Store, client.Client, *m
 	return &Store{Client: c, Reader: c, Clock: clocktesting.NewFakeClock(today), Metrics: m}, c, m
 }
 
-func ledgerOf(t *testing.T, c client.Client, tenant string) *usage.Ledger {
+// ledgerOf reads tenant-a's ledger state, the tenant these tests report for.
+func ledgerOf(t *testing.T, c client.Client) *usage.Ledger {
 	t.Helper()
 	obj := &authv1alpha1.UsageLedger{}
-	if err := c.Get(context.Background(), types.NamespacedName{Namespace: tenant, Name: authv1alpha1.UsageLedgerStateName}, obj); err != nil {
+	if err := c.Get(context.Background(), types.NamespacedName{Namespace: "tenant-a", Name: authv1alpha1.UsageLedgerStateName}, obj); err != nil {
 		t.Fatal(err)
 	}
 	l, err := usage.Decode(obj.Spec.State)
@@ -68,7 +72,7 @@ func TestAWriteThatConflictsIsReadAndAppliedAgain(t *testing.T) {
 	if err := s.RecordVerifications(ctx, "tenant-a", usage.Day(today), 0, 1); err != nil {
 		t.Fatal(err)
 	}
-	d := ledgerOf(t, c, "tenant-a").Days
+	d := ledgerOf(t, c).Days
 	if len(d) != 1 || d[0].VerificationsAllowed != 11 || d[0].VerificationsDenied != 1 {
 		t.Fatalf("days %+v: want both replicas' counts, 11 allowed and 1 denied", d)
 	}
@@ -128,7 +132,7 @@ func TestChangesQueuedDuringAWriteAreCommittedTogether(t *testing.T) {
 	if writes != 2 {
 		t.Fatalf("%d writes for %d changes, want 2: the first, then the ones queued behind it together", writes, later+1)
 	}
-	if d := ledgerOf(t, c, "tenant-a").Days; len(d) != 1 || d[0].VerificationsAllowed != later+1 {
+	if d := ledgerOf(t, c).Days; len(d) != 1 || d[0].VerificationsAllowed != later+1 {
 		t.Fatalf("days %+v: want every change's count", d)
 	}
 	s.mu.Lock()
@@ -156,7 +160,7 @@ func TestARefusedBatchChangesNothingAndARetryIsRecognised(t *testing.T) {
 	if applied, err := s.Report(ctx, "tenant-a", "svc", good); err != nil || applied {
 		t.Fatalf("the retried batch: Report = %v, %v; want it recognised", applied, err)
 	}
-	l := ledgerOf(t, c, "tenant-a")
+	l := ledgerOf(t, c)
 	if len(l.Days) != 1 || l.Days[0].Total != 1 || len(l.Recent) != 1 {
 		t.Fatalf("ledger %+v: want one execution from one batch", l)
 	}
@@ -170,5 +174,52 @@ func waitFor(t *testing.T, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatal("timed out")
 		}
+	}
+}
+
+// TestAFailedKeyMoveDoesNotStopReports: while batch keys cannot be moved to
+// a segment, reports go on (the state has room up to MaxRecent), and the
+// move happens once segments can be written again.
+func TestAFailedKeyMoveDoesNotStopReports(t *testing.T) {
+	segmentsFail := true
+	refuse := func(obj client.Object) error {
+		if segmentsFail && strings.HasPrefix(obj.GetName(), "batch-keys-") {
+			return errors.New("injected: etcd refuses the segment")
+		}
+		return nil
+	}
+	s, c, _ := fakeStore(t, interceptor.Funcs{
+		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+			if err := refuse(obj); err != nil {
+				return err
+			}
+			return c.Create(ctx, obj, opts...)
+		},
+		Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
+			if err := refuse(obj); err != nil {
+				return err
+			}
+			return c.Update(ctx, obj, opts...)
+		},
+	})
+	ctx := context.Background()
+	started := today.Add(-time.Hour)
+	report := func(i int) {
+		t.Helper()
+		b := &usage.Batch{IdempotencyKey: fmt.Sprint("b-", i), Executions: []usage.Execution{{ID: fmt.Sprint("e-", i), State: usage.Running, StartedAt: started}}}
+		if _, err := s.Report(ctx, "tenant-a", fmt.Sprint("svc-", i%10), b); err != nil {
+			t.Fatalf("report %d: %v", i, err)
+		}
+	}
+	for i := range usage.MoveAt + 5 {
+		report(i)
+	}
+	if n := len(ledgerOf(t, c).Recent); n != usage.MoveAt+5 {
+		t.Fatalf("%d recent keys, want all %d kept while segments fail", n, usage.MoveAt+5)
+	}
+	segmentsFail = false
+	report(usage.MoveAt + 5)
+	if l := ledgerOf(t, c); len(l.Recent) != 1 || l.Moves != 1 {
+		t.Fatalf("after segments work again: %d recent keys, %d moves; want the move done", len(l.Recent), l.Moves)
 	}
 }

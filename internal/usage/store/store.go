@@ -27,6 +27,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/metrics"
@@ -196,11 +197,18 @@ func (s *Store) commit(ctx context.Context, tenant string, group []*op) error {
 		var moved []usage.ID
 		if len(l.Recent) >= usage.MoveAt {
 			moved = slices.SortedFunc(slices.Values(l.Recent), compareIDs)
-			if err := s.moveKeys(ctx, tenant, date, moved); err != nil {
+			switch err := s.moveKeys(ctx, tenant, date, moved); {
+			case err == nil:
+				l.Recent = nil
+				l.Moves++
+			case apierrors.IsConflict(err) || len(l.Recent) >= usage.MaxRecent:
 				return err
+			default:
+				// The state has room for more keys (MaxRecent): reports go
+				// on, and the next write tries the move again.
+				log.FromContext(ctx).Error(err, "Could not move batch keys to a segment; keeping them in the state", "tenant", tenant)
+				moved = nil
 			}
-			l.Recent = nil
-			l.Moves++
 		}
 		seen := func(id usage.ID) bool {
 			_, justMoved := slices.BinarySearchFunc(moved, id, compareIDs)
