@@ -32,7 +32,6 @@ import (
 	"github.com/latchkey-dev/latchkey/internal/operator"
 	"github.com/latchkey-dev/latchkey/internal/plugin/clusterext"
 	"github.com/latchkey-dev/latchkey/internal/serving"
-	"github.com/latchkey-dev/latchkey/internal/usage/activity"
 	"github.com/latchkey-dev/latchkey/pkg/devenv/controlplane"
 	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
@@ -105,14 +104,12 @@ func (lk *Latchkey) startOperator(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	interval := o.LastUsedInterval
-	if interval == 0 {
-		interval = activity.DefaultLastUsedInterval
-	}
 	// The manager's defaults, but for what a local run needs sooner.
 	opts := operator.DefaultOptions()
 	opts.SecretCheckInterval = 30 * time.Second
-	opts.LastUsedInterval = interval
+	if o.LastUsedInterval != 0 {
+		opts.LastUsedInterval = o.LastUsedInterval
+	}
 	if o.TokenWebhook {
 		// kube-apiserver asks for its own audience, which defaults to its
 		// service account issuer: envtest's is its own URL.
