@@ -3,7 +3,6 @@ package endpoints
 import (
 	"container/list"
 	"context"
-	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -11,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/latchkey-dev/latchkey/internal/netaddr"
 
 	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
@@ -84,8 +85,6 @@ const (
 	// DefaultClientAddressHeader is the header a trusted proxy names the
 	// client in: the one pkg/latchkey's middleware sends.
 	DefaultClientAddressHeader = protocol.HeaderClientAddress
-	// ipv6ClientBits is the prefix one IPv6 client is charged by.
-	ipv6ClientBits = 64
 )
 
 // A LimiterOption adjusts a FailureLimiter.
@@ -163,18 +162,6 @@ func spend(lim *rate.Limiter, now time.Time) time.Duration {
 	return 0
 }
 
-// client is the range one budget is charged to: an IPv4 address (mapped
-// or not), or the /64 of an IPv6 one.
-func client(addr netip.Addr) netip.Prefix {
-	addr = addr.Unmap()
-	bits := addr.BitLen()
-	if addr.Is6() {
-		bits = ipv6ClientBits
-	}
-	p, _ := addr.Prefix(bits)
-	return p
-}
-
 // Hold keeps a refused request waiting until its turn, or until its client
 // goes. Refusals to one address are let go no faster than its budget
 // refills, each at most maxHold after it came, so that holding more of them
@@ -203,7 +190,7 @@ func (l *FailureLimiter) Hold(ctx context.Context, addr netip.Addr, now time.Tim
 func (l *FailureLimiter) acquire(addr netip.Addr, now time.Time, wait time.Duration) (*bucket, time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b, ok := l.buckets[client(addr)]
+	b, ok := l.buckets[netaddr.Client(addr)]
 	if !ok {
 		b = l.overflow
 	}
@@ -263,7 +250,7 @@ func (l *FailureLimiter) release(b *bucket) {
 }
 
 func (l *FailureLimiter) bucket(addr netip.Addr, now time.Time) *bucket {
-	c := client(addr)
+	c := netaddr.Client(addr)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if b, ok := l.buckets[c]; ok {
@@ -305,8 +292,8 @@ func (l *FailureLimiter) evict(now time.Time) bool {
 // when the peer is a trusted proxy: its connections carry others' requests
 // too.
 func (l *FailureLimiter) ClientAddr(r *http.Request) (addr netip.Addr, direct bool) {
-	peer := remoteAddr(r.RemoteAddr)
-	if l == nil || !l.isTrusted(peer) {
+	peer := netaddr.Parse(r.RemoteAddr)
+	if l == nil || !netaddr.In(l.trusted, peer) {
 		return peer, true
 	}
 	if a, ok := l.named(r.Header.Values(l.header)); ok {
@@ -333,25 +320,4 @@ func (l *FailureLimiter) named(values []string) (netip.Addr, bool) {
 		return netip.Addr{}, false
 	}
 	return a.Unmap(), true
-}
-
-func (l *FailureLimiter) isTrusted(a netip.Addr) bool {
-	for _, p := range l.trusted {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-func remoteAddr(hostport string) netip.Addr {
-	host, _, err := net.SplitHostPort(hostport)
-	if err != nil {
-		host = hostport
-	}
-	a, err := netip.ParseAddr(host)
-	if err != nil {
-		return netip.Addr{}
-	}
-	return a.Unmap()
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/latchkey-dev/latchkey/internal/netaddr"
 	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
 
@@ -129,7 +130,7 @@ func TestAFullTableEvictsTheLeastRecentlyUsedIdleBucket(t *testing.T) {
 	tracked := func() []string {
 		var out []string
 		for _, x := range []netip.Addr{a, b, c, d, e} {
-			if _, ok := l.buckets[client(x)]; ok {
+			if _, ok := l.buckets[netaddr.Client(x)]; ok {
 				out = append(out, x.String())
 			}
 		}

@@ -7,6 +7,8 @@ import (
 	"sync"
 
 	"golang.org/x/time/rate"
+
+	"github.com/latchkey-dev/latchkey/internal/netaddr"
 )
 
 // Why a connection was refused at accept.
@@ -117,27 +119,18 @@ func (l *limitListener) Open() int {
 	return l.open
 }
 
-// classify says who a connection counts against, and whether it is
-// exempt from the per-address cap: its peer's IPv4 address, or its IPv6
-// /64 — a single host is routinely given a whole /64, so capping per /128
-// would cap nothing (the failure limiter keys IPv6 clients the same way).
+// classify says who a connection counts against (netaddr.Client, as the
+// failure limiter counts them), and whether it is exempt from the
+// per-address cap.
 func (l *limitListener) classify(c net.Conn) (netip.Addr, bool) {
-	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
-	if err != nil {
+	addr := netaddr.Peer(c.RemoteAddr())
+	if !addr.IsValid() {
 		return netip.Addr{}, false
 	}
-	addr := ap.Addr().Unmap()
-	for _, p := range l.exempt {
-		if p.Contains(addr) {
-			return addr, true
-		}
+	if netaddr.In(l.exempt, addr) {
+		return addr, true
 	}
-	if addr.Is6() {
-		if p, err := addr.Prefix(64); err == nil {
-			return p.Addr(), false
-		}
-	}
-	return addr, false
+	return netaddr.Client(addr).Addr(), false
 }
 
 // limitedConn gives its place back once, when closed.
