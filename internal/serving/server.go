@@ -275,93 +275,139 @@ func (s *Server) StartedChecker() healthz.Checker {
 // Start opens the listeners and serves until ctx ends.
 func (s *Server) Start(ctx context.Context) error {
 	logger := log.FromContext(ctx).WithName("serving")
+	base, err := s.baseTLS(ctx, logger)
+	if err != nil {
+		return err
+	}
+	list, err := s.toServe(base, logger)
+	if err != nil {
+		return err
+	}
+	open, err := s.listen(ctx, logger, list)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.started = true
+	s.mu.Unlock()
+	return serve(ctx, logger, open)
+}
+
+// baseTLS is both listeners' TLS configuration. Without a GetCertificate
+// from TLSOpts it watches CertDir, so that a renewed certificate is served
+// without a restart.
+func (s *Server) baseTLS(ctx context.Context, logger logr.Logger) (*tls.Config, error) {
 	base := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
 	for _, op := range s.o.TLSOpts {
 		op(base)
 	}
-	if base.GetCertificate == nil {
-		w, err := certwatcher.New(filepath.Join(s.o.CertDir, certs.CertFile), filepath.Join(s.o.CertDir, certs.KeyFile))
-		if err != nil {
-			return err
+	if base.GetCertificate != nil {
+		return base, nil
+	}
+	w, err := certwatcher.New(filepath.Join(s.o.CertDir, certs.CertFile), filepath.Join(s.o.CertDir, certs.KeyFile))
+	if err != nil {
+		return nil, err
+	}
+	base.GetCertificate = w.GetCertificate
+	go func() {
+		if err := w.Start(ctx); err != nil {
+			logger.Error(err, "Certificate watcher failed")
 		}
-		base.GetCertificate = w.GetCertificate
-		go func() {
-			if err := w.Start(ctx); err != nil {
-				logger.Error(err, "Certificate watcher failed")
-			}
-		}()
-	}
+	}()
+	return base, nil
+}
 
-	type served struct {
-		name   string
-		port   int
-		tls    *tls.Config
-		limits Limits
-		mux    *http.ServeMux
-		exempt []netip.Prefix
-	}
-	list := []served{{listenerVerification, s.o.VerificationPort, base, s.o.Verification, s.verification, s.o.UncappedAddresses}}
+// served is what one listener serves, and how.
+type served struct {
+	name   string
+	port   int
+	tls    *tls.Config
+	limits Limits
+	mux    *http.ServeMux
+	exempt []netip.Prefix
+}
+
+// toServe lists the listeners to open: the admission listener only when an
+// admission webhook is registered, as Options promise.
+func (s *Server) toServe(base *tls.Config, logger logr.Logger) ([]served, error) {
+	verification := served{listenerVerification, s.o.VerificationPort, base, s.o.Verification, s.verification, s.o.UncappedAddresses}
 	s.mu.Lock()
 	hasHooks := s.hasHooks
 	s.mu.Unlock()
-	if hasHooks {
-		admissionTLS, err := s.admissionTLS(base)
-		if err != nil {
-			return err
-		}
-		if admissionTLS.ClientCAs == nil {
-			logger.Info("WARNING: the admission webhook is served to any client, unauthenticated: anyone who can reach " +
-				"its port can fence keys for --fence-ttl. Give kube-apiserver a client certificate for it " +
-				"(AdmissionConfiguration) and set --admission-client-ca, or at least keep the shipped NetworkPolicy.")
-		}
-		list = append(list, served{listenerAdmission, s.o.AdmissionPort, admissionTLS, s.o.Admission, s.admission, nil})
+	if !hasHooks {
+		return []served{verification}, nil
 	}
+	admissionTLS, err := s.admissionTLS(base)
+	if err != nil {
+		return nil, err
+	}
+	if admissionTLS.ClientCAs == nil {
+		logger.Info("WARNING: the admission webhook is served to any client, unauthenticated: anyone who can reach " +
+			"its port can fence keys for --fence-ttl. Give kube-apiserver a client certificate for it " +
+			"(AdmissionConfiguration) and set --admission-client-ca, or at least keep the shipped NetworkPolicy.")
+	}
+	return []served{verification, {listenerAdmission, s.o.AdmissionPort, admissionTLS, s.o.Admission, s.admission, nil}}, nil
+}
 
-	servers := make([]*http.Server, 0, len(list))
-	listeners := make([]net.Listener, 0, len(list))
+// opened is a listener and the server that serves it.
+type opened struct {
+	srv *http.Server
+	l   net.Listener
+}
+
+// listen opens every listener, or none: one that fails closes those
+// already open rather than leave their ports bound with no server.
+func (s *Server) listen(ctx context.Context, logger logr.Logger, list []served) ([]opened, error) {
+	open := make([]opened, 0, len(list))
 	for _, sv := range list {
 		tcp, err := net.Listen("tcp", net.JoinHostPort(s.o.Host, strconv.Itoa(sv.port)))
 		if err != nil {
-			for _, l := range listeners {
-				_ = l.Close()
+			for _, o := range open {
+				_ = o.l.Close()
 			}
-			return fmt.Errorf("the %s listener: %w", sv.name, err)
+			return nil, fmt.Errorf("the %s listener: %w", sv.name, err)
 		}
 		s.mu.Lock()
 		m := s.metrics
 		limited := newLimitListener(tcp, sv.limits, sv.exempt, func(reason string) { m.ConnectionRefused(sv.name, reason) })
 		s.listeners[sv.name] = limited
 		s.mu.Unlock()
-		listeners = append(listeners, tls.NewListener(limited, sv.tls))
-		var handler http.Handler = sv.mux
-		if sv.limits.UnknownPathHold > 0 {
-			handler = holdUnknown(sv.mux, sv.limits.UnknownPathHold, sv.limits.MaxHeldUnknown)
-		}
-		if sv.limits.MaxBodyBytes > 0 {
-			handler = limitBody(handler, sv.limits.MaxBodyBytes)
-		}
-		servers = append(servers, &http.Server{
-			Handler:           handler,
-			ReadHeaderTimeout: sv.limits.ReadHeaderTimeout,
-			ReadTimeout:       sv.limits.ReadTimeout,
-			WriteTimeout:      sv.limits.WriteTimeout,
-			IdleTimeout:       sv.limits.IdleTimeout,
-			MaxHeaderBytes:    sv.limits.MaxHeaderBytes,
-			// A flood of bad handshakes would otherwise write a line each
-			// to stderr.
-			ErrorLog:    stdlog.New(logWriter{logger.WithValues("listener", sv.name).V(1)}, "", 0),
-			BaseContext: func(net.Listener) context.Context { return ctx },
-		})
+		open = append(open, opened{srv: newHTTPServer(ctx, logger, sv), l: tls.NewListener(limited, sv.tls)})
 		logger.Info("Serving", "listener", sv.name, "host", s.o.Host, "port", sv.port)
 	}
-	s.mu.Lock()
-	s.started = true
-	s.mu.Unlock()
+	return open, nil
+}
 
-	errs := make(chan error, len(servers))
-	for i, srv := range servers {
+// newHTTPServer serves sv's mux within sv's limits.
+func newHTTPServer(ctx context.Context, logger logr.Logger, sv served) *http.Server {
+	var handler http.Handler = sv.mux
+	if sv.limits.UnknownPathHold > 0 {
+		handler = holdUnknown(sv.mux, sv.limits.UnknownPathHold, sv.limits.MaxHeldUnknown)
+	}
+	if sv.limits.MaxBodyBytes > 0 {
+		handler = limitBody(handler, sv.limits.MaxBodyBytes)
+	}
+	return &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: sv.limits.ReadHeaderTimeout,
+		ReadTimeout:       sv.limits.ReadTimeout,
+		WriteTimeout:      sv.limits.WriteTimeout,
+		IdleTimeout:       sv.limits.IdleTimeout,
+		MaxHeaderBytes:    sv.limits.MaxHeaderBytes,
+		// A flood of bad handshakes would otherwise write a line each
+		// to stderr.
+		ErrorLog:    stdlog.New(logWriter{logger.WithValues("listener", sv.name).V(1)}, "", 0),
+		BaseContext: func(net.Listener) context.Context { return ctx },
+	}
+}
+
+// serve runs every server until ctx ends or one fails, then shuts them all
+// down, so that the failure Start returns leaves no listener serving.
+func serve(ctx context.Context, logger logr.Logger, open []opened) error {
+	errs := make(chan error, len(open))
+	for _, o := range open {
 		go func() {
-			if err := srv.Serve(listeners[i]); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := o.srv.Serve(o.l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errs <- err
 				return
 			}
@@ -375,8 +421,8 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	for _, srv := range servers {
-		if err := srv.Shutdown(shutdown); err != nil {
+	for _, o := range open {
+		if err := o.srv.Shutdown(shutdown); err != nil {
 			logger.Error(err, "Shutting down a listener")
 		}
 	}
