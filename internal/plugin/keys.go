@@ -19,9 +19,14 @@ import (
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 )
 
+// createFlags are create's flags.
+type createFlags struct {
+	description, expiresIn, format, secretName, output string
+	timeout                                            time.Duration
+}
+
 func newCreate(o *Options) *cobra.Command {
-	var description, expiresIn, format, secretName, output string
-	var timeout time.Duration
+	var f createFlags
 	cmd := &cobra.Command{
 		Use:   "create NAME",
 		Short: "Create an API key and print it once",
@@ -30,26 +35,12 @@ func newCreate(o *Options) *cobra.Command {
   kubectl latchkey create ci -o json | jq -r .key`,
 		Args: exactlyOneName,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(output, "json", "yaml"); err != nil {
+			if err := checkOutput(f.output, "json", "yaml"); err != nil {
 				return err
 			}
-			key := &authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Name: args[0]}}
-			key.Spec.Description, key.Spec.SecretName = description, secretName
-			switch strings.ToLower(format) {
-			case "prefixed", "":
-				key.Spec.Format = authv1alpha1.FormatPrefixed
-			case "hex":
-				key.Spec.Format = authv1alpha1.FormatHex
-			default:
-				return fmt.Errorf("--format must be prefixed or hex, not %q", format)
-			}
-			if expiresIn != "" {
-				d, err := time.ParseDuration(expiresIn)
-				if err != nil || d <= 0 {
-					return fmt.Errorf("--expires-in must be a positive duration such as 720h, not %q", expiresIn)
-				}
-				at := metav1.NewTime(o.Clock.Now().Add(d).Truncate(time.Second))
-				key.Spec.ExpiresAt = &at
+			key, err := f.apiKey(o, args[0])
+			if err != nil {
+				return err
 			}
 			ns, err := o.namespace(false)
 			if err != nil {
@@ -60,43 +51,83 @@ func newCreate(o *Options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, cancel := withTimeout(timeout)
+			ctx, cancel := withTimeout(f.timeout)
 			defer cancel()
-			if err := c.Create(ctx, key); err != nil {
-				if apierrors.IsAlreadyExists(err) {
-					return fmt.Errorf("an ApiKey named %q already exists in %s: pick another name, or `kubectl latchkey list`", key.Name, ns)
-				}
-				return fmt.Errorf("creating the ApiKey: %w", err)
-			}
-			spin := newSpinner(o, fmt.Sprintf("Waiting for %s/%s to be Ready", ns, key.Name))
-			err = waitReady(ctx, c, key)
-			spin.stop()
+			raw, err := o.createReady(ctx, c, key)
 			if err != nil {
 				return err
 			}
-			secret := &corev1.Secret{}
-			if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: key.SecretName()}, secret); err != nil {
-				return fmt.Errorf("the key is Ready but its Secret %s cannot be read (%w): read it with kubectl get secret", key.SecretName(), err)
-			}
-			raw := string(secret.Data[authv1alpha1.SecretKeyAPIKey])
-			if output != "" {
-				return printStructured(o.Streams.Out, output, map[string]any{
-					"namespace": ns, "name": key.Name, "secretName": key.SecretName(), "key": raw,
-					"keyHint": key.Status.KeyHint, "expiresAt": key.Spec.ExpiresAt,
-				})
-			}
-			fmt.Fprintf(o.Streams.Out, "Created API key %s/%s (%s).\n\n  %s\n\n", ns, key.Name, key.Status.KeyHint, raw)
-			fmt.Fprintf(o.Streams.Out, "Store it now: this is the only time it is shown. It stays in Secret %s/%s until that is deleted.\n", ns, key.SecretName())
-			return nil
+			return o.printCreated(f.output, key, raw)
 		},
 	}
-	cmd.Flags().StringVar(&description, "description", "", "Who or what holds the key.")
-	cmd.Flags().StringVar(&expiresIn, "expires-in", "", "Expire the key after this long, such as 720h.")
-	cmd.Flags().StringVar(&format, "format", "prefixed", "Key format: prefixed (lk_…, with a checksum) or hex.")
-	cmd.Flags().StringVar(&secretName, "secret-name", "", "Secret to deliver the key to (default: the key's name).")
-	cmd.Flags().StringVarP(&output, "output", "o", "", "Output format: json or yaml.")
-	cmd.Flags().DurationVar(&timeout, "timeout", time.Minute, "How long to wait until the key is Ready.")
+	cmd.Flags().StringVar(&f.description, "description", "", "Who or what holds the key.")
+	cmd.Flags().StringVar(&f.expiresIn, "expires-in", "", "Expire the key after this long, such as 720h.")
+	cmd.Flags().StringVar(&f.format, "format", "prefixed", "Key format: prefixed (lk_…, with a checksum) or hex.")
+	cmd.Flags().StringVar(&f.secretName, "secret-name", "", "Secret to deliver the key to (default: the key's name).")
+	cmd.Flags().StringVarP(&f.output, "output", "o", "", "Output format: json or yaml.")
+	cmd.Flags().DurationVar(&f.timeout, "timeout", time.Minute, "How long to wait until the key is Ready.")
 	return cmd
+}
+
+// apiKey is the ApiKey the flags ask for, checked before anything is sent
+// so that a mistyped flag creates nothing.
+func (f *createFlags) apiKey(o *Options, name string) (*authv1alpha1.ApiKey, error) {
+	key := &authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	key.Spec.Description, key.Spec.SecretName = f.description, f.secretName
+	switch strings.ToLower(f.format) {
+	case "prefixed", "":
+		key.Spec.Format = authv1alpha1.FormatPrefixed
+	case "hex":
+		key.Spec.Format = authv1alpha1.FormatHex
+	default:
+		return nil, fmt.Errorf("--format must be prefixed or hex, not %q", f.format)
+	}
+	if f.expiresIn != "" {
+		d, err := time.ParseDuration(f.expiresIn)
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("--expires-in must be a positive duration such as 720h, not %q", f.expiresIn)
+		}
+		at := metav1.NewTime(o.Clock.Now().Add(d).Truncate(time.Second))
+		key.Spec.ExpiresAt = &at
+	}
+	return key, nil
+}
+
+// createReady creates key, waits until the operator has delivered it and
+// returns the raw key from its Secret: the only place it exists.
+func (o *Options) createReady(ctx context.Context, c client.Client, key *authv1alpha1.ApiKey) (string, error) {
+	if err := c.Create(ctx, key); err != nil {
+		if apierrors.IsAlreadyExists(err) {
+			return "", fmt.Errorf("an ApiKey named %q already exists in %s: pick another name, or `kubectl latchkey list`", key.Name, key.Namespace)
+		}
+		return "", fmt.Errorf("creating the ApiKey: %w", err)
+	}
+	spin := newSpinner(o, fmt.Sprintf("Waiting for %s/%s to be Ready", key.Namespace, key.Name))
+	err := waitReady(ctx, c, key)
+	spin.stop()
+	if err != nil {
+		return "", err
+	}
+	secret := &corev1.Secret{}
+	if err := c.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: key.SecretName()}, secret); err != nil {
+		return "", fmt.Errorf("the key is Ready but its Secret %s cannot be read (%w): read it with kubectl get secret", key.SecretName(), err)
+	}
+	return string(secret.Data[authv1alpha1.SecretKeyAPIKey]), nil
+}
+
+// printCreated shows the raw key this once, in output's format or with
+// the reminder that nothing shows it again.
+func (o *Options) printCreated(output string, key *authv1alpha1.ApiKey, raw string) error {
+	ns := key.Namespace
+	if output != "" {
+		return printStructured(o.Streams.Out, output, map[string]any{
+			"namespace": ns, "name": key.Name, "secretName": key.SecretName(), "key": raw,
+			"keyHint": key.Status.KeyHint, "expiresAt": key.Spec.ExpiresAt,
+		})
+	}
+	fmt.Fprintf(o.Streams.Out, "Created API key %s/%s (%s).\n\n  %s\n\n", ns, key.Name, key.Status.KeyHint, raw)
+	fmt.Fprintf(o.Streams.Out, "Store it now: this is the only time it is shown. It stays in Secret %s/%s until that is deleted.\n", ns, key.SecretName())
+	return nil
 }
 
 func waitReady(ctx context.Context, c client.Client, key *authv1alpha1.ApiKey) error {
