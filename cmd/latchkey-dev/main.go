@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/latchkey-dev/latchkey/pkg/devenv"
+	"github.com/latchkey-dev/latchkey/pkg/devenv/controlplane"
 )
 
 func main() {
@@ -102,7 +103,7 @@ func run(dir, assets, pluginDir string, verbose bool) error {
 
 // tour is what to try, one shell line each; the README shows it as
 // written for the default directories, and TestDevTour runs every line.
-func tour(f devenv.Files, assets, pluginDir, logPath string) string {
+func tour(f controlplane.Files, assets, pluginDir, logPath string) string {
 	return strings.NewReplacer(
 		"KUBECONFIG_FILE", shellPath(f.Kubeconfig), "KEY_KUBECONFIG", f.KeyKubeconfig, "PLUGIN_DIR", shellPath(pluginDir),
 		"ASSETS", assets, "CA_FILE", f.CA, "ENDPOINT_FILE", f.Endpoint, "LOG_FILE", logPath,

@@ -14,7 +14,7 @@ import (
 	"testing"
 
 	"github.com/latchkey-dev/latchkey/internal/testenv"
-	"github.com/latchkey-dev/latchkey/pkg/devenv"
+	"github.com/latchkey-dev/latchkey/pkg/devenv/controlplane"
 )
 
 // rawKey finds Prefixed keys in what a test prints, which must never show one.
@@ -118,7 +118,7 @@ func TestDevTour(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defaults := tour(devenv.Files{
+	defaults := tour(controlplane.Files{
 		Kubeconfig: "bin/dev/kubeconfig", KeyKubeconfig: "bin/dev/key-kubeconfig", CA: "bin/dev/ca.crt", Endpoint: "bin/dev/endpoint",
 	}, "$(make -s envtest)", "bin", "bin/dev/manager.log")
 	var block []string

@@ -41,7 +41,7 @@ func TestMinting(t *testing.T) {
 			run := startManager(t, ns, managerOptions{asManager: true})
 
 			g.Expect(env.Client.Create(ctx, newKey(ns, "ci", tt.spec))).To(Succeed())
-			key := waitForPhase(t, ns, "ci", authv1alpha1.PhaseActive)
+			key := env.WaitForPhase(t, ns, "ci", authv1alpha1.PhaseActive)
 
 			secret := getSecret(g, ns, tt.secretName)
 			raw := string(secret.Data[authv1alpha1.SecretKeyAPIKey])
@@ -103,7 +103,7 @@ func TestSecretNotCreatedByLatchkeyIsNeverTouched(t *testing.T) {
 	g.Expect(env.Client.Create(ctx, theirs)).To(Succeed())
 	g.Expect(env.Client.Create(ctx, newKey(ns, "k", authv1alpha1.ApiKeySpec{SecretName: "taken"}))).To(Succeed())
 
-	key := waitForPhase(t, ns, "k", authv1alpha1.PhaseFailed)
+	key := env.WaitForPhase(t, ns, "k", authv1alpha1.PhaseFailed)
 	cond := meta.FindStatusCondition(key.Status.Conditions, authv1alpha1.ConditionKeyDelivered)
 	g.Expect(cond.Status).To(Equal(metav1.ConditionFalse))
 	g.Expect(cond.Reason).To(Equal(authv1alpha1.ReasonSecretNotOwned))
@@ -122,7 +122,7 @@ func TestSecretNotCreatedByLatchkeyIsNeverTouched(t *testing.T) {
 
 	// Once the user removes their Secret, the key is minted.
 	g.Expect(env.Client.Delete(ctx, theirs)).To(Succeed())
-	key = waitForPhase(t, ns, "k", authv1alpha1.PhaseActive)
+	key = env.WaitForPhase(t, ns, "k", authv1alpha1.PhaseActive)
 	g.Expect(meta.IsStatusConditionTrue(key.Status.Conditions, authv1alpha1.ConditionKeyDelivered)).To(BeTrue())
 }
 
@@ -132,7 +132,7 @@ func activeKeyCheckedOften(t *testing.T, g Gomega) (string, *authv1alpha1.ApiKey
 	ns := env.Namespace(t)
 	startManager(t, ns, managerOptions{secretCheckInterval: 300 * time.Millisecond})
 	g.Expect(env.Client.Create(context.Background(), newKey(ns, "k", authv1alpha1.ApiKeySpec{}))).To(Succeed())
-	key := waitForPhase(t, ns, "k", authv1alpha1.PhaseActive)
+	key := env.WaitForPhase(t, ns, "k", authv1alpha1.PhaseActive)
 	return ns, key, getRecord(g, key).Spec.Hash
 }
 
@@ -167,13 +167,13 @@ func TestRevocation(t *testing.T) {
 	run := startManager(t, ns, managerOptions{})
 
 	g.Expect(env.Client.Create(ctx, newKey(ns, "k", authv1alpha1.ApiKeySpec{}))).To(Succeed())
-	key := waitForPhase(t, ns, "k", authv1alpha1.PhaseActive)
+	key := env.WaitForPhase(t, ns, "k", authv1alpha1.PhaseActive)
 	raw := string(getSecret(g, ns, "k").Data[authv1alpha1.SecretKeyAPIKey])
 
 	base := key.DeepCopy()
 	key.Spec.Revoked = true
 	g.Expect(env.Client.Patch(ctx, key, client.MergeFrom(base))).To(Succeed())
-	key = waitForPhase(t, ns, "k", authv1alpha1.PhaseRevoked)
+	key = env.WaitForPhase(t, ns, "k", authv1alpha1.PhaseRevoked)
 	g.Expect(key.Status.RevokedAt).NotTo(BeNil())
 	g.Expect(key.Status.KeyHint).To(Equal(keys.Hint(raw)), "a revoked key stays recognisable for audit")
 	g.Expect(meta.IsStatusConditionFalse(key.Status.Conditions, authv1alpha1.ConditionReady)).To(BeTrue())
@@ -200,7 +200,7 @@ func TestDeletionRevokesTheRecordAndKeepsIt(t *testing.T) {
 	startManager(t, ns, managerOptions{retention: time.Hour})
 
 	g.Expect(env.Client.Create(ctx, newKey(ns, "k", authv1alpha1.ApiKeySpec{}))).To(Succeed())
-	key := waitForPhase(t, ns, "k", authv1alpha1.PhaseActive)
+	key := env.WaitForPhase(t, ns, "k", authv1alpha1.PhaseActive)
 	g.Expect(env.Client.Delete(ctx, key)).To(Succeed())
 
 	g.Eventually(func(g Gomega) {
@@ -222,7 +222,7 @@ func TestRevokedAtCreationIsNeverMinted(t *testing.T) {
 	startManager(t, ns, managerOptions{})
 
 	g.Expect(env.Client.Create(ctx, newKey(ns, "k", authv1alpha1.ApiKeySpec{Revoked: true}))).To(Succeed())
-	waitForPhase(t, ns, "k", authv1alpha1.PhaseRevoked)
+	env.WaitForPhase(t, ns, "k", authv1alpha1.PhaseRevoked)
 	err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "k"}, &corev1.Secret{})
 	g.Expect(apierrors.IsNotFound(err)).To(BeTrue())
 	g.Expect(recordsOf(g, ns, "k")).To(BeEmpty())
@@ -246,7 +246,7 @@ func TestManyKeysNoLeaksAndDistinctHashes(t *testing.T) {
 	hashes := map[string]bool{}
 	for i := range n {
 		name := "k" + strings.Repeat("x", i)
-		key := waitForPhase(t, ns, name, authv1alpha1.PhaseActive)
+		key := env.WaitForPhase(t, ns, name, authv1alpha1.PhaseActive)
 		raws = append(raws, string(getSecret(g, ns, name).Data[authv1alpha1.SecretKeyAPIKey]))
 		hashes[getRecord(g, key).Spec.Hash] = true
 	}

@@ -171,6 +171,6 @@ func TestANamespaceOptsInToKeyDelivery(t *testing.T) {
 	g.Expect(recordsOf(g, ns, "waiting")).To(BeEmpty(), "nothing was recorded")
 
 	grantKeyDelivery(t, ns)
-	key := waitForPhase(t, ns, "waiting", authv1alpha1.PhaseActive)
+	key := env.WaitForPhase(t, ns, "waiting", authv1alpha1.PhaseActive)
 	g.Expect(meta.IsStatusConditionTrue(key.Status.Conditions, authv1alpha1.ConditionKeyDelivered)).To(BeTrue())
 }

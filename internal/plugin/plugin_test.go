@@ -28,22 +28,18 @@ import (
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/keys"
-	"github.com/latchkey-dev/latchkey/internal/testenv"
-	"github.com/latchkey-dev/latchkey/pkg/devenv"
+	"github.com/latchkey-dev/latchkey/internal/testenv/inprocess"
 )
 
 var (
 	update = flag.Bool("update", false, "rewrite the golden files")
-	lk     *devenv.Latchkey
+	lk     *inprocess.Latchkey
 )
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	assets, err := testenv.Assets()
-	if err == nil {
-		lk, err = devenv.Start(context.Background(), devenv.Options{AssetsDir: assets})
-	}
-	if err != nil {
+	var err error
+	if lk, err = inprocess.Start(context.Background(), inprocess.Options{}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
@@ -97,7 +93,7 @@ func normalise(s string) string {
 }
 
 func TestCreateListRevoke(t *testing.T) {
-	ns := namespace(t)
+	ns := lk.Namespace(t)
 	now := time.Now()
 	out, err := run(t, now, "", "create", "ci", "--description", "GitHub Actions CI", "-n", ns)
 	if err != nil {
@@ -128,7 +124,9 @@ func TestCreateListRevoke(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitActive(t, ns, "expiring", "used")
+	for _, name := range []string{"expiring", "used"} {
+		lk.WaitForPhase(t, ns, name, authv1alpha1.PhaseActive)
+	}
 	used := &authv1alpha1.ApiKey{}
 	_ = lk.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "used"}, used)
 	patch := client.RawPatch(types.MergePatchType, []byte(`{"status":{"lastUsedAt":"2026-11-20T09:30:00Z"}}`))
@@ -167,7 +165,7 @@ func TestCreateListRevoke(t *testing.T) {
 }
 
 func TestWhoAmI(t *testing.T) {
-	ns := namespace(t)
+	ns := lk.Namespace(t)
 	if _, err := run(t, time.Now(), "", "create", "svc", "-n", ns); err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +246,7 @@ func TestWhoAmIFollowsNoRedirect(t *testing.T) {
 // make dev's kubeconfig names the endpoints and their CA: whoami finds them
 // there, with no flag.
 func TestWhoAmIFromTheKubeconfig(t *testing.T) {
-	ns := namespace(t)
+	ns := lk.Namespace(t)
 	if _, err := run(t, time.Now(), "", "create", "svc", "-n", ns); err != nil {
 		t.Fatal(err)
 	}
@@ -285,7 +283,7 @@ func TestUsageChart(t *testing.T) {
 	}
 	golden(t, "usage.txt", out.String())
 
-	ns := namespace(t)
+	ns := lk.Namespace(t)
 	if _, err := run(t, time.Now(), "", "usage", "-n", ns); err == nil || !strings.Contains(err.Error(), "no usage in "+ns) {
 		t.Fatalf("usage with no keys: %v", err)
 	}
@@ -299,30 +297,6 @@ func TestUsageChart(t *testing.T) {
 		}
 	}
 	t.Fatalf("usage -o json:\n%s", got)
-}
-
-func namespace(t *testing.T) string {
-	t.Helper()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "plugin-"}}
-	if err := lk.Client.Create(context.Background(), ns); err != nil {
-		t.Fatal(err)
-	}
-	return ns.Name
-}
-
-func waitActive(t *testing.T, ns string, names ...string) {
-	t.Helper()
-	for _, name := range names {
-		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-			k := &authv1alpha1.ApiKey{}
-			if lk.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, k) == nil && k.Status.Phase == authv1alpha1.PhaseActive {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s never became Active", name)
-			}
-		}
-	}
 }
 
 func TestScan(t *testing.T) {
@@ -361,7 +335,7 @@ func checksumOf(t *testing.T, prefixAndBody string) string {
 }
 
 func TestEnable(t *testing.T) {
-	ns := namespace(t)
+	ns := lk.Namespace(t)
 	out, err := run(t, time.Now(), "", "enable", "-n", ns)
 	if err != nil || !strings.Contains(out, "Latchkey may now deliver keys in "+ns) {
 		t.Fatalf("enable: %v\n%s", err, out)

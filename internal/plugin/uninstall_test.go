@@ -18,14 +18,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
-	"github.com/latchkey-dev/latchkey/internal/testenv"
-	"github.com/latchkey-dev/latchkey/pkg/devenv"
+	"github.com/latchkey-dev/latchkey/internal/testenv/inprocess"
 )
 
 // With the operator running, uninstall deletes every ApiKey through it:
 // each key's record is revoked before the ApiKey goes.
 func TestUninstallWithTheOperator(t *testing.T) {
-	ns := namespace(t)
+	ns := lk.Namespace(t)
 	names := []string{"a", "b"}
 	raws := make([]string, 0, len(names))
 	for _, name := range names {
@@ -57,12 +56,8 @@ func TestUninstallWithTheOperator(t *testing.T) {
 // refuses the write and its finalizer waits for the operator, so its
 // namespace would stay Terminating for ever. uninstall releases it.
 func TestUninstallWithoutTheOperator(t *testing.T) {
-	assets, err := testenv.Assets()
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
-	gone, err := devenv.Start(ctx, devenv.Options{AssetsDir: assets})
+	gone, err := inprocess.Start(ctx, inprocess.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,14 +71,7 @@ func TestUninstallWithoutTheOperator(t *testing.T) {
 	if err := c.Create(ctx, key); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if c.Get(ctx, client.ObjectKeyFromObject(key), key) == nil && key.Status.Phase == authv1alpha1.PhaseActive {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the ApiKey never became Active")
-		}
-	}
+	gone.WaitForPhase(t, ns.Name, key.Name, authv1alpha1.PhaseActive)
 	gone.StopOperator()
 	if err := c.Delete(ctx, key); !apierrors.IsInternalError(err) {
 		t.Fatalf("deleting an ApiKey with the operator down: %v, want the webhook's refusal", err)

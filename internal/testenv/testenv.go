@@ -225,3 +225,24 @@ func ForgedAdmissionReview(key *authv1alpha1.ApiKey, op admissionv1.Operation) (
 
 // AdmissionPath is where the ApiKey admission webhook is served.
 const AdmissionPath = "/validate-auth-latchkey-dev-v1alpha1-apikey"
+
+// Main is a TestMain for a package whose tests need a control plane: it
+// starts one with o, hands it to use (which may start what the tests talk
+// to), runs the tests, stops the control plane and exits with their code.
+func Main(m *testing.M, o Options, use func(*Env) error) {
+	e, err := Start(o)
+	if err == nil {
+		if err = use(e); err != nil {
+			_ = e.Stop()
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if err := e.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+	}
+	os.Exit(code)
+}

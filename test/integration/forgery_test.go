@@ -41,14 +41,14 @@ func TestPlantedKeysNeverAuthenticate(t *testing.T) {
 			Spec: authv1alpha1.ApiKeySpec{SecretName: old.SecretName()}}
 		// The admission webhook refuses it until its cache has seen the old one go.
 		g.Eventually(func() error { return env.Client.Create(ctx, fresh) }).WithTimeout(10 * time.Second).Should(Succeed())
-		waitPhase(g, fresh, authv1alpha1.PhaseFailed)
+		fresh = env.WaitForPhase(t, ns, fresh.Name, authv1alpha1.PhaseFailed)
 
 		secret := &corev1.Secret{}
 		g.Expect(env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: old.SecretName()}, secret)).To(Succeed())
 		base := secret.DeepCopy()
 		secret.OwnerReferences = []metav1.OwnerReference{*metav1.NewControllerRef(fresh, authv1alpha1.GroupVersion.WithKind("ApiKey"))}
 		g.Expect(env.Client.Patch(ctx, secret, client.MergeFrom(base))).To(Succeed())
-		touch(g, fresh)
+		fresh = touch(t, fresh)
 
 		g.Expect(fresh.Status.Phase).To(Equal(authv1alpha1.PhaseFailed))
 		g.Expect(recordsOfKey(g, fresh)).To(BeEmpty(), "nothing records a value Latchkey did not generate")
@@ -65,13 +65,13 @@ func TestPlantedKeysNeverAuthenticate(t *testing.T) {
 		g.Expect(env.Client.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: other, Name: "copied"},
 			Data: map[string][]byte{authv1alpha1.SecretKeyAPIKey: []byte(live)}})).To(Succeed())
 		g.Expect(env.Client.Create(ctx, copied)).To(Succeed())
-		waitPhase(g, copied, authv1alpha1.PhaseFailed)
+		copied = env.WaitForPhase(t, other, copied.Name, authv1alpha1.PhaseFailed)
 		secret := &corev1.Secret{}
 		g.Expect(env.Client.Get(ctx, types.NamespacedName{Namespace: other, Name: "copied"}, secret)).To(Succeed())
 		base := secret.DeepCopy()
 		secret.OwnerReferences = []metav1.OwnerReference{*metav1.NewControllerRef(copied, authv1alpha1.GroupVersion.WithKind("ApiKey"))}
 		g.Expect(env.Client.Patch(ctx, secret, client.MergeFrom(base))).To(Succeed())
-		touch(g, copied)
+		copied = touch(t, copied)
 
 		g.Expect(copied.Status.Phase).To(Equal(authv1alpha1.PhaseFailed))
 		g.Expect(recordsOfKey(g, copied)).To(BeEmpty())
@@ -81,21 +81,14 @@ func TestPlantedKeysNeverAuthenticate(t *testing.T) {
 	})
 }
 
-func waitPhase(g Gomega, key *authv1alpha1.ApiKey, phase authv1alpha1.Phase) {
-	g.Eventually(func(g Gomega) {
-		g.Expect(env.Client.Get(context.Background(), client.ObjectKeyFromObject(key), key)).To(Succeed())
-		g.Expect(key.Status.Phase).To(Equal(phase))
-		g.Expect(key.Status.ObservedGeneration).To(Equal(key.Generation))
-	}).WithTimeout(30 * time.Second).WithPolling(20 * time.Millisecond).Should(Succeed())
-}
-
 // touch changes the key's description and waits until that generation is
 // reconciled, so that the controller has looked at the Secret again.
-func touch(g Gomega, key *authv1alpha1.ApiKey) {
+func touch(t testing.TB, key *authv1alpha1.ApiKey) *authv1alpha1.ApiKey {
+	t.Helper()
 	base := key.DeepCopy()
 	key.Spec.Description = "touched at " + time.Now().Format(time.RFC3339Nano)
-	g.Expect(env.Client.Patch(context.Background(), key, client.MergeFrom(base))).To(Succeed())
-	waitPhase(g, key, key.Status.Phase)
+	NewWithT(t).Expect(env.Client.Patch(context.Background(), key, client.MergeFrom(base))).To(Succeed())
+	return env.WaitForPhase(t, key.Namespace, key.Name, key.Status.Phase)
 }
 
 func recordsOfKey(g Gomega, key *authv1alpha1.ApiKey) []authv1alpha1.ApiKeyRecord {

@@ -16,24 +16,20 @@ import (
 	"text/tabwriter"
 	"time"
 
-	. "github.com/onsi/gomega"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zapcore"
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/operator"
 	"github.com/latchkey-dev/latchkey/internal/testenv"
-	"github.com/latchkey-dev/latchkey/pkg/devenv"
+	"github.com/latchkey-dev/latchkey/internal/testenv/inprocess"
 )
 
 var (
 	env *testenv.Env
-	lk  *devenv.Latchkey
+	lk  *inprocess.Latchkey
 	// logs holds the operator's logs at the most verbose level, and
 	// registry its metrics, for the leak scan. The logs go to a file, not
 	// memory: tens of MiB in this process's heap would hide what the
@@ -42,7 +38,7 @@ var (
 	registry *prometheus.Registry
 	// minted holds every raw key the suite minted.
 	mintedMu sync.Mutex
-	minted   []string
+	minted   = map[string]bool{}
 
 	resultsMu sync.Mutex
 	results   = map[string]result{}
@@ -125,24 +121,17 @@ func TestMain(m *testing.M) {
 		os.Exit(runFlooder(cpu))
 	}
 	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapError)))
-	assets, err := testenv.Assets()
-	if err == nil {
-		logs, err = os.CreateTemp("", "latchkey-reliability-logs-")
-	}
-	if err == nil {
+	var err error
+	if logs, err = os.CreateTemp("", "latchkey-reliability-logs-"); err == nil {
 		// Production settings: last use is written at most once a minute.
-		lk, err = devenv.Start(context.Background(), devenv.Options{
-			AssetsDir: assets,
-			Logger:    zap.New(zap.WriteTo(logs), zap.UseDevMode(true), zap.Level(zapcore.Level(-10))),
+		lk, err = inprocess.Start(context.Background(), inprocess.Options{
+			Logger: zap.New(zap.WriteTo(logs), zap.UseDevMode(true), zap.Level(zapcore.Level(-10))),
 			// A new registry each time the operator (re)starts; the scan reads the last.
 			Tune: func(o *operator.Options) {
 				registry = prometheus.NewRegistry()
 				o.Registry = registry
 			},
 		})
-	}
-	if err == nil {
-		env, err = testenv.Wrap(lk.ControlPlane)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -151,7 +140,12 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(1)
 	}
+	env = lk.Env
 	code := m.Run()
+	// What every case left, scanned once they have all run.
+	if !scanAfterAllCases() && code == 0 {
+		code = 1
+	}
 	_ = lk.Stop()
 	_ = os.Remove(logs.Name())
 	printTable()
@@ -183,28 +177,20 @@ func printTable() {
 // index knows it, and returns its raw key.
 func mint(t testing.TB, ns, name string) (*authv1alpha1.ApiKey, string) {
 	t.Helper()
-	return mintUntil(t, ns, name, func(raw string) error { _, err := lk.Operator.Verifier.Verify(raw); return err })
+	return mintUntil(t, ns, name, lk.Verifies)
 }
 
-// mintUntil is mint with another notion of the key being usable.
+// mintUntil is mint with another notion of the key being usable; every
+// key it mints is remembered for the leak scan.
 func mintUntil(t testing.TB, ns, name string, usable func(raw string) error) (*authv1alpha1.ApiKey, string) {
 	t.Helper()
-	g := NewWithT(t)
-	ctx := context.Background()
 	key := &authv1alpha1.ApiKey{}
 	key.Namespace, key.Name = ns, name
-	g.Expect(env.Client.Create(ctx, key)).To(Succeed())
-	g.Eventually(func(g Gomega) {
-		g.Expect(env.Client.Get(ctx, client.ObjectKeyFromObject(key), key)).To(Succeed())
-		g.Expect(key.Status.Phase).To(Equal(authv1alpha1.PhaseActive))
-	}).WithTimeout(60 * time.Second).WithPolling(20 * time.Millisecond).Should(Succeed())
-	secret := &corev1.Secret{}
-	g.Expect(env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: key.SecretName()}, secret)).To(Succeed())
-	raw := string(secret.Data[authv1alpha1.SecretKeyAPIKey])
-	mintedMu.Lock()
-	minted = append(minted, raw)
-	mintedMu.Unlock()
-	g.Eventually(func() error { return usable(raw) }).
-		WithTimeout(10 * time.Second).WithPolling(5 * time.Millisecond).Should(Succeed())
+	raw := env.Mint(t, key, func(raw string) error {
+		mintedMu.Lock()
+		defer mintedMu.Unlock()
+		minted[raw] = true
+		return usable(raw)
+	})
 	return key, raw
 }

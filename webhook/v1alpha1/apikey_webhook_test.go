@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -14,11 +13,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
-	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/serving"
@@ -67,33 +63,13 @@ func (f *recordingFence) setFailing(v bool) {
 // TestMain starts a control plane with the webhook configuration installed,
 // and a manager serving the webhook over TLS on the port envtest registered.
 func TestMain(m *testing.M) {
-	e, err := testenv.Start(testenv.Options{Webhooks: true})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	env = e
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
-		Scheme:                 env.Scheme,
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
-		WebhookServer:          serving.New(env.ServingOptions()),
+	testenv.Main(m, testenv.Options{Webhooks: true}, func(e *testenv.Env) error {
+		env = e
+		_, err := env.StartManager(nil, ctrl.Options{WebhookServer: serving.New(env.ServingOptions())}, func(mgr ctrl.Manager) error {
+			return (&ApiKeyValidator{Reader: mgr.GetClient(), Clock: clock.RealClock{}, Fence: fence}).SetupWebhookWithManager(mgr)
+		})
+		return err
 	})
-	if err == nil {
-		err = (&ApiKeyValidator{Reader: mgr.GetClient(), Clock: clock.RealClock{}, Fence: fence}).SetupWebhookWithManager(mgr)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		_ = env.Stop()
-		os.Exit(1)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { _ = mgr.Start(ctx) }()
-	code := m.Run()
-	cancel()
-	_ = env.Stop()
-	os.Exit(code)
 }
 
 func apply(t *testing.T, manifest string) (string, error) {

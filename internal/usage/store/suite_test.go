@@ -1,8 +1,6 @@
 package store
 
 import (
-	"fmt"
-	"os"
 	"testing"
 
 	"github.com/latchkey-dev/latchkey/internal/testenv"
@@ -11,15 +9,5 @@ import (
 var env *testenv.Env
 
 func TestMain(m *testing.M) {
-	e, err := testenv.Start(testenv.Options{})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	env = e
-	code := m.Run()
-	if err := env.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-	}
-	os.Exit(code)
+	testenv.Main(m, testenv.Options{}, func(e *testenv.Env) error { env = e; return nil })
 }

@@ -65,6 +65,7 @@ type ControlPlane struct {
 	// verificationPort is where the verification endpoints (and the token
 	// webhook) are served.
 	verificationPort int
+	tokenWebhook     bool
 }
 
 // Start starts etcd and kube-apiserver and installs the CRDs (and webhook
@@ -78,7 +79,7 @@ func Start(o Options) (*ControlPlane, error) {
 		return nil, err
 	}
 	env := &envtest.Environment{BinaryAssetsDirectory: o.AssetsDir, CRDs: crds}
-	cp := &ControlPlane{Environment: env, Scheme: scheme.New()}
+	cp := &ControlPlane{Environment: env, Scheme: scheme.New(), tokenWebhook: o.TokenWebhook}
 	if o.Webhooks || o.TokenWebhook {
 		vwc := &admissionregistrationv1.ValidatingWebhookConfiguration{}
 		if err := yaml.UnmarshalStrict(webhook.Manifests, vwc); err != nil {
