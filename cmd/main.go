@@ -43,7 +43,7 @@ type certFiles struct{ dir, cert, key string }
 type config struct {
 	operator operator.Options
 
-	metricsAddr, probeAddr                     string
+	metricsAddr, probeAddr, pprofAddr          string
 	metricsCert, webhookCert                   certFiles
 	leaderElect, secureMetrics, enableHTTP2    bool
 	webhookPort, admissionPort                 int
@@ -74,6 +74,8 @@ func parseFlags() *config {
 	flag.StringVar(&cfg.metricsAddr, "metrics-bind-address", "0", "The address the metrics endpoint binds to. "+
 		"Use :8443 for HTTPS or :8080 for HTTP, or leave as 0 to disable the metrics service.")
 	flag.StringVar(&cfg.probeAddr, "health-probe-bind-address", ":8081", "The address the probe endpoint binds to.")
+	flag.StringVar(&cfg.pprofAddr, "pprof-bind-address", "", "The address Go's profiling endpoints (/debug/pprof) bind to, "+
+		"for an operator profiling the manager; empty (the default) serves none. Bind it to loopback: it is unauthenticated.")
 	flag.BoolVar(&cfg.leaderElect, "leader-elect", false,
 		"Enable leader election for controller manager. Enabling this will ensure there is only one active controller manager.")
 	flag.BoolVar(&cfg.secureMetrics, "metrics-secure", true,
@@ -257,6 +259,7 @@ func newManager(cfg *config, restConfig *rest.Config, tlsOpts, webhookTLS []func
 		Metrics:                metricsOpts,
 		WebhookServer:          webhookServer,
 		HealthProbeBindAddress: cfg.probeAddr,
+		PprofBindAddress:       cfg.pprofAddr,
 		LeaderElection:         cfg.leaderElect,
 		LeaderElectionID:       "latchkey.auth.latchkey.dev",
 		// In a cluster the namespace comes from the ServiceAccount; elsewhere from POD_NAMESPACE.
