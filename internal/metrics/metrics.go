@@ -14,7 +14,7 @@
 //
 // Label values:
 //
-//	endpoint  tokenreview, authorize, whoami, executions
+//	endpoint  tokenreview, authorize, whoami, executions, ext_authz
 //	result    verifications: allowed, revoked, expired, unknown, malformed,
 //	          forbidden, wrong_audience, bad_request, rate_limited,
 //	          rate_limited_global;
@@ -37,6 +37,16 @@ import (
 
 const labelResult = "result"
 
+// The label values of the verification metrics, resolved to their series
+// once so that a request counts itself without a label lookup.
+var (
+	verificationEndpoints = []string{"tokenreview", "authorize", "whoami", "executions", "ext_authz"}
+	verificationResults   = []string{"allowed", "revoked", "expired", "unknown", "malformed", "forbidden",
+		"wrong_audience", "bad_request", "rate_limited", "rate_limited_global"}
+)
+
+type endpointResult struct{ endpoint, result string }
+
 // Metrics are Latchkey's metrics, registered with one registry.
 type Metrics struct {
 	reg prometheus.Registerer
@@ -47,6 +57,9 @@ type Metrics struct {
 	LastUsedWrites       *prometheus.CounterVec
 	LedgerWrites         *prometheus.CounterVec
 	ConnectionsRefused   *prometheus.CounterVec
+
+	verified map[endpointResult]prometheus.Counter
+	answered map[string]prometheus.Observer
 }
 
 // New creates the metrics and registers them with reg; the gauges are
@@ -77,21 +90,39 @@ func New(reg prometheus.Registerer) *Metrics {
 		}, []string{"listener", "cap"}),
 	}
 	reg.MustRegister(m.Verifications, m.VerificationDuration, m.LastUsedWrites, m.LedgerWrites, m.ConnectionsRefused)
+	m.verified = make(map[endpointResult]prometheus.Counter, len(verificationEndpoints)*len(verificationResults))
+	m.answered = make(map[string]prometheus.Observer, len(verificationEndpoints))
+	for _, e := range verificationEndpoints {
+		m.answered[e] = m.VerificationDuration.WithLabelValues(e)
+		for _, r := range verificationResults {
+			m.verified[endpointResult{e, r}] = m.Verifications.WithLabelValues(e, r)
+		}
+	}
 	return m
 }
 
 // Verified counts a verification request's answer.
 func (m *Metrics) Verified(endpoint, result string) {
-	if m != nil {
-		m.Verifications.WithLabelValues(endpoint, result).Inc()
+	if m == nil {
+		return
 	}
+	if c, ok := m.verified[endpointResult{endpoint, result}]; ok {
+		c.Inc()
+		return
+	}
+	m.Verifications.WithLabelValues(endpoint, result).Inc()
 }
 
 // Answered observes how long a verification request took.
 func (m *Metrics) Answered(endpoint string, d time.Duration) {
-	if m != nil {
-		m.VerificationDuration.WithLabelValues(endpoint).Observe(d.Seconds())
+	if m == nil {
+		return
 	}
+	if o, ok := m.answered[endpoint]; ok {
+		o.Observe(d.Seconds())
+		return
+	}
+	m.VerificationDuration.WithLabelValues(endpoint).Observe(d.Seconds())
 }
 
 // LastUseWritten counts a write of a key's last use.

@@ -464,8 +464,9 @@ func (s *Server) admissionTLS(base *tls.Config) (*tls.Config, error) {
 func holdUnknown(mux *http.ServeMux, hold time.Duration, maxHeld int) http.Handler {
 	held := make(chan struct{}, maxHeld)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, pattern := mux.Handler(r); pattern != "" {
-			mux.ServeHTTP(w, r)
+		// One route match a request: the handler found is the one served.
+		if h, pattern := mux.Handler(r); pattern != "" {
+			h.ServeHTTP(w, r)
 			return
 		}
 		select {
@@ -484,10 +485,13 @@ func holdUnknown(mux *http.ServeMux, hold time.Duration, maxHeld int) http.Handl
 	})
 }
 
-// limitBody bounds request bodies to n bytes.
+// limitBody bounds request bodies to n bytes. A request without one (every
+// forward-auth check) is served as it is, without a reader to allocate.
 func limitBody(h http.Handler, n int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		r.Body = http.MaxBytesReader(w, r.Body, n)
+		if r.Body != http.NoBody {
+			r.Body = http.MaxBytesReader(w, r.Body, n)
+		}
 		h.ServeHTTP(w, r)
 	})
 }

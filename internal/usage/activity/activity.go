@@ -55,7 +55,20 @@ type use struct {
 	at                   time.Time
 }
 
-type tenantDay struct{ tenant, date string }
+// tenantDay keys a tenant's counts by UTC day (days since the Unix epoch):
+// a number, so that counting a verification formats no date.
+type tenantDay struct {
+	tenant string
+	day    int64
+}
+
+const secondsPerDay = 24 * 60 * 60
+
+func dayOf(t time.Time) int64 { return t.Unix() / secondsPerDay }
+
+func (td tenantDay) date() string {
+	return time.Unix(td.day*secondsPerDay, 0).UTC().Format(time.DateOnly)
+}
 
 type verifications struct{ allowed, denied int64 }
 
@@ -74,7 +87,7 @@ func New(c client.Client, counter VerificationCounter, clk clock.PassiveClock, i
 // Allowed notes that id authenticated a request now.
 func (l *Recorder) Allowed(id verifier.Identity) {
 	now := l.clock.Now()
-	td := tenantDay{id.Tenant, now.UTC().Format(time.DateOnly)}
+	td := tenantDay{id.Tenant, dayOf(now)}
 	l.mu.Lock()
 	l.pending[id.KeyUID] = use{tenant: id.Tenant, name: id.KeyName, record: id.Record, at: now}
 	c := l.counts[td]
@@ -88,7 +101,7 @@ func (l *Recorder) Denied(tenant string) {
 	if tenant == "" {
 		return
 	}
-	td := tenantDay{tenant, l.clock.Now().UTC().Format(time.DateOnly)}
+	td := tenantDay{tenant, dayOf(l.clock.Now())}
 	l.mu.Lock()
 	c := l.counts[td]
 	c.denied++
@@ -127,7 +140,7 @@ func (l *Recorder) Flush(ctx context.Context) int {
 
 	if l.counter != nil {
 		for td, c := range counts {
-			if err := l.counter.RecordVerifications(ctx, td.tenant, td.date, c.allowed, c.denied); err != nil {
+			if err := l.counter.RecordVerifications(ctx, td.tenant, td.date(), c.allowed, c.denied); err != nil {
 				log.FromContext(ctx).Error(err, "Failed to count verifications; keeping them for the next flush", "tenant", td.tenant)
 				l.mu.Lock()
 				k := l.counts[td]

@@ -27,10 +27,13 @@ import (
 var day = time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
 
 // counter is a VerificationCounter that fails while failing is set.
+// reported is what the counter was told: a tenant's counts for a date.
+type reported struct{ tenant, date string }
+
 type counter struct {
 	mu      sync.Mutex
 	failing bool
-	got     map[tenantDay]verifications
+	got     map[reported]verifications
 }
 
 func (c *counter) RecordVerifications(_ context.Context, tenant, date string, allowed, denied int64) error {
@@ -39,9 +42,9 @@ func (c *counter) RecordVerifications(_ context.Context, tenant, date string, al
 	if c.failing {
 		return errors.New("the ledger is unavailable")
 	}
-	v := c.got[tenantDay{tenant, date}]
+	v := c.got[reported{tenant, date}]
 	v.allowed, v.denied = v.allowed+allowed, v.denied+denied
-	c.got[tenantDay{tenant, date}] = v
+	c.got[reported{tenant, date}] = v
 	return nil
 }
 
@@ -71,7 +74,7 @@ func newFixture(t *testing.T, patch func(ctx context.Context, c client.Client, o
 	}
 	f := &fixture{
 		c:       b.Build(),
-		counter: &counter{got: map[tenantDay]verifications{}},
+		counter: &counter{got: map[reported]verifications{}},
 		clk:     clocktesting.NewFakeClock(day),
 		m:       metrics.New(prometheus.NewRegistry()),
 		id:      verifier.Identity{Tenant: "tenant-a", KeyName: "ci", KeyUID: "uid-1", Record: "abc123"},
@@ -112,7 +115,7 @@ func TestManyUsesOfAKeyCostOneWriteOfTheLatest(t *testing.T) {
 	if key == nil || !key.Time.Equal(want) || rec == nil || !rec.Time.Equal(want) {
 		t.Fatalf("lastUsedAt: key %v, record %v; want %v on both", key, rec, want)
 	}
-	if got := f.counter.got[tenantDay{"tenant-a", "2026-11-22"}]; got != (verifications{allowed: 3, denied: 1}) {
+	if got := f.counter.got[reported{"tenant-a", "2026-11-22"}]; got != (verifications{allowed: 3, denied: 1}) {
 		t.Fatalf("counted %+v, want 3 allowed and 1 denied", got)
 	}
 	if n := f.r.Flush(context.Background()); n != 0 || f.writes("written") != 1 {
@@ -183,7 +186,7 @@ func TestCountsThatFailToBeRecordedAreMergedIntoTheNext(t *testing.T) {
 	f.clk.Step(24 * time.Hour) // the next day's count is its own
 	f.r.Denied("tenant-a")
 	f.r.Flush(context.Background())
-	want := map[tenantDay]verifications{
+	want := map[reported]verifications{
 		{"tenant-a", "2026-11-22"}: {allowed: 2, denied: 2},
 		{"tenant-a", "2026-11-23"}: {denied: 1},
 	}
@@ -194,5 +197,19 @@ func TestCountsThatFailToBeRecordedAreMergedIntoTheNext(t *testing.T) {
 		if f.counter.got[td] != v {
 			t.Fatalf("counted %v, want %v", f.counter.got, want)
 		}
+	}
+}
+
+// Noting a verification is on the request path: once a key and its
+// tenant's day are known, it allocates nothing.
+func TestNotingAVerificationNeverAllocates(t *testing.T) {
+	f := newFixture(t, nil)
+	f.r.Allowed(f.id)
+	f.r.Denied("tenant-a")
+	if n := testing.AllocsPerRun(1000, func() {
+		f.r.Allowed(f.id)
+		f.r.Denied("tenant-a")
+	}); n != 0 {
+		t.Fatalf("%v allocations per verification noted", n)
 	}
 }
