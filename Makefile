@@ -62,6 +62,16 @@ bench: envtest ## Run the benchmarks and load runs and print their figures (see 
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -run 'RevocationIsImmediate|LastUseIsWritten|ConcurrentReporters' -v ./test/integration/ | grep -E 'FIGURE|^ok|FAIL'
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -run '^$$' -bench 'ExecutionsLoad|ManagerMemory' -benchtime 1x -timeout 30m ./test/integration/ | grep -E 'FIGURE|Benchmark|ok|FAIL'
 
+BENCH_LOAD_ARGS ?=
+.PHONY: bench-load
+bench-load: envtest ## Measure /authorize and /tokenreview from outside with wrk against the manager and a bare TLS ceiling, keys minted through the API (BENCH_LOAD_ARGS: -keys, -conns, -duration, -rounds, -force, -out).
+	@command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }
+	go build -o bin/bench-load/manager ./cmd
+	go build -o bin/bench-load/ceiling ./hack/benchload/ceiling
+	go build -o bin/bench-load/benchload ./hack/benchload
+	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" bin/bench-load/benchload -manager bin/bench-load/manager \
+		-ceiling bin/bench-load/ceiling -lua hack/benchload/load.lua $(BENCH_LOAD_ARGS)
+
 .PHONY: reliability
 reliability: envtest ## Run every reliability case (faults, floods, leaks, privilege, fuzzing 5 minutes per parser) and print the table.
 	@mkdir -p bin
