@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -38,8 +39,10 @@ const (
 )
 
 // DefaultSecretCheckInterval is how often an Active key's Secret is looked
-// at. Latchkey may not watch Secrets (that would cache every Secret in the
-// cluster), so a deleted Secret is noticed on this schedule.
+// at, at most. Latchkey may not watch Secrets (that would cache every Secret
+// in the cluster), so a deleted Secret is noticed on this schedule; with
+// more keys than the budget of checks covers in it (interval × checks per
+// second: 3,000 at the defaults), about every keys / checks per second.
 const DefaultSecretCheckInterval = 10 * time.Minute
 
 // Defaults of the manager's tuning flags.
@@ -61,11 +64,18 @@ type ApiKeyReconciler struct {
 	Clock     clock.PassiveClock
 	// Random is the source of key material: crypto/rand outside tests.
 	Random io.Reader
-	// SecretCheckInterval is how often an Active key's Secret is checked.
+	// SecretCheckInterval is how often an Active key's Secret is checked at
+	// most; 0 means DefaultSecretCheckInterval.
 	SecretCheckInterval time.Duration
+	// SecretChecksPerSecond bounds the Secret reads of all periodic checks
+	// together (see secretChecks); 0 means DefaultSecretChecksPerSecond.
+	SecretChecksPerSecond float64
 	// ServiceAccount is the manager's, namespace:name, for the command that
 	// grants it a namespace's Secrets; empty means DefaultServiceAccount.
 	ServiceAccount string
+
+	checksOnce sync.Once
+	checks     *secretChecks
 }
 
 // +kubebuilder:rbac:groups=auth.latchkey.dev,resources=apikeys,verbs=get;list;watch;patch
@@ -103,9 +113,9 @@ func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		// generation it saw: what this pass half-saw is no status.
 		return ctrl.Result{}, err
 	}
-	status, requeue := computeStatus(o)
+	status, next := computeStatus(o)
 	status.ObservedGeneration = key.Generation
-	return ctrl.Result{RequeueAfter: requeue}, r.patchStatus(ctx, key, status)
+	return ctrl.Result{RequeueAfter: r.secretChecks().requeueAfter(next)}, r.patchStatus(ctx, key, status)
 }
 
 func (r *ApiKeyReconciler) reconcileDelete(ctx context.Context, key *authv1alpha1.ApiKey) error {
@@ -131,7 +141,8 @@ func (r *ApiKeyReconciler) reconcileDelete(ctx context.Context, key *authv1alpha
 // reconcileNormal revokes, mints or checks delivery, and keeps the record's
 // expiry, and returns what it observed.
 func (r *ApiKeyReconciler) reconcileNormal(ctx context.Context, key *authv1alpha1.ApiKey) (observation, error) {
-	o := observation{key: key, now: r.Clock.Now(), secretCheckInterval: r.secretCheckInterval(), serviceAccount: r.ServiceAccount}
+	checks := r.secretChecks()
+	o := observation{key: key, now: r.Clock.Now(), secretCheckInterval: checks.interval, serviceAccount: r.ServiceAccount}
 	records, err := r.keyRecords(ctx, key)
 	if err != nil {
 		return o, err
@@ -142,6 +153,16 @@ func (r *ApiKeyReconciler) reconcileNormal(ctx context.Context, key *authv1alpha
 		return o, r.revokeRecords(ctx, records, authv1alpha1.RevocationRevoked)
 	}
 
+	// A pass no change caused (its status is of this generation: a requeue,
+	// a resync) reads the Secret only within the shared budget; a create or
+	// a spec edit reads it at once.
+	if key.Status.ObservedGeneration == key.Generation && !checks.take() {
+		o.secret = secretDeferred
+		if record == nil {
+			return o, nil
+		}
+		return o, r.syncRecordExpiry(ctx, key, record)
+	}
 	if record == nil {
 		o.record, o.secret, err = r.ensureKey(ctx, key, pending)
 	} else if err = r.deletePending(ctx, pending); err == nil {
@@ -220,11 +241,13 @@ func (r *ApiKeyReconciler) patchStatus(ctx context.Context, key *authv1alpha1.Ap
 	return client.IgnoreNotFound(r.Client.Status().Patch(ctx, key, client.MergeFrom(base)))
 }
 
-func (r *ApiKeyReconciler) secretCheckInterval() time.Duration {
-	if r.SecretCheckInterval > 0 {
-		return r.SecretCheckInterval
-	}
-	return DefaultSecretCheckInterval
+// secretChecks is the budget of this reconciler's periodic Secret checks,
+// made on first use: tests reconcile without SetupWithManager.
+func (r *ApiKeyReconciler) secretChecks() *secretChecks {
+	r.checksOnce.Do(func() {
+		r.checks = newSecretChecks(r.Clock, r.SecretCheckInterval, r.SecretChecksPerSecond)
+	})
+	return r.checks
 }
 
 // SetupWithManager registers the controller. Only spec changes and deletion

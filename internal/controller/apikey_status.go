@@ -29,6 +29,10 @@ const (
 	secretChanged
 	// secretAccessDenied: the namespace has not let Latchkey at its Secrets.
 	secretAccessDenied
+	// secretDeferred: the pass would have looked, but the budget of
+	// periodic checks had no room; what status said stands, all of it
+	// for a key not minted yet.
+	secretDeferred
 )
 
 // observation is what one pass gathered, from which status is computed:
@@ -39,106 +43,175 @@ type observation struct {
 	record *authv1alpha1.ApiKeyRecord
 	secret secretState
 	now    time.Time
-	// secretCheckInterval is how soon an Active key is looked at again.
+	// secretCheckInterval is the least wait between two checks of the
+	// key's Secret.
 	secretCheckInterval time.Duration
 	// serviceAccount is the manager's, namespace:name, for the command
 	// that opts a namespace in.
 	serviceAccount string
 }
 
+// lookAgain is when a pass asks for the key to be looked at again.
+type lookAgain struct {
+	// scheduled is false when only a change brings the key back (it is
+	// revoked).
+	scheduled bool
+	// checkAfter is the least wait before the next check of the Secret;
+	// the shared budget picks its slot (secretChecks).
+	checkAfter time.Duration
+	// expiresIn, if positive, is how soon the key expires: it is looked at
+	// then, whatever the budget.
+	expiresIn time.Duration
+}
+
 // computeStatus is the ApiKey's status after a pass that observed o, and
-// how soon to look again (0: only when something changes). It is pure: the
-// pass's phases gather, this decides, and Reconcile writes the result once.
-// It leaves observedGeneration as it was; only a pass that succeeded stamps it.
-func computeStatus(o observation) (authv1alpha1.ApiKeyStatus, time.Duration) {
-	st := *o.key.Status.DeepCopy()
-	gen := o.key.Generation
-	set := func(typ string, status metav1.ConditionStatus, reason, msg string) {
-		meta.SetStatusCondition(&st.Conditions, metav1.Condition{
-			Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: gen,
-		})
-	}
-	secretName := o.key.SecretName()
-	if o.record != nil {
-		st.KeyHint = o.record.Spec.Hint
-		if used := o.record.Status.LastUsedAt; used != nil && (st.LastUsedAt == nil || st.LastUsedAt.Before(used)) {
-			st.LastUsedAt = used
-		}
-	}
-
+// when to look again. It is pure: the pass's phases gather, this decides,
+// and Reconcile writes the result once. It leaves observedGeneration as it
+// was; only a pass that succeeded stamps it.
+func computeStatus(o observation) (authv1alpha1.ApiKeyStatus, lookAgain) {
+	b := &statusBuilder{st: *o.key.Status.DeepCopy(), gen: o.key.Generation}
+	b.fromRecord(o.record)
 	if o.key.Spec.Revoked {
-		if o.record != nil && o.record.Spec.RevokedAt != nil {
-			st.RevokedAt = o.record.Spec.RevokedAt
-		}
-		if st.RevokedAt == nil {
-			st.RevokedAt = &metav1.Time{Time: o.now}
-		}
-		st.Phase = authv1alpha1.PhaseRevoked
-		set(authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonRevoked,
-			"The key was revoked and never authenticates again")
-		return st, 0
+		b.revoked(o)
+		return b.st, lookAgain{}
 	}
+	next := lookAgain{scheduled: true, checkAfter: o.secretCheckInterval}
+	if o.secret == secretDeferred {
+		// The budget's first free slot; until then a key not minted yet
+		// stays as it was.
+		next.checkAfter = 0
+		if o.record == nil {
+			return b.st, next
+		}
+	}
+	if b.delivery(o, &next) {
+		return b.st, next
+	}
+	next.expiresIn = b.readiness(o)
+	return b.st, next
+}
 
+// statusBuilder is the status computeStatus builds, whose conditions are
+// stamped with the generation the pass saw.
+type statusBuilder struct {
+	st  authv1alpha1.ApiKeyStatus
+	gen int64
+}
+
+func (b *statusBuilder) set(typ string, status metav1.ConditionStatus, reason, msg string) {
+	meta.SetStatusCondition(&b.st.Conditions, metav1.Condition{
+		Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: b.gen,
+	})
+}
+
+// fromRecord takes the hint and the last use (which only moves forward)
+// from the delivered record.
+func (b *statusBuilder) fromRecord(record *authv1alpha1.ApiKeyRecord) {
+	if record == nil {
+		return
+	}
+	b.st.KeyHint = record.Spec.Hint
+	if used := record.Status.LastUsedAt; used != nil && (b.st.LastUsedAt == nil || b.st.LastUsedAt.Before(used)) {
+		b.st.LastUsedAt = used
+	}
+}
+
+// revoked is a revoked key's status, dated by its record if it has one.
+func (b *statusBuilder) revoked(o observation) {
+	if o.record != nil && o.record.Spec.RevokedAt != nil {
+		b.st.RevokedAt = o.record.Spec.RevokedAt
+	}
+	if b.st.RevokedAt == nil {
+		b.st.RevokedAt = &metav1.Time{Time: o.now}
+	}
+	b.st.Phase = authv1alpha1.PhaseRevoked
+	b.set(authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonRevoked,
+		"The key was revoked and never authenticates again")
+}
+
+// delivery sets KeyDelivered from what the pass found of the Secret, and
+// reports whether that also decided the phase (a key that cannot be
+// minted), with when to look again in next.
+func (b *statusBuilder) delivery(o observation, next *lookAgain) (final bool) {
+	secretName := o.key.SecretName()
 	switch o.secret {
 	case secretDelivered:
-		set(authv1alpha1.ConditionKeyDelivered, metav1.ConditionTrue, authv1alpha1.ReasonDelivered,
+		b.set(authv1alpha1.ConditionKeyDelivered, metav1.ConditionTrue, authv1alpha1.ReasonDelivered,
 			fmt.Sprintf("Key delivered to Secret %q", secretName))
 	case secretMissing:
-		set(authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretMissing,
+		b.set(authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretMissing,
 			fmt.Sprintf("Secret %q was deleted; the key still works. If its holder lost it, revoke this ApiKey and create a new one", secretName))
 	case secretChanged:
-		set(authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretChanged,
-			fmt.Sprintf("Secret %q no longer holds the key Latchkey delivered (%s); that key still works, and the value now in the Secret authenticates nothing. If the delivered key is lost, revoke this ApiKey and create a new one", secretName, st.KeyHint))
+		b.set(authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretChanged,
+			fmt.Sprintf("Secret %q no longer holds the key Latchkey delivered (%s); that key still works, and the value now in the Secret authenticates nothing. If the delivered key is lost, revoke this ApiKey and create a new one", secretName, b.st.KeyHint))
 	case secretNotOwned:
-		if o.record != nil {
-			set(authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretNotOwned,
-				fmt.Sprintf("Secret %q was replaced by one Latchkey did not create; the key still works", secretName))
-			break
-		}
-		// The message says no more than the phase does: that the name is not
-		// available. The ApiKey's author may not read Secrets, and learns
-		// nothing of the one in the way.
-		msg := fmt.Sprintf("Latchkey cannot deliver the key to Secret %q: that name is not available to this ApiKey, and Latchkey only ever writes a Secret it creates itself. Choose another spec.secretName (in a new ApiKey)", secretName)
-		st.Phase = authv1alpha1.PhaseFailed
-		set(authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretNotOwned, msg)
-		set(authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonNotDelivered, msg)
-		return st, o.secretCheckInterval
-	case secretAccessDenied:
-		sa := o.serviceAccount
-		if sa == "" {
-			sa = authv1alpha1.DefaultServiceAccount
-		}
-		msg := fmt.Sprintf("Latchkey may not get or create Secrets in namespace %q. To let it deliver keys here: kubectl create rolebinding %s -n %s --clusterrole=%s --serviceaccount=%s",
-			o.key.Namespace, authv1alpha1.KeyDeliveryClusterRole, o.key.Namespace, authv1alpha1.KeyDeliveryClusterRole, sa)
 		if o.record == nil {
-			// Before minting the key waits; once minted it keeps working and
-			// only the check is unknown.
-			st.Phase = authv1alpha1.PhasePending
-			set(authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretAccessDenied, msg)
-			set(authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonSecretAccessDenied, msg)
-			return st, min(authv1alpha1.KeyDeliveryRetry, o.secretCheckInterval)
+			b.nameTaken(secretName)
+			return true
 		}
-		set(authv1alpha1.ConditionKeyDelivered, metav1.ConditionUnknown, authv1alpha1.ReasonSecretAccessDenied, msg)
+		b.set(authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretNotOwned,
+			fmt.Sprintf("Secret %q was replaced by one Latchkey did not create; the key still works", secretName))
+	case secretAccessDenied:
+		if b.accessDenied(o) {
+			next.checkAfter = min(authv1alpha1.KeyDeliveryRetry, next.checkAfter)
+			return true
+		}
 	}
+	return false
+}
 
-	if o.record == nil {
-		st.Phase = authv1alpha1.PhasePending
-		set(authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonMinting, "The key is being minted")
-		return st, o.secretCheckInterval
+// nameTaken fails a key not minted yet whose Secret's name is another's.
+// The message says no more than the phase does: that the name is not
+// available. The ApiKey's author may not read Secrets, and learns nothing
+// of the one in the way.
+func (b *statusBuilder) nameTaken(secretName string) {
+	msg := fmt.Sprintf("Latchkey cannot deliver the key to Secret %q: that name is not available to this ApiKey, and Latchkey only ever writes a Secret it creates itself. Choose another spec.secretName (in a new ApiKey)", secretName)
+	b.st.Phase = authv1alpha1.PhaseFailed
+	b.set(authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretNotOwned, msg)
+	b.set(authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonNotDelivered, msg)
+}
+
+// accessDenied says which command opts the namespace in. Before minting the
+// key waits, Pending (final); once minted it keeps working and only the
+// check is unknown.
+func (b *statusBuilder) accessDenied(o observation) (final bool) {
+	sa := o.serviceAccount
+	if sa == "" {
+		sa = authv1alpha1.DefaultServiceAccount
 	}
-	if o.key.Expired(o.now) {
-		st.Phase = authv1alpha1.PhaseExpired
-		set(authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonExpired,
+	msg := fmt.Sprintf("Latchkey may not get or create Secrets in namespace %q. To let it deliver keys here: kubectl create rolebinding %s -n %s --clusterrole=%s --serviceaccount=%s",
+		o.key.Namespace, authv1alpha1.KeyDeliveryClusterRole, o.key.Namespace, authv1alpha1.KeyDeliveryClusterRole, sa)
+	if o.record != nil {
+		b.set(authv1alpha1.ConditionKeyDelivered, metav1.ConditionUnknown, authv1alpha1.ReasonSecretAccessDenied, msg)
+		return false
+	}
+	b.st.Phase = authv1alpha1.PhasePending
+	b.set(authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretAccessDenied, msg)
+	b.set(authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonSecretAccessDenied, msg)
+	return true
+}
+
+// readiness sets the phase and Ready of a key that is not revoked and not
+// held up by its Secret: minting, expired or active. It returns how soon an
+// active key expires, if it does.
+func (b *statusBuilder) readiness(o observation) (expiresIn time.Duration) {
+	switch {
+	case o.record == nil:
+		b.st.Phase = authv1alpha1.PhasePending
+		b.set(authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonMinting, "The key is being minted")
+		return 0
+	case o.key.Expired(o.now):
+		b.st.Phase = authv1alpha1.PhaseExpired
+		b.set(authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonExpired,
 			fmt.Sprintf("The key expired at %s", o.key.Spec.ExpiresAt.UTC().Format(time.RFC3339)))
-		return st, o.secretCheckInterval
+		return 0
 	}
-	st.Phase = authv1alpha1.PhaseActive
-	set(authv1alpha1.ConditionReady, metav1.ConditionTrue, authv1alpha1.ReasonActive, "The key authenticates requests")
-	next := o.secretCheckInterval
-	if exp := o.key.Spec.ExpiresAt; exp != nil && exp.Sub(o.now) < next {
-		next = exp.Sub(o.now)
+	b.st.Phase = authv1alpha1.PhaseActive
+	b.set(authv1alpha1.ConditionReady, metav1.ConditionTrue, authv1alpha1.ReasonActive, "The key authenticates requests")
+	if exp := o.key.Spec.ExpiresAt; exp != nil {
+		return exp.Sub(o.now)
 	}
-	return st, next
+	return 0
 }
 
 // statusEvent is an Event a change of status tells the ApiKey's users of.

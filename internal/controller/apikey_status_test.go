@@ -36,35 +36,48 @@ func TestComputeStatus(t *testing.T) {
 		{Type: authv1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: authv1alpha1.ReasonActive},
 		{Type: authv1alpha1.ConditionKeyDelivered, Status: metav1.ConditionTrue, Reason: authv1alpha1.ReasonDelivered},
 	}}
+	notDelivered := func(phase authv1alpha1.Phase, ready, delivered string) authv1alpha1.ApiKeyStatus {
+		return authv1alpha1.ApiKeyStatus{Phase: phase, Conditions: []metav1.Condition{
+			{Type: authv1alpha1.ConditionReady, Status: metav1.ConditionFalse, Reason: ready, ObservedGeneration: 3},
+			{Type: authv1alpha1.ConditionKeyDelivered, Status: metav1.ConditionFalse, Reason: delivered, ObservedGeneration: 3},
+		}}
+	}
+	failed := notDelivered(authv1alpha1.PhaseFailed, authv1alpha1.ReasonNotDelivered, authv1alpha1.ReasonSecretNotOwned)
+	waiting := notDelivered(authv1alpha1.PhasePending, authv1alpha1.ReasonSecretAccessDenied, authv1alpha1.ReasonSecretAccessDenied)
+	every := lookAgain{scheduled: true, checkAfter: time.Minute}
+	firstFreeSlot := lookAgain{scheduled: true}
 	type cond struct {
 		typ    string
 		status metav1.ConditionStatus
 		reason string
 	}
 	tests := []struct {
-		name    string
-		spec    authv1alpha1.ApiKeySpec
-		prev    authv1alpha1.ApiKeyStatus
-		record  *authv1alpha1.ApiKeyRecord
-		secret  secretState
-		phase   authv1alpha1.Phase
-		conds   []cond
-		requeue time.Duration
+		name   string
+		spec   authv1alpha1.ApiKeySpec
+		prev   authv1alpha1.ApiKeyStatus
+		record *authv1alpha1.ApiKeyRecord
+		secret secretState
+		phase  authv1alpha1.Phase
+		conds  []cond
+		next   lookAgain
 	}{
 		{name: "a key not minted yet is Pending, being minted",
-			phase: authv1alpha1.PhasePending, requeue: time.Minute,
+			phase: authv1alpha1.PhasePending, next: every,
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonMinting}}},
 		{name: "a key just delivered is Active and Ready, looked at again at the next Secret check",
-			record: recordFixture(nil), secret: secretDelivered, phase: authv1alpha1.PhaseActive, requeue: time.Minute,
+			record: recordFixture(nil), secret: secretDelivered, phase: authv1alpha1.PhaseActive, next: every,
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionTrue, authv1alpha1.ReasonActive},
 				{authv1alpha1.ConditionKeyDelivered, metav1.ConditionTrue, authv1alpha1.ReasonDelivered}}},
 		{name: "an Active key that expires before the next check is looked at again exactly at its expiry",
 			spec: authv1alpha1.ApiKeySpec{ExpiresAt: in(10 * time.Second)}, prev: active, record: recordFixture(nil), secret: secretDelivered,
-			phase: authv1alpha1.PhaseActive, requeue: 10 * time.Second,
+			phase: authv1alpha1.PhaseActive, next: lookAgain{scheduled: true, checkAfter: time.Minute, expiresIn: 10 * time.Second},
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionTrue, authv1alpha1.ReasonActive}}},
+		{name: "an Active key that expires after the next check is looked at again for the check",
+			spec: authv1alpha1.ApiKeySpec{ExpiresAt: in(time.Hour)}, prev: active, record: recordFixture(nil), secret: secretDelivered,
+			phase: authv1alpha1.PhaseActive, next: lookAgain{scheduled: true, checkAfter: time.Minute, expiresIn: time.Hour}},
 		{name: "a key is Expired from the instant of its expiry",
 			spec: authv1alpha1.ApiKeySpec{ExpiresAt: in(0)}, prev: active, record: recordFixture(nil), secret: secretDelivered,
-			phase: authv1alpha1.PhaseExpired, requeue: time.Minute,
+			phase: authv1alpha1.PhaseExpired, next: every,
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonExpired}}},
 		{name: "a revoked key is Revoked and not Ready, and never looked at again on a schedule",
 			spec: authv1alpha1.ApiKeySpec{Revoked: true}, prev: active,
@@ -79,47 +92,63 @@ func TestComputeStatus(t *testing.T) {
 			spec: authv1alpha1.ApiKeySpec{Revoked: true, ExpiresAt: in(-time.Hour)}, prev: active, record: recordFixture(nil),
 			phase: authv1alpha1.PhaseRevoked},
 		{name: "a key whose Secret name is taken is Failed, and says so without confirming more",
-			secret: secretNotOwned, phase: authv1alpha1.PhaseFailed, requeue: time.Minute,
+			secret: secretNotOwned, phase: authv1alpha1.PhaseFailed, next: every,
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonNotDelivered},
 				{authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretNotOwned}}},
 		{name: "a key whose namespace has not opted in waits Pending, looking again soon",
-			secret: secretAccessDenied, phase: authv1alpha1.PhasePending, requeue: 30 * time.Second,
+			secret: secretAccessDenied, phase: authv1alpha1.PhasePending, next: lookAgain{scheduled: true, checkAfter: 30 * time.Second},
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonSecretAccessDenied},
 				{authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretAccessDenied}}},
 		{name: "a minted key whose namespace opted out again keeps working, delivery unknown",
-			prev: active, record: recordFixture(nil), secret: secretAccessDenied, phase: authv1alpha1.PhaseActive, requeue: time.Minute,
+			prev: active, record: recordFixture(nil), secret: secretAccessDenied, phase: authv1alpha1.PhaseActive, next: every,
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionTrue, authv1alpha1.ReasonActive},
 				{authv1alpha1.ConditionKeyDelivered, metav1.ConditionUnknown, authv1alpha1.ReasonSecretAccessDenied}}},
 		{name: "a key whose Secret was deleted keeps working, not delivered",
-			prev: active, record: recordFixture(nil), secret: secretMissing, phase: authv1alpha1.PhaseActive, requeue: time.Minute,
+			prev: active, record: recordFixture(nil), secret: secretMissing, phase: authv1alpha1.PhaseActive, next: every,
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionTrue, authv1alpha1.ReasonActive},
 				{authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretMissing}}},
 		{name: "a key whose Secret was replaced by someone else's keeps working, not delivered",
-			prev: active, record: recordFixture(nil), secret: secretNotOwned, phase: authv1alpha1.PhaseActive, requeue: time.Minute,
+			prev: active, record: recordFixture(nil), secret: secretNotOwned, phase: authv1alpha1.PhaseActive, next: every,
 			conds: []cond{{authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretNotOwned}}},
 		{name: "a key whose Secret holds another value keeps working, not delivered",
-			prev: active, record: recordFixture(nil), secret: secretChanged, phase: authv1alpha1.PhaseActive, requeue: time.Minute,
+			prev: active, record: recordFixture(nil), secret: secretChanged, phase: authv1alpha1.PhaseActive, next: every,
 			conds: []cond{{authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretChanged}}},
 		{name: "a key whose Secret was not looked at keeps what status said of delivery",
-			prev: active, record: recordFixture(nil), secret: secretUnchecked, phase: authv1alpha1.PhaseActive, requeue: time.Minute,
+			prev: active, record: recordFixture(nil), secret: secretUnchecked, phase: authv1alpha1.PhaseActive, next: every,
 			conds: []cond{{authv1alpha1.ConditionKeyDelivered, metav1.ConditionTrue, authv1alpha1.ReasonDelivered}}},
+		{name: "an Active key whose check the budget deferred keeps what status said of delivery, and takes the first free slot",
+			prev: active, record: recordFixture(nil), secret: secretDeferred, phase: authv1alpha1.PhaseActive, next: firstFreeSlot,
+			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionTrue, authv1alpha1.ReasonActive},
+				{authv1alpha1.ConditionKeyDelivered, metav1.ConditionTrue, authv1alpha1.ReasonDelivered}}},
+		{name: "a key whose check the budget deferred still expires on time",
+			spec: authv1alpha1.ApiKeySpec{ExpiresAt: in(0)}, prev: active, record: recordFixture(nil), secret: secretDeferred,
+			phase: authv1alpha1.PhaseExpired, next: firstFreeSlot,
+			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonExpired}}},
+		{name: "a Failed key whose retry the budget deferred stays Failed, as it was",
+			prev: failed, secret: secretDeferred, phase: authv1alpha1.PhaseFailed, next: firstFreeSlot,
+			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonNotDelivered},
+				{authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretNotOwned}}},
+		{name: "a Pending key whose retry the budget deferred keeps waiting for its namespace, as it was",
+			prev: waiting, secret: secretDeferred, phase: authv1alpha1.PhasePending, next: firstFreeSlot,
+			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonSecretAccessDenied},
+				{authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretAccessDenied}}},
 		{name: "a Secret deleted from a Failed key's way lets it become Active once minted",
 			prev: authv1alpha1.ApiKeyStatus{Phase: authv1alpha1.PhaseFailed}, record: recordFixture(nil), secret: secretDelivered,
-			phase: authv1alpha1.PhaseActive, requeue: time.Minute,
+			phase: authv1alpha1.PhaseActive, next: every,
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionTrue, authv1alpha1.ReasonActive}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			key := keyFixture(tt.spec, tt.prev)
 			before := key.Status.DeepCopy()
-			st, requeue := computeStatus(observation{
+			st, next := computeStatus(observation{
 				key: key, record: tt.record, secret: tt.secret, now: statusNow, secretCheckInterval: time.Minute,
 			})
 			if st.Phase != tt.phase {
 				t.Errorf("phase = %s, want %s", st.Phase, tt.phase)
 			}
-			if requeue != tt.requeue {
-				t.Errorf("requeue after %v, want %v", requeue, tt.requeue)
+			if next != tt.next {
+				t.Errorf("looked at again %+v, want %+v", next, tt.next)
 			}
 			for _, c := range tt.conds {
 				got := meta.FindStatusCondition(st.Conditions, c.typ)
