@@ -108,7 +108,10 @@ func parseFlags() *config {
 	flag.IntVar(&o.MaxDeletedRecordsPerTenant, "max-deleted-records-per-namespace", o.MaxDeletedRecordsPerTenant,
 		"How many records of deleted ApiKeys a namespace keeps for audit at most; past it the longest revoked are deleted before their retention ends.")
 	flag.DurationVar(&o.SecretCheckInterval, "secret-check-interval", o.SecretCheckInterval,
-		"How often an Active key's Secret is checked for deletion (Secrets are read by name, never watched).")
+		"How often an Active key's Secret is checked for deletion at most (Secrets are read by name, never watched).")
+	flag.Float64Var(&o.SecretChecksPerSecond, "secret-checks-per-second", o.SecretChecksPerSecond,
+		"Secret reads a second all keys' periodic checks may make together (bursts of at most its ceiling), whatever the number of keys: "+
+			"past --secret-check-interval × this many keys, each is checked about every keys/this seconds. Creates and spec edits are checked at once, outside it.")
 	flag.IntVar(&o.MaxConcurrentReconciles, "max-concurrent-reconciles", o.MaxConcurrentReconciles, "How many ApiKeys are reconciled at once.")
 	flag.Float64Var(&cfg.kubeAPIQPS, "kube-api-qps", controller.DefaultKubeAPIQPS, "Queries per second to the API server.")
 	flag.IntVar(&cfg.kubeAPIBurst, "kube-api-burst", controller.DefaultKubeAPIBurst, "Burst of queries to the API server.")

@@ -46,6 +46,9 @@ type Options struct {
 	// namespace; 0 means controller.DefaultMaxDeletedRecordsPerTenant.
 	MaxDeletedRecordsPerTenant int
 	SecretCheckInterval        time.Duration
+	// SecretChecksPerSecond bounds the Secret GETs of all keys' periodic
+	// checks together; 0 means controller.DefaultSecretChecksPerSecond.
+	SecretChecksPerSecond float64
 	// ServiceAccount is the manager's, namespace:name; empty means the
 	// installed default.
 	ServiceAccount string
@@ -87,6 +90,7 @@ func DefaultOptions() Options {
 		RecordRetention:            controller.DefaultRecordRetention,
 		MaxDeletedRecordsPerTenant: controller.DefaultMaxDeletedRecordsPerTenant,
 		SecretCheckInterval:        controller.DefaultSecretCheckInterval,
+		SecretChecksPerSecond:      controller.DefaultSecretChecksPerSecond,
 		Webhooks:                   true,
 		FenceTTL:                   verifier.DefaultFenceTTL,
 		MaxFences:                  verifier.DefaultMaxFences,
@@ -110,13 +114,14 @@ type Operator struct {
 // Setup adds everything Latchkey runs to mgr.
 func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 	if err := (&controller.ApiKeyReconciler{
-		Client:              mgr.GetClient(),
-		APIReader:           mgr.GetAPIReader(),
-		Recorder:            mgr.GetEventRecorder("latchkey"),
-		Clock:               o.Clock,
-		Random:              o.Random,
-		SecretCheckInterval: o.SecretCheckInterval,
-		ServiceAccount:      o.ServiceAccount,
+		Client:                mgr.GetClient(),
+		APIReader:             mgr.GetAPIReader(),
+		Recorder:              mgr.GetEventRecorder("latchkey"),
+		Clock:                 o.Clock,
+		Random:                o.Random,
+		SecretCheckInterval:   o.SecretCheckInterval,
+		SecretChecksPerSecond: o.SecretChecksPerSecond,
+		ServiceAccount:        o.ServiceAccount,
 	}).SetupWithManager(mgr, o.MaxConcurrentReconciles); err != nil {
 		return nil, fmt.Errorf("apikey controller: %w", err)
 	}
