@@ -161,12 +161,14 @@ func (b *bench) measure(ctx context.Context) error {
 		time.Sleep(o.settle)
 		s.rssRestarted = rss(b.manager.Process.Pid)
 		s.heapRestarted = b.heapOrZero()
+		// A long run's figures so far survive its interruption.
+		if o.out != "" {
+			if err := os.WriteFile(o.out, []byte(b.report(steps, rss0, idle0, procs)), 0o600); err != nil {
+				return err
+			}
+		}
 	}
-	report := b.report(steps, rss0, idle0, procs)
-	fmt.Print(report)
-	if o.out != "" {
-		return os.WriteFile(o.out, []byte(report), 0o600)
-	}
+	fmt.Print(b.report(steps, rss0, idle0, procs))
 	return nil
 }
 
