@@ -27,6 +27,14 @@ import (
 // replica.
 const DefaultLastUsedInterval = time.Minute
 
+// DefaultLastUseWritesPerSecond bounds how many keys' last use a replica
+// writes per second, averaged over an interval (each is two status
+// patches: the ApiKey's and the record's). More keys in use than that
+// allows are each written less often than every interval, so that the API
+// traffic of last use, and the watch events it sends back to every
+// replica, stay the same whatever the number of keys.
+const DefaultLastUseWritesPerSecond = 20
+
 // VerificationCounter records a tenant's verification counts of a day; the
 // usage store is one.
 type VerificationCounter interface {
@@ -44,6 +52,9 @@ type Recorder struct {
 	clock    clock.PassiveClock
 	interval time.Duration
 	metrics  *metrics.Metrics
+	// perFlush is how many keys' last use one flush writes at most; the
+	// others wait for the next.
+	perFlush int
 
 	mu      sync.Mutex
 	pending map[types.UID]use
@@ -72,16 +83,34 @@ func (td tenantDay) date() string {
 
 type verifications struct{ allowed, denied int64 }
 
+// Option configures a Recorder.
+type Option func(*Recorder)
+
+// WithWritesPerSecond bounds the keys whose last use is written per second
+// (default DefaultLastUseWritesPerSecond).
+func WithWritesPerSecond(n float64) Option {
+	return func(r *Recorder) {
+		if n > 0 {
+			r.perFlush = max(1, int(n*r.interval.Seconds()))
+		}
+	}
+}
+
 // New returns a recorder that writes through c and counter every interval,
 // counting last-use writes in m (which may be nil).
-func New(c client.Client, counter VerificationCounter, clk clock.PassiveClock, interval time.Duration, m *metrics.Metrics) *Recorder {
+func New(c client.Client, counter VerificationCounter, clk clock.PassiveClock, interval time.Duration, m *metrics.Metrics, opts ...Option) *Recorder {
 	if interval <= 0 {
 		interval = DefaultLastUsedInterval
 	}
-	return &Recorder{
+	r := &Recorder{
 		client: c, counter: counter, clock: clk, interval: interval, metrics: m,
 		pending: map[types.UID]use{}, counts: map[tenantDay]verifications{},
 	}
+	WithWritesPerSecond(DefaultLastUseWritesPerSecond)(r)
+	for _, o := range opts {
+		o(r)
+	}
+	return r
 }
 
 // Allowed notes that id authenticated a request now.
@@ -151,8 +180,13 @@ func (l *Recorder) Flush(ctx context.Context) int {
 		}
 	}
 
-	written := 0
+	written, tried := 0, 0
 	for uid, u := range batch {
+		if tried == l.perFlush {
+			l.keep(uid, u)
+			continue
+		}
+		tried++
 		err := l.write(ctx, uid, u)
 		switch {
 		case err == nil:
@@ -163,14 +197,20 @@ func (l *Recorder) Flush(ctx context.Context) int {
 		default:
 			l.count("failed")
 			log.FromContext(ctx).Error(err, "Failed to write last use; keeping it for the next flush", "tenant", u.tenant, "apikey", u.name)
-			l.mu.Lock()
-			if newer, ok := l.pending[uid]; !ok || newer.at.Before(u.at) {
-				l.pending[uid] = u
-			}
-			l.mu.Unlock()
+			l.keep(uid, u)
 		}
 	}
 	return written
+}
+
+// keep puts an unwritten use back for the next flush, unless the key has
+// been used again since.
+func (l *Recorder) keep(uid types.UID, u use) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if newer, ok := l.pending[uid]; !ok || newer.at.Before(u.at) {
+		l.pending[uid] = u
+	}
 }
 
 func (l *Recorder) count(result string) { l.metrics.LastUseWritten(result) }

@@ -3,6 +3,7 @@ package activity
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -211,5 +212,34 @@ func TestNotingAVerificationNeverAllocates(t *testing.T) {
 		f.r.Denied("tenant-a")
 	}); n != 0 {
 		t.Fatalf("%v allocations per verification noted", n)
+	}
+}
+
+// However many keys are in use, a flush writes at most its budget of them;
+// the others are written by the next flushes, none lost.
+func TestLastUseWritesStayWithinTheirBudget(t *testing.T) {
+	written := map[string]int{}
+	f := newFixture(t, func(ctx context.Context, c client.Client, obj client.Object, p client.Patch) error {
+		if _, ok := obj.(*authv1alpha1.ApiKey); ok {
+			written[obj.GetName()]++
+		}
+		return c.Status().Patch(ctx, obj, p)
+	})
+	r := New(f.c, nil, f.clk, time.Minute, nil, WithWritesPerSecond(2.0/60))
+	for i := range 5 {
+		id := f.id
+		id.KeyName, id.KeyUID = fmt.Sprintf("k%d", i), types.UID(fmt.Sprintf("uid-k%d", i))
+		r.Allowed(id)
+	}
+	for flush, want := range []int{2, 4, 5, 5} {
+		r.Flush(context.Background())
+		if len(written) != want {
+			t.Fatalf("after flush %d: %d keys written, want %d (at most 2 a flush)", flush+1, len(written), want)
+		}
+	}
+	for name, n := range written {
+		if n != 1 {
+			t.Errorf("%s written %d times, want once", name, n)
+		}
 	}
 }
