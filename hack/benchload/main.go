@@ -60,8 +60,8 @@ func parseFlags() (*options, error) {
 	flag.StringVar(&o.ceilingBin, "ceiling", "bin/bench-load/ceiling", "The ceiling binary (go build ./hack/benchload/ceiling).")
 	flag.StringVar(&o.lua, "lua", "hack/benchload/load.lua", "The wrk script.")
 	// Idle, the benchmark's own processes add little to the load average:
-	// with 1,000 keys kube-apiserver used 0.05 cores, etcd 0.01 and the
-	// manager under 0.01 (the report's idle table). 1.5 leaves room for
+	// with 100 and 1,000 keys kube-apiserver used 0.02–0.05 cores, etcd and
+	// the manager under 0.01 each (the report's idle table). 1.5 leaves room for
 	// that and a desktop's noise, not for a build or a test beside it.
 	flag.Float64Var(&o.maxLoad, "max-load", 1.5, "Refuse to load when the 1-minute load average stays above this (after up to 2 minutes' wait).")
 	flag.Float64Var(&o.maxForeign, "max-foreign-cpu", 0.2, "Refuse a round during which processes other than the benchmark's used more than this many cores.")
