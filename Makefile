@@ -57,6 +57,7 @@ test: verify-generated vet envtest ## Regenerate (failing if that changes tracke
 bench: envtest ## Run the benchmarks and load runs and print their figures (see README, Performance).
 	go test -run '^$$' -bench . ./internal/keys/ ./internal/verifier/
 	go test -run '^$$' -bench LoadAuthorize -benchtime 1x ./internal/endpoints/ | grep -E 'FIGURE|ok|FAIL'
+	go test -run '^$$' -bench CheckLoad -benchtime 1x ./internal/extauthz/ | grep -E 'FIGURE|ok|FAIL'
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -run '^$$' -bench Mint1000 -benchtime 1x ./internal/controller/
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -run 'TheLedgerAtItsMaximumSize' -bench ReportsAtTheCaps -benchtime 1x -v ./internal/usage/store/ | grep -E 'FIGURE|^ok|FAIL'
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -run 'RevocationIsImmediate|LastUseIsWritten|ConcurrentReporters' -v ./test/integration/ | grep -E 'FIGURE|^ok|FAIL'
