@@ -1,9 +1,10 @@
 // Command latchkey-dev runs a complete local Latchkey with no cluster (what
 // `make dev` runs): etcd, kube-apiserver, the CRDs and admission webhook,
 // and the operator with its auth endpoints on 127.0.0.1. It writes an admin
-// kubeconfig, one with no credentials for keys, the endpoints' CA and their
-// URL into --dir, logs the operator to --dir/manager.log, prints a tour,
-// and runs until interrupted; then it stops everything it started.
+// kubeconfig, one with no credentials for keys, the endpoints' CA, their
+// URL and the gRPC ext_authz address into --dir, logs the operator to
+// --dir/manager.log, prints a tour, and runs until interrupted; then it
+// stops everything it started.
 package main
 
 import (
@@ -29,7 +30,7 @@ import (
 )
 
 func main() {
-	dir := flag.String("dir", "bin/dev", "Where to write kubeconfig, key-kubeconfig, ca.crt, endpoint and manager.log.")
+	dir := flag.String("dir", "bin/dev", "Where to write kubeconfig, key-kubeconfig, ca.crt, endpoint, ext-authz-endpoint and manager.log.")
 	assets := flag.String("assets", os.Getenv("KUBEBUILDER_ASSETS"), "Directory of kube-apiserver, etcd and kubectl (make envtest prints it).")
 	pluginDir := flag.String("plugin-dir", "bin", "Directory of kubectl-latchkey (make dev builds it), for the tour's PATH.")
 	verbose := flag.Bool("v", false, "Show the operator's logs in this terminal too.")
@@ -83,7 +84,7 @@ func run(dir, assets, pluginDir string, verbose bool) error {
 		if err := lk.Stop(); err != nil {
 			fmt.Fprintln(os.Stderr, "latchkey-dev: stopping:", err)
 		}
-		for _, f := range []string{"kubeconfig", "key-kubeconfig", "endpoint"} {
+		for _, f := range []string{"kubeconfig", "key-kubeconfig", "endpoint", "ext-authz-endpoint"} {
 			_ = os.Remove(filepath.Join(dir, f))
 		}
 		fmt.Println("Stopped.")
@@ -93,8 +94,8 @@ func run(dir, assets, pluginDir string, verbose bool) error {
 		return err
 	}
 	fmt.Printf("Latchkey is running (ready in %.1fs).\n\n", time.Since(started).Seconds())
-	fmt.Printf("  admin kubeconfig  %s\n  endpoints' CA     %s\n  endpoint URL      %s  (%s)\n  operator's log    %s\n\n",
-		files.Kubeconfig, files.CA, files.Endpoint, lk.Endpoint, logPath)
+	fmt.Printf("  admin kubeconfig  %s\n  endpoints' CA     %s\n  endpoint URL      %s  (%s)\n  gRPC ext_authz    %s  (%s)\n  operator's log    %s\n\n",
+		files.Kubeconfig, files.CA, files.Endpoint, lk.Endpoint, files.ExtAuthzEndpoint, lk.ExtAuthzAddress(), logPath)
 	fmt.Print(tour(files, assets, pluginDir, logPath))
 	fmt.Println("Press Ctrl-C to stop.")
 	<-ctx.Done()
@@ -106,7 +107,7 @@ func run(dir, assets, pluginDir string, verbose bool) error {
 func tour(f controlplane.Files, assets, pluginDir, logPath string) string {
 	return strings.NewReplacer(
 		"KUBECONFIG_FILE", shellPath(f.Kubeconfig), "KEY_KUBECONFIG", f.KeyKubeconfig, "PLUGIN_DIR", shellPath(pluginDir),
-		"ASSETS", assets, "CA_FILE", f.CA, "ENDPOINT_FILE", f.Endpoint, "LOG_FILE", logPath,
+		"ASSETS", assets, "CA_FILE", f.CA, "ENDPOINT_FILE", f.Endpoint, "EXT_AUTHZ_FILE", f.ExtAuthzEndpoint, "LOG_FILE", logPath,
 	).Replace(`Try it, in another terminal:
 
   export KUBECONFIG=KUBECONFIG_FILE PATH=PLUGIN_DIR:ASSETS:$PATH
@@ -116,6 +117,7 @@ func tour(f controlplane.Files, assets, pluginDir, logPath string) string {
   kubectl latchkey list -n default
   KEY=$(kubectl get secret ci-pipeline -n default -o jsonpath='{.data.api-key}' | base64 -d)
   curl -i --cacert CA_FILE -H "Authorization: Bearer $KEY" "$(cat ENDPOINT_FILE)/authorize"
+  cat EXT_AUTHZ_FILE   # Envoy's gRPC ext_authz (host:port, TLS with CA_FILE)
   LATCHKEY_API_KEY=$KEY kubectl latchkey whoami
   kubectl --kubeconfig KEY_KUBECONFIG --token="$KEY" auth whoami   # keys are Kubernetes credentials too
   kubectl latchkey revoke ci-pipeline -n default --yes

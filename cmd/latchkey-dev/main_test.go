@@ -81,6 +81,7 @@ func TestDevTour(t *testing.T) {
 		"Active keys: 2",                       // kubectl latchkey list
 		"",                                     // KEY=…
 		"X-Latchkey-Tenant: default",           // curl /authorize
+		"127.0.0.1:",                           // the gRPC ext_authz address
 		"ci-pipeline",                          // kubectl latchkey whoami
 		"latchkey:default:ci-pipeline",         // kubectl auth whoami, as the key
 		"Revoked",                              // kubectl latchkey revoke
@@ -120,6 +121,7 @@ func TestDevTour(t *testing.T) {
 	}
 	defaults := tour(controlplane.Files{
 		Kubeconfig: "bin/dev/kubeconfig", KeyKubeconfig: "bin/dev/key-kubeconfig", CA: "bin/dev/ca.crt", Endpoint: "bin/dev/endpoint",
+		ExtAuthzEndpoint: "bin/dev/ext-authz-endpoint",
 	}, "$(make -s envtest)", "bin", "bin/dev/manager.log")
 	var block []string
 	for _, line := range strings.Split(defaults, "\n") {

@@ -65,7 +65,9 @@ type ControlPlane struct {
 	// verificationPort is where the verification endpoints (and the token
 	// webhook) are served.
 	verificationPort int
-	tokenWebhook     bool
+	// extAuthzPort is where Envoy's ext_authz is served over gRPC.
+	extAuthzPort int
+	tokenWebhook bool
 }
 
 // Start starts etcd and kube-apiserver and installs the CRDs (and webhook
@@ -102,6 +104,9 @@ func Start(o Options) (*ControlPlane, error) {
 			return nil, err
 		}
 		if cp.verificationPort, err = FreePort(); err != nil {
+			return nil, err
+		}
+		if cp.extAuthzPort, err = FreePort(); err != nil {
 			return nil, err
 		}
 		file, err := cp.writeAdmissionConfig()
@@ -144,6 +149,15 @@ func (cp *ControlPlane) WebhookHost() string {
 // WebhookPort is the port of the verification endpoints, where the token
 // webhook points.
 func (cp *ControlPlane) WebhookPort() int { return cp.verificationPort }
+
+// ExtAuthzPort is the port of Envoy's ext_authz over gRPC, served with
+// the endpoints' certificate.
+func (cp *ControlPlane) ExtAuthzPort() int { return cp.extAuthzPort }
+
+// ExtAuthzAddress is where Envoy's ext_authz is served: host:port.
+func (cp *ControlPlane) ExtAuthzAddress() string {
+	return net.JoinHostPort(cp.WebhookHost(), strconv.Itoa(cp.extAuthzPort))
+}
 
 // AdmissionPort is the port the admission webhook configuration points at.
 func (cp *ControlPlane) AdmissionPort() int {

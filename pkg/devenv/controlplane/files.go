@@ -43,20 +43,24 @@ func (cp *ControlPlane) APIServerAudiences() []string {
 // Files are what WriteFiles wrote.
 type Files struct {
 	Kubeconfig, CA, Endpoint string
+	// ExtAuthzEndpoint holds ExtAuthzAddress, host:port, served with CA.
+	ExtAuthzEndpoint string
 	// KeyKubeconfig names the cluster but holds no credentials, for
 	// `kubectl --kubeconfig KeyKubeconfig --token=KEY`.
 	KeyKubeconfig string
 }
 
-// WriteFiles writes an admin kubeconfig, the endpoints' CA and the
-// endpoints' base URL into dir, for people and scripts to use. The
-// kubeconfig's cluster names the endpoints too (clusterext), for `kubectl
+// WriteFiles writes an admin kubeconfig, the endpoints' CA, the
+// endpoints' base URL and ext_authz's host:port into dir, for people and
+// scripts to use. The kubeconfig's cluster names the endpoints too (clusterext), for `kubectl
 // latchkey whoami`.
 func (cp *ControlPlane) WriteFiles(dir string) (Files, error) {
 	f := Files{
 		Kubeconfig: filepath.Join(dir, "kubeconfig"),
 		CA:         filepath.Join(dir, "ca.crt"),
 		Endpoint:   filepath.Join(dir, "endpoint"),
+
+		ExtAuthzEndpoint: filepath.Join(dir, "ext-authz-endpoint"),
 
 		KeyKubeconfig: filepath.Join(dir, "key-kubeconfig"),
 	}
@@ -73,6 +77,9 @@ func (cp *ControlPlane) WriteFiles(dir string) (Files, error) {
 		return f, err
 	}
 	if err := os.WriteFile(f.CA, cp.WebhookCA, 0o600); err != nil {
+		return f, err
+	}
+	if err := os.WriteFile(f.ExtAuthzEndpoint, []byte(cp.ExtAuthzAddress()+"\n"), 0o600); err != nil {
 		return f, err
 	}
 	return f, os.WriteFile(f.Endpoint, []byte(cp.Endpoint()+"\n"), 0o600)
