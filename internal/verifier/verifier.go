@@ -53,20 +53,6 @@ type Identity struct {
 	ExpiresAt *time.Time
 }
 
-// record is what the index keeps of an ApiKeyRecord.
-type record struct {
-	uid     types.UID // the record's own
-	id      Identity
-	revoked bool
-}
-
-// keyState is what the index keeps of an ApiKey.
-type keyState struct {
-	revoked   bool
-	deleting  bool
-	expiresAt *time.Time
-}
-
 // Verifier is the in-memory index. It is safe for concurrent use.
 type Verifier struct {
 	// log reports faults of the index's input, for operators.
@@ -75,10 +61,14 @@ type Verifier struct {
 	// fences has its own lock: fencing never takes the index's.
 	fences *fenceTable
 
+	// The index holds the watch's own objects, which nobody changes (an
+	// informer's objects are shared and read-only), rather than copies of
+	// their fields: one pointer per key and per record instead of a second
+	// copy of each, so that the index costs little beside the cache that
+	// holds them anyway.
 	mu     sync.RWMutex
-	byHash map[[32]byte]*record
-	hashOf map[types.UID][32]byte // record name (the ApiKey UID) → hash
-	keys   map[types.UID]keyState
+	byHash map[[32]byte]*authv1alpha1.ApiKeyRecord
+	keys   map[types.UID]*authv1alpha1.ApiKey
 	synced func() bool
 }
 
@@ -95,9 +85,8 @@ func New(clk clock.PassiveClock, fenceTTL time.Duration, opts ...Option) *Verifi
 		log:    ctrllog.Log.WithName("verifier"),
 		clock:  clk,
 		fences: newFenceTable(clk, fenceTTL, o.confirmAfter, o.maxFences),
-		byHash: map[[32]byte]*record{},
-		hashOf: map[types.UID][32]byte{},
-		keys:   map[types.UID]keyState{},
+		byHash: map[[32]byte]*authv1alpha1.ApiKeyRecord{},
+		keys:   map[types.UID]*authv1alpha1.ApiKey{},
 		synced: func() bool { return false },
 	}
 }
@@ -128,16 +117,29 @@ func (v *Verifier) Resolve(raw string) (id Identity, tenant string, err error) {
 	if !ok {
 		return Identity{}, "", ErrUnknown
 	}
-	id = rec.id
-	ks, ok := v.keys[id.KeyUID]
-	if !ok || rec.revoked || ks.revoked || ks.deleting || v.fences.holds(id.KeyUID, now) {
-		return Identity{}, id.Tenant, ErrRevoked
+	keyUID := types.UID(rec.Spec.KeyUID)
+	key, ok := v.keys[keyUID]
+	if !ok || rec.Spec.Revoked || key.Spec.Revoked || !key.DeletionTimestamp.IsZero() || v.fences.holds(keyUID, now) {
+		return Identity{}, rec.Spec.Tenant, ErrRevoked
 	}
-	if ks.expiresAt != nil {
-		id.ExpiresAt = ks.expiresAt
+	expiresAt := rec.Spec.ExpiresAt
+	if key.Spec.ExpiresAt != nil {
+		expiresAt = key.Spec.ExpiresAt
 	}
-	if id.ExpiresAt != nil && !now.Before(*id.ExpiresAt) {
-		return Identity{}, id.Tenant, ErrExpired
+	if expiresAt != nil && !now.Before(expiresAt.Time) {
+		return Identity{}, rec.Spec.Tenant, ErrExpired
+	}
+	id = Identity{
+		Tenant:    rec.Spec.Tenant,
+		KeyName:   rec.Spec.KeyName,
+		KeyUID:    keyUID,
+		Record:    rec.Name,
+		Hint:      rec.Spec.Hint,
+		Format:    rec.Spec.Format,
+		CreatedAt: rec.CreationTimestamp.Time,
+	}
+	if expiresAt != nil {
+		id.ExpiresAt = &expiresAt.Time
 	}
 	return id, id.Tenant, nil
 }
@@ -164,76 +166,62 @@ func (v *Verifier) Fences() int { return v.fences.len() }
 // when it started watching.
 func (v *Verifier) Synced() bool { return v.synced() }
 
-// SetRecord indexes a record; the watch calls it, as do tests. A pending
-// record is not indexed: its key has not been delivered. A hash belongs to
-// the first record indexed with it: the API server names records by hash,
-// so a second one is a fault, refused and logged — never a way for a key
-// value, revoked or of another tenant, to authenticate anew.
+// SetRecord indexes a record; the watch calls it, as do tests. The index
+// keeps r itself: the caller never changes it afterwards. A pending record
+// is not indexed: its key has not been delivered. A hash belongs to the
+// first record indexed with it: the API server names records by hash, so a
+// second one is a fault, refused and logged — never a way for a key value,
+// revoked or of another tenant, to authenticate anew. A record's hash never
+// changes (the schema says so), so a record is found again by it.
 func (v *Verifier) SetRecord(r *authv1alpha1.ApiKeyRecord) {
 	if r.Spec.Pending {
 		return
 	}
-	var hash [32]byte
-	if n, err := hex.Decode(hash[:], []byte(r.Spec.Hash)); err != nil || n != len(hash) {
+	hash, ok := hashOf(r)
+	if !ok {
 		return // the API server's schema admits no other hash
-	}
-	rec := &record{
-		uid: r.UID,
-		id: Identity{
-			Record:    r.Name,
-			Tenant:    r.Spec.Tenant,
-			KeyName:   r.Spec.KeyName,
-			KeyUID:    types.UID(r.Spec.KeyUID),
-			Hint:      r.Spec.Hint,
-			Format:    r.Spec.Format,
-			CreatedAt: r.CreationTimestamp.Time,
-		},
-		revoked: r.Spec.Revoked,
-	}
-	if r.Spec.ExpiresAt != nil {
-		t := r.Spec.ExpiresAt.Time
-		rec.id.ExpiresAt = &t
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if held, ok := v.byHash[hash]; ok && held.uid != r.UID {
+	if held, ok := v.byHash[hash]; ok && held.UID != r.UID {
 		v.log.Error(nil, "Refused to index a second record of a key value already recorded",
 			"record", klog.KObj(r), "tenant", r.Spec.Tenant, "keyName", r.Spec.KeyName,
-			"heldByTenant", held.id.Tenant, "heldByKeyName", held.id.KeyName)
+			"heldByTenant", held.Spec.Tenant, "heldByKeyName", held.Spec.KeyName)
 		return
 	}
-	if old, ok := v.hashOf[r.UID]; ok && old != hash {
-		delete(v.byHash, old)
-	}
-	v.byHash[hash] = rec
-	v.hashOf[r.UID] = hash
-	if rec.revoked {
-		v.fences.drop(rec.id.KeyUID)
+	v.byHash[hash] = r
+	if r.Spec.Revoked {
+		v.fences.drop(types.UID(r.Spec.KeyUID))
 	}
 }
 
 // RemoveRecord drops a record from the index; a refused duplicate held
 // nothing, so removing it drops nothing.
 func (v *Verifier) RemoveRecord(r *authv1alpha1.ApiKeyRecord) {
+	hash, ok := hashOf(r)
+	if !ok {
+		return
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if hash, ok := v.hashOf[r.UID]; ok {
+	if held, ok := v.byHash[hash]; ok && held.UID == r.UID {
 		delete(v.byHash, hash)
-		delete(v.hashOf, r.UID)
 	}
 }
 
-// SetKey notes an ApiKey's revocation, deletion and expiry.
+// hashOf is a record's hash as the index's key.
+func hashOf(r *authv1alpha1.ApiKeyRecord) (hash [32]byte, ok bool) {
+	n, err := hex.Decode(hash[:], []byte(r.Spec.Hash))
+	return hash, err == nil && n == len(hash)
+}
+
+// SetKey notes an ApiKey's revocation, deletion and expiry. The index keeps
+// k itself: the caller never changes it afterwards.
 func (v *Verifier) SetKey(k *authv1alpha1.ApiKey) {
-	ks := keyState{revoked: k.Spec.Revoked, deleting: !k.DeletionTimestamp.IsZero()}
-	if k.Spec.ExpiresAt != nil {
-		t := k.Spec.ExpiresAt.Time
-		ks.expiresAt = &t
-	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.keys[k.UID] = ks
-	if ks.revoked || ks.deleting {
+	v.keys[k.UID] = k
+	if k.Spec.Revoked || !k.DeletionTimestamp.IsZero() {
 		v.fences.drop(k.UID)
 	}
 }
