@@ -15,6 +15,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -125,15 +126,18 @@ func (r *UsageReconciler) create(ctx context.Context, ns string) (*authv1alpha1.
 	return u, nil
 }
 
+// countKeys reads the cache's own ApiKeys, uncopied (it only reads them): a
+// tenant's whole list copied on every summary would be garbage the size of
+// the tenant's keys.
 func (r *UsageReconciler) countKeys(ctx context.Context, ns string) (authv1alpha1.UsageKeys, error) {
 	var keys authv1alpha1.ApiKeyList
 	var counts authv1alpha1.UsageKeys
-	if err := r.Client.List(ctx, &keys, client.InNamespace(ns)); err != nil {
+	if err := r.Client.List(ctx, &keys, client.InNamespace(ns), client.UnsafeDisableDeepCopy); err != nil {
 		return counts, err
 	}
 	now := r.Clock.Now()
-	for _, k := range keys.Items {
-		switch k.State(now) {
+	for i := range keys.Items {
+		switch keys.Items[i].State(now) {
 		case authv1alpha1.PhaseRevoked:
 			counts.Revoked++
 		case authv1alpha1.PhaseExpired:
@@ -147,19 +151,31 @@ func (r *UsageReconciler) countKeys(ctx context.Context, ns string) (authv1alpha
 
 // SetupWithManager registers the controller. ApiKeys and ledger states of a
 // namespace all lead to its one Usage; the controller's own status writes
-// do not (they leave the generation alone).
+// do not (they leave the generation alone), nor do changes to an ApiKey
+// that leave its count where it was (last use, conditions): each summary
+// reads all of the tenant's keys.
 func (r *UsageReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	toUsage := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []reconcile.Request {
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: obj.GetNamespace(), Name: authv1alpha1.UsageName}}}
 	})
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&authv1alpha1.Usage{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Watches(&authv1alpha1.ApiKey{}, toUsage).
+		Watches(&authv1alpha1.ApiKey{}, toUsage, builder.WithPredicates(predicate.Funcs{UpdateFunc: countChanged})).
 		Watches(&authv1alpha1.UsageLedger{}, toUsage, builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
 			return o.GetName() == authv1alpha1.UsageLedgerStateName // batch-key segments change no summary
 		}))).
 		Named("usage").
 		Complete(r)
+}
+
+// countChanged reports whether an update can move an ApiKey from one of
+// Usage's counts to another: State's inputs, and expiry, which moves it
+// later.
+func countChanged(e event.UpdateEvent) bool {
+	oldKey, ok1 := e.ObjectOld.(*authv1alpha1.ApiKey)
+	newKey, ok2 := e.ObjectNew.(*authv1alpha1.ApiKey)
+	return !ok1 || !ok2 || oldKey.Spec.Revoked != newKey.Spec.Revoked || oldKey.Status.Phase != newKey.Status.Phase ||
+		!oldKey.Spec.ExpiresAt.Equal(newKey.Spec.ExpiresAt)
 }
 
 func toMap(v any) (map[string]any, error) {
