@@ -85,13 +85,8 @@ func (s *Server) Authorize(w http.ResponseWriter, r *http.Request) {
 		s.badRequest(w, "authorize", "more than one "+protocol.HeaderTenantRequired+" header")
 		return
 	}
-	id, ok := s.verifyBearer(w, r, "authorize")
+	id, ok := s.verifyBearer(w, r, "authorize", r.Header.Get(protocol.HeaderTenantRequired))
 	if !ok {
-		return
-	}
-	if required := r.Header.Get(protocol.HeaderTenantRequired); required != "" && required != id.Tenant {
-		s.count("authorize", "forbidden")
-		http.Error(w, fmt.Sprintf("key is not a key of tenant %q", required), http.StatusForbidden)
 		return
 	}
 	w.Header().Set(protocol.HeaderTenant, id.Tenant)
@@ -105,7 +100,7 @@ func (s *Server) WhoAmI(w http.ResponseWriter, r *http.Request) {
 	if !s.method(w, r, "whoami", http.MethodGet) {
 		return
 	}
-	id, ok := s.verifyBearer(w, r, "whoami")
+	id, ok := s.verifyBearer(w, r, "whoami", "")
 	if !ok {
 		return
 	}
@@ -115,36 +110,38 @@ func (s *Server) WhoAmI(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// verifyBearer verifies the request's bearer key, answering 401 or 429
-// itself when it fails.
-func (s *Server) verifyBearer(w http.ResponseWriter, r *http.Request, endpoint string) (verifier.Identity, bool) {
-	token, ok := protocol.BearerToken(r.Header.Get("Authorization"))
-	var err error
-	var id verifier.Identity
-	var tenant string
-	if !ok {
-		err = errMissingBearer
-	} else {
-		id, tenant, err = s.Verifier.Resolve(token)
-	}
-	if err != nil {
-		s.denied(tenant)
-		if s.limited(w, r, endpoint) {
-			return verifier.Identity{}, false
+// verifyBearer verifies the request's bearer key through Check, pinned to
+// the required tenant unless it is empty, and answers 401, 403 or 429
+// itself when the request is refused.
+func (s *Server) verifyBearer(w http.ResponseWriter, r *http.Request, endpoint, required string) (verifier.Identity, bool) {
+	token, _ := protocol.BearerToken(r.Header.Get("Authorization"))
+	addr, direct := s.Limiter.ClientAddr(r)
+	d := s.Check(endpoint, token, addr, required)
+	switch d.Verdict {
+	case Allowed:
+		return d.Identity, true
+	case Forbidden:
+		http.Error(w, fmt.Sprintf("key is not a key of tenant %q", required), http.StatusForbidden)
+	case Limited:
+		if direct && !s.Limiter.Hold(r.Context(), addr, s.Clock.Now(), d.RetryAfter) {
+			w.Header().Set("Connection", "close")
 		}
-		s.count(endpoint, resultOf(err))
-		w.Header().Set("WWW-Authenticate", protocol.Challenge(err.Error()))
-		http.Error(w, err.Error(), http.StatusUnauthorized)
-		return verifier.Identity{}, false
+		tooMany(w, d.RetryAfter, "too many failed attempts from this address; retry later")
+	case LimitedGlobal:
+		// The global budget is everyone's: this client may be within its
+		// own, so its connection is neither held nor closed.
+		tooMany(w, d.RetryAfter, "too many failed attempts from all addresses; retry later")
+	default:
+		w.Header().Set("WWW-Authenticate", protocol.Challenge(d.Err.Error()))
+		http.Error(w, d.Err.Error(), http.StatusUnauthorized)
 	}
-	s.count(endpoint, "allowed")
-	if s.Activity != nil {
-		s.Activity.Allowed(id)
-	}
-	return id, true
+	return verifier.Identity{}, false
 }
 
-var errMissingBearer = errors.New("no bearer key in the Authorization header")
+func tooMany(w http.ResponseWriter, wait time.Duration, msg string) {
+	w.Header().Set("Retry-After", strconv.Itoa(int(wait/time.Second)+1))
+	http.Error(w, msg, http.StatusTooManyRequests)
+}
 
 // TokenReview implements authentication.k8s.io TokenReview, for
 // kube-apiserver's webhook token authenticator and for services.
@@ -234,36 +231,6 @@ var (
 	errNotAPIServerAudience = errors.New("keys are not valid for the Kubernetes API server: the review names no audience, and the manager has no --apiserver-audiences")
 	errWrongAudience        = errors.New("key is not valid for any of the requested audiences")
 )
-
-// limited spends a failure of the client's budget and answers 429 when it
-// is spent.
-func (s *Server) limited(w http.ResponseWriter, r *http.Request, endpoint string) bool {
-	if s.Limiter == nil {
-		return false
-	}
-	addr, direct := s.Limiter.ClientAddr(r)
-	now := s.Clock.Now()
-	ok, wait, own := s.Limiter.Allow(addr, now)
-	if ok {
-		return false
-	}
-	secs := strconv.Itoa(int(wait/time.Second) + 1)
-	if !own {
-		// The global budget is everyone's: this client may be within its
-		// own, so its connection is neither held nor closed.
-		s.count(endpoint, "rate_limited_global")
-		w.Header().Set("Retry-After", secs)
-		http.Error(w, "too many failed attempts from all addresses; retry later", http.StatusTooManyRequests)
-		return true
-	}
-	s.count(endpoint, "rate_limited")
-	if direct && !s.Limiter.Hold(r.Context(), addr, now, wait) {
-		w.Header().Set("Connection", "close")
-	}
-	w.Header().Set("Retry-After", secs)
-	http.Error(w, "too many failed attempts from this address; retry later", http.StatusTooManyRequests)
-	return true
-}
 
 // denied counts a refused key for its tenant, when it is a known key's.
 func (s *Server) denied(tenant string) {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/latchkey-dev/latchkey/internal/metrics"
 	"github.com/latchkey-dev/latchkey/pkg/protocol"
@@ -25,8 +26,18 @@ func TestVerificationsAreCountedByEndpointAndResult(t *testing.T) {
 			t.Errorf("latchkey_verifications_total{endpoint=authorize,result=%s} = %v, want 1", result, n)
 		}
 	}
-	if n := testutil.CollectAndCount(m.VerificationDuration); n != 1 {
-		t.Errorf("latchkey_verification_duration_seconds has %d series, want authorize's", n)
+	for _, endpoint := range []string{"authorize", "tokenreview", "whoami"} {
+		var h dto.Metric
+		if err := m.VerificationDuration.WithLabelValues(endpoint).(prometheus.Histogram).Write(&h); err != nil {
+			t.Fatal(err)
+		}
+		want := uint64(0)
+		if endpoint == "authorize" {
+			want = 3
+		}
+		if n := h.GetHistogram().GetSampleCount(); n != want {
+			t.Errorf("latchkey_verification_duration_seconds{endpoint=%s} observed %d answers, want %d", endpoint, n, want)
+		}
 	}
 	// The revoked key's refusal is counted for its tenant; the malformed
 	// one has no tenant to count it for.
