@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"time"
+	"unique"
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
@@ -188,27 +189,76 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 	return &Operator{Verifier: v, Activity: recorder, Metrics: m}, nil
 }
 
-// CacheOptions keep the manager's cache small: no managed fields, and no
-// annotations on ApiKeys and records (kubectl's last-applied-configuration
-// would double each ApiKey; nothing reads them).
+// CacheOptions keep the manager's cache small, since it holds every ApiKey
+// and record: no managed fields, and no annotations or labels on ApiKeys and
+// records (kubectl's last-applied-configuration would double each ApiKey;
+// a record's labels repeat its spec). Nothing reads them from the cache,
+// and no patch computed from a cached object changes them, so a patch from
+// a stripped base leaves them as they are. The strings every object repeats
+// (its tenant, kind, format, the controller's own condition texts) are held
+// once, and a record's hash shares its name's bytes: records are named by
+// their hash.
 func CacheOptions() cache.Options {
-	strip := func(obj any) (any, error) {
-		if o, ok := obj.(metav1.Object); ok {
-			o.SetManagedFields(nil)
-			o.SetAnnotations(nil)
-		}
-		return obj, nil
-	}
 	return cache.Options{
 		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
-			&authv1alpha1.ApiKey{}:       {Transform: strip},
-			&authv1alpha1.ApiKeyRecord{}: {Transform: strip},
+			&authv1alpha1.ApiKey{}:       {Transform: compactKey},
+			&authv1alpha1.ApiKeyRecord{}: {Transform: compactRecord},
 			// Only ledger states are summarised; batch-key segments (up to
 			// 160 kB each) are read from the API server when needed.
 			&authv1alpha1.UsageLedger{}: {Label: labels.SelectorFromSet(labels.Set{authv1alpha1.LabelLedger: authv1alpha1.LedgerPartState})},
 		},
 	}
+}
+
+// compactKey is CacheOptions' transform of an ApiKey.
+func compactKey(obj any) (any, error) {
+	k, ok := obj.(*authv1alpha1.ApiKey)
+	if !ok {
+		return obj, nil
+	}
+	compactMeta(&k.TypeMeta, &k.ObjectMeta)
+	k.Spec.Format = intern(k.Spec.Format)
+	k.Status.Phase = intern(k.Status.Phase)
+	for i := range k.Status.Conditions {
+		c := &k.Status.Conditions[i]
+		c.Type, c.Status, c.Reason, c.Message = intern(c.Type), intern(c.Status), intern(c.Reason), intern(c.Message)
+	}
+	return k, nil
+}
+
+// compactRecord is CacheOptions' transform of an ApiKeyRecord.
+func compactRecord(obj any) (any, error) {
+	r, ok := obj.(*authv1alpha1.ApiKeyRecord)
+	if !ok {
+		return obj, nil
+	}
+	compactMeta(&r.TypeMeta, &r.ObjectMeta)
+	if r.Spec.Hash == r.Name {
+		r.Spec.Hash = r.Name // the same text: one copy of its bytes
+	}
+	r.Spec.Tenant = intern(r.Spec.Tenant)
+	r.Spec.Format = intern(r.Spec.Format)
+	r.Spec.RevocationReason = intern(r.Spec.RevocationReason)
+	return r, nil
+}
+
+func compactMeta(t *metav1.TypeMeta, m *metav1.ObjectMeta) {
+	t.APIVersion, t.Kind = intern(t.APIVersion), intern(t.Kind)
+	m.ManagedFields, m.Annotations, m.Labels = nil, nil, nil
+	m.Namespace = intern(m.Namespace)
+	for i := range m.Finalizers {
+		m.Finalizers[i] = intern(m.Finalizers[i])
+	}
+}
+
+// intern is s held once however many objects repeat it; unique lets go of
+// a text no object holds any more.
+func intern[S ~string](s S) S {
+	if s == "" {
+		return s
+	}
+	return unique.Make(s).Value()
 }
 
 // ClientOptions never cache Secrets: a Secret cache would list and watch
