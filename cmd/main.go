@@ -28,6 +28,7 @@ import (
 
 	"github.com/latchkey-dev/latchkey/internal/certs"
 	"github.com/latchkey-dev/latchkey/internal/controller"
+	"github.com/latchkey-dev/latchkey/internal/extauthz"
 	"github.com/latchkey-dev/latchkey/internal/operator"
 	"github.com/latchkey-dev/latchkey/internal/scheme"
 	"github.com/latchkey-dev/latchkey/internal/serving"
@@ -53,6 +54,7 @@ type config struct {
 	kubeAPIBurst                               int
 	trustedProxies                             string
 	tokenAudiences, apiServerAudiences         string
+	keyHeaders                                 string
 	certSecretName, serviceName, webhookConfig string
 	zap                                        zap.Options
 }
@@ -139,6 +141,14 @@ func parseFlags() *config {
 	flag.StringVar(&cfg.serviceName, "webhook-service-name", "latchkey-webhook-service", "The Service in front of the webhook server.")
 	flag.StringVar(&cfg.webhookConfig, "webhook-configuration-name", "latchkey-validating-webhook-configuration",
 		"The ValidatingWebhookConfiguration to inject the self-managed CA into.")
+	flag.StringVar(&o.ExtAuthzBindAddress, "ext-authz-bind-address", o.ExtAuthzBindAddress,
+		"The address Envoy's ext_authz (gRPC envoy.service.auth.v3.Authorization/Check) is served on, with the webhook server's certificate; 0 turns it off.")
+	flag.BoolVar(&o.ExtAuthzInsecure, "ext-authz-insecure", o.ExtAuthzInsecure,
+		"Serve ext_authz in plaintext (h2c), for a mesh whose sidecars already encrypt with mTLS.")
+	flag.StringVar(&cfg.keyHeaders, "key-headers", strings.Join(extauthz.DefaultKeyHeaders, ","),
+		"Comma-separated headers a key is read from when Authorization holds no bearer key (ext_authz); empty: Authorization only.")
+	flag.BoolVar(&o.KeepCredential, "keep-credential", o.KeepCredential,
+		"Leave the key in the request the gateway passes upstream; by default ext_authz has Envoy remove the header it came in.")
 	cfg.zap.BindFlags(flag.CommandLine)
 	flag.Parse()
 	return cfg
@@ -181,6 +191,8 @@ func run(cfg *config) error {
 	case rotator != nil:
 		webhookTLS = append(webhookTLS, func(c *tls.Config) { c.GetCertificate = rotator.GetCertificate })
 	}
+	o.ExtAuthzTLS, o.ExtAuthzCertDir = webhookTLS, cfg.webhookCert.dir
+	o.KeyHeaders = append([]string{}, splitList(cfg.keyHeaders)...)
 	mgr, err := newManager(cfg, restConfig, tlsOpts, webhookTLS, metricsCert, trusted)
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)

@@ -25,7 +25,8 @@ type Local struct {
 
 // StartLocal runs the operator, as cmd/main.go sets it up, in this process
 // against cp: its endpoints and admission webhook on the ports cp's
-// configuration points at, no metrics or probe listeners. It returns once
+// configuration points at, Envoy's ext_authz on cp's ExtAuthzAddress with
+// the same certificate, no metrics or probe listeners. It returns once
 // the endpoints are open and the key index has synced. The token webhook's
 // audiences are cp's unless o names some.
 func StartLocal(ctx context.Context, cp *controlplane.ControlPlane, logger logr.Logger, o Options) (*Local, error) {
@@ -46,6 +47,10 @@ func StartLocal(ctx context.Context, cp *controlplane.ControlPlane, logger logr.
 	}
 	if o.APIServerAudiences == nil {
 		o.APIServerAudiences = cp.APIServerAudiences()
+	}
+	o.ExtAuthzBindAddress, o.ExtAuthzCertDir = "0", cp.WebhookCertDir
+	if cp.ExtAuthzPort() != 0 {
+		o.ExtAuthzBindAddress = cp.ExtAuthzAddress()
 	}
 	op, err := Setup(mgr, o)
 	if err != nil {
@@ -68,7 +73,7 @@ func StartLocal(ctx context.Context, cp *controlplane.ControlPlane, logger logr.
 			return nil, fmt.Errorf("the operator stopped: %w", err)
 		default:
 		}
-		if started(nil) == nil && op.Verifier.Synced() {
+		if started(nil) == nil && op.Verifier.Synced() && (op.ExtAuthz == nil || op.ExtAuthz.Addr() != nil) {
 			return l, nil
 		}
 	}

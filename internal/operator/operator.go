@@ -6,6 +6,7 @@ package operator
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +27,7 @@ import (
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/controller"
 	"github.com/latchkey-dev/latchkey/internal/endpoints"
+	"github.com/latchkey-dev/latchkey/internal/extauthz"
 	"github.com/latchkey-dev/latchkey/internal/metrics"
 	"github.com/latchkey-dev/latchkey/internal/serving"
 	"github.com/latchkey-dev/latchkey/internal/usage/activity"
@@ -77,6 +79,20 @@ type Options struct {
 	// kube-apiserver's own, for which keys are valid only when set.
 	TokenAudiences     []string
 	APIServerAudiences []string
+
+	// ExtAuthzBindAddress is where Envoy's ext_authz is served over gRPC;
+	// "0" turns it off. ExtAuthzInsecure serves it in plaintext.
+	ExtAuthzBindAddress string
+	ExtAuthzInsecure    bool
+	// ExtAuthzTLS and ExtAuthzCertDir are the webhook server's TLS
+	// options and certificate directory, which the gRPC listener serves too.
+	ExtAuthzTLS     []func(*tls.Config)
+	ExtAuthzCertDir string
+	// KeyHeaders are read for a key after "Authorization: Bearer" (nil:
+	// extauthz.DefaultKeyHeaders); KeepCredential leaves the key in the
+	// request a gateway passes upstream.
+	KeyHeaders     []string
+	KeepCredential bool
 }
 
 // DefaultOptions are the operator's settings as the manager ships them:
@@ -102,6 +118,7 @@ func DefaultOptions() Options {
 		FailedAuthGlobalBurst:      endpoints.DefaultGlobalFailureBurst,
 		ClientAddressHeader:        endpoints.DefaultClientAddressHeader,
 		TokenAudiences:             []string{endpoints.DefaultAudience},
+		ExtAuthzBindAddress:        extauthz.DefaultBindAddress,
 	}
 }
 
@@ -110,6 +127,8 @@ type Operator struct {
 	Verifier *verifier.Verifier
 	Activity *activity.Recorder
 	Metrics  *metrics.Metrics
+	// ExtAuthz is the gRPC listener, nil when it is off.
+	ExtAuthz *extauthz.Listener
 }
 
 // Setup adds everything Latchkey runs to mgr.
@@ -162,7 +181,7 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 	if err := mgr.Add(recorder); err != nil {
 		return nil, err
 	}
-	(&endpoints.Server{
+	es := &endpoints.Server{
 		Verifier:           v,
 		Activity:           recorder,
 		Reports:            ledgers,
@@ -171,7 +190,12 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 		APIServerAudiences: o.APIServerAudiences,
 		Clock:              o.Clock,
 		Metrics:            m,
-	}).Register(mgr.GetWebhookServer().Register)
+	}
+	es.Register(mgr.GetWebhookServer().Register)
+	ext, err := addExtAuthz(mgr, es, o, v.Synced)
+	if err != nil {
+		return nil, err
+	}
 
 	if o.Webhooks {
 		if err := (&webhookv1alpha1.ApiKeyValidator{Reader: mgr.GetClient(), Clock: o.Clock, Fence: v}).SetupWebhookWithManager(mgr); err != nil {
@@ -186,7 +210,24 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 	}); err != nil {
 		return nil, err
 	}
-	return &Operator{Verifier: v, Activity: recorder, Metrics: m}, nil
+	return &Operator{Verifier: v, Activity: recorder, Metrics: m, ExtAuthz: ext}, nil
+}
+
+// addExtAuthz serves es as Envoy's ext_authz on its own listener, unless
+// it is off.
+func addExtAuthz(mgr ctrl.Manager, es *endpoints.Server, o Options, ready func() bool) (*extauthz.Listener, error) {
+	if o.ExtAuthzBindAddress == "0" || o.ExtAuthzBindAddress == "" {
+		return nil, nil
+	}
+	l := &extauthz.Listener{
+		Address:  o.ExtAuthzBindAddress,
+		Server:   extauthz.New(es, extauthz.Options{KeyHeaders: o.KeyHeaders, KeepCredential: o.KeepCredential}),
+		Insecure: o.ExtAuthzInsecure,
+		TLSOpts:  o.ExtAuthzTLS,
+		CertDir:  o.ExtAuthzCertDir,
+		Ready:    ready,
+	}
+	return l, mgr.Add(l)
 }
 
 // CacheOptions keep the manager's cache small, since it holds every ApiKey

@@ -50,13 +50,14 @@ type Process struct {
 	Probe int
 }
 
-// Start runs the manager with its probe on a free port, no metrics, and
+// Start runs the manager with its probe on a free port, no metrics, ext_authz
+// on a free loopback port unless args say otherwise (a later flag wins), and
 // the given flags (the webhook flags among them).
 func (m *ManagerBinary) Start(tb testing.TB, env []string, args ...string) *Process {
 	tb.Helper()
 	p := &Process{Probe: FreePort(tb)}
 	p.Cmd = exec.Command(m.Path, append([]string{
-		"--kubeconfig", m.Kubeconfig, "--metrics-bind-address=0",
+		"--kubeconfig", m.Kubeconfig, "--metrics-bind-address=0", "--ext-authz-bind-address=127.0.0.1:0",
 		"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", p.Probe),
 	}, args...)...)
 	p.Cmd.Env = append(os.Environ(), env...)

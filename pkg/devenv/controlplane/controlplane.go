@@ -181,16 +181,23 @@ func (cp *ControlPlane) ServingOptionsOn(verificationPort, admissionPort int) se
 	}
 }
 
-// ServingFlags are the manager binary's flags for ServingOptions.
+// ServingFlags are the manager binary's flags for ServingOptions, with
+// ext_authz on ExtAuthzAddress.
 func (cp *ControlPlane) ServingFlags() []string {
-	return cp.ServingFlagsOn(cp.WebhookPort(), cp.AdmissionPort())
+	return cp.servingFlags(cp.WebhookPort(), cp.AdmissionPort(), cp.ExtAuthzAddress())
 }
 
-// ServingFlagsOn are the manager binary's flags for ServingOptionsOn.
+// ServingFlagsOn are the manager binary's flags for ServingOptionsOn, with
+// ext_authz on any free loopback port.
 func (cp *ControlPlane) ServingFlagsOn(verificationPort, admissionPort int) []string {
+	return cp.servingFlags(verificationPort, admissionPort, net.JoinHostPort(cp.WebhookHost(), "0"))
+}
+
+func (cp *ControlPlane) servingFlags(verificationPort, admissionPort int, extAuthz string) []string {
 	return []string{
 		"--webhook-port", strconv.Itoa(verificationPort), "--admission-port", strconv.Itoa(admissionPort),
 		"--webhook-cert-path", cp.WebhookCertDir, "--admission-client-ca", cp.AdmissionClientCA,
+		"--ext-authz-bind-address", extAuthz,
 	}
 }
 
