@@ -70,7 +70,7 @@ func BenchmarkCheckLoad(b *testing.B) {
 
 	for range b.N {
 		for _, streams := range []int{8, 32} {
-			var c, lk []roundResult
+			c, lk := make([]roundResult, 0, rounds), make([]roundResult, 0, rounds)
 			for range rounds {
 				c = append(c, checkLoad(b, dial(b, ca, ceiling.addr), streams, raws, roundTime))
 				lk = append(lk, checkLoad(b, dial(b, ca, l.Addr().String()), streams, raws, roundTime))
