@@ -121,6 +121,9 @@ func parseFlags() *config {
 		"How long a key stays fenced after its revocation is admitted, if the revocation is never seen persisted.")
 	flag.DurationVar(&o.LastUsedInterval, "last-used-interval", o.LastUsedInterval,
 		"How often keys' last use is written to their status (at most one write per key per interval).")
+	flag.Float64Var(&o.LastUseWritesPerSecond, "last-use-writes-per-second", o.LastUseWritesPerSecond,
+		"Keys whose last use this replica writes per second at most (two status patches each), averaged over an interval: "+
+			"with more keys in use, each is written less often, so that last use costs the API server the same whatever the number of keys.")
 	flag.Float64Var(&o.FailedAuthRate, "failed-auth-rate", o.FailedAuthRate,
 		"Failed verifications at /authorize and /whoami allowed per second per client address before 429 (0 disables the limit).")
 	flag.IntVar(&o.FailedAuthBurst, "failed-auth-burst", o.FailedAuthBurst, "Burst of failed verifications allowed per client address.")

@@ -60,6 +60,9 @@ type Options struct {
 	Webhooks         bool
 	FenceTTL         time.Duration
 	LastUsedInterval time.Duration
+	// LastUseWritesPerSecond bounds the keys whose last use a replica
+	// writes per second, whatever the number of keys in use.
+	LastUseWritesPerSecond float64
 	// MaxFences bounds the fence table; 0 means verifier.DefaultMaxFences.
 	MaxFences int
 	// FailedAuthRate and FailedAuthBurst limit failed verifications per
@@ -112,6 +115,7 @@ func DefaultOptions() Options {
 		FenceTTL:                   verifier.DefaultFenceTTL,
 		MaxFences:                  verifier.DefaultMaxFences,
 		LastUsedInterval:           activity.DefaultLastUsedInterval,
+		LastUseWritesPerSecond:     activity.DefaultLastUseWritesPerSecond,
 		FailedAuthRate:             endpoints.DefaultFailureRate,
 		FailedAuthBurst:            endpoints.DefaultFailureBurst,
 		FailedAuthGlobalRate:       endpoints.DefaultGlobalFailureRate,
@@ -177,7 +181,7 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 		endpoints.WithClientAddressHeader(o.ClientAddressHeader))
 	m.ReadRefusalsHeld(limiter.Held)
 	ledgers := &store.Store{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Clock: o.Clock, Metrics: m}
-	recorder := activity.New(mgr.GetClient(), ledgers, o.Clock, o.LastUsedInterval, m)
+	recorder := activity.New(mgr.GetClient(), ledgers, o.Clock, o.LastUsedInterval, m, activity.WithWritesPerSecond(o.LastUseWritesPerSecond))
 	if err := mgr.Add(recorder); err != nil {
 		return nil, err
 	}
