@@ -103,13 +103,16 @@ const (
 // connections they keep: one that opens 20 a second is a forger without a
 // client certificate, whose every attempt would cost a TLS handshake. The
 // verification listener has no such bound: clients without keep-alive
-// (nginx's auth_request by default) open one per request. One address
-// may hold a quarter of the connections: a forger that opens them and
-// never finishes its handshake must not leave kube-apiserver none.
+// (nginx's auth_request by default) open one per request. kube-apiserver
+// calls webhooks over HTTP/1.1, one connection per call in flight, and
+// keeps up to 25 idle: 20 ApiKey writes at once (a GitOps sync) need 20
+// connections from its one address, so an address may hold 48 — and a
+// forger that opens that many and never finishes a handshake still leaves
+// kube-apiserver 80 of the 128.
 const (
 	DefaultAdmissionMaxBodyBytes                = 1 << 20
-	DefaultAdmissionMaxConns                    = 64
-	DefaultAdmissionMaxConnsPerAddress          = 16
+	DefaultAdmissionMaxConns                    = 128
+	DefaultAdmissionMaxConnsPerAddress          = 48
 	DefaultAdmissionNewConnsPerAddressPerSecond = 20
 	DefaultAdmissionNewConnsPerAddressBurst     = 100
 )
