@@ -28,7 +28,7 @@ import (
 
 	"github.com/latchkey-dev/latchkey/internal/certs"
 	"github.com/latchkey-dev/latchkey/internal/controller"
-	"github.com/latchkey-dev/latchkey/internal/extauthz"
+	"github.com/latchkey-dev/latchkey/internal/endpoints"
 	"github.com/latchkey-dev/latchkey/internal/operator"
 	"github.com/latchkey-dev/latchkey/internal/scheme"
 	"github.com/latchkey-dev/latchkey/internal/serving"
@@ -148,8 +148,10 @@ func parseFlags() *config {
 		"The address Envoy's ext_authz (gRPC envoy.service.auth.v3.Authorization/Check) is served on, with the webhook server's certificate; 0 turns it off.")
 	flag.BoolVar(&o.ExtAuthzInsecure, "ext-authz-insecure", o.ExtAuthzInsecure,
 		"Serve ext_authz in plaintext (h2c), for a mesh whose sidecars already encrypt with mTLS.")
-	flag.StringVar(&cfg.keyHeaders, "key-headers", strings.Join(extauthz.DefaultKeyHeaders, ","),
-		"Comma-separated headers a key is read from when Authorization holds no bearer key (ext_authz); empty: Authorization only.")
+	flag.StringVar(&cfg.keyHeaders, "key-headers", strings.Join(endpoints.DefaultKeyHeaders, ","),
+		"Comma-separated headers a key is read from when Authorization holds no bearer key (/authorize, /whoami, /v1/executions and ext_authz); empty: Authorization only.")
+	flag.StringVar(&o.KeyQueryParam, "key-query-param", o.KeyQueryParam,
+		"A query parameter a key is read from last (off by default: a key in a URL ends up in access logs); ext_authz has Envoy remove it upstream.")
 	flag.BoolVar(&o.KeepCredential, "keep-credential", o.KeepCredential,
 		"Leave the key in the request the gateway passes upstream; by default ext_authz has Envoy remove the header it came in.")
 	cfg.zap.BindFlags(flag.CommandLine)

@@ -43,6 +43,9 @@ type Server struct {
 	Reports interface {
 		Report(ctx context.Context, tenant, reporter string, b *usage.Batch) (bool, error)
 	}
+	// Keys say where a request's key is read from (the zero value:
+	// Authorization and DefaultKeyHeaders).
+	Keys KeyPlaces
 	// Limiter limits failed attempts at /authorize and /whoami per client
 	// address; nil disables it.
 	Limiter *FailureLimiter
@@ -64,28 +67,28 @@ type Server struct {
 func (s *Server) Register(register func(path string, h http.Handler)) {
 	register(protocol.PathTokenReview, http.HandlerFunc(s.TokenReview))
 	register(protocol.PathAuthorize, http.HandlerFunc(s.Authorize))
+	// Envoy's HTTP ext_authz, and gateways built on it, ask for the
+	// original path under their path prefix.
+	register(protocol.PathAuthorize+"/", http.HandlerFunc(s.Authorize))
 	register(protocol.PathWhoAmI, http.HandlerFunc(s.WhoAmI))
 	if s.Reports != nil {
 		register(protocol.PathExecutions, http.HandlerFunc(s.Executions))
 	}
 }
 
-// Authorize is forward-auth: 200 with the key's tenant and name for a valid
-// "Authorization: Bearer" key, 401 otherwise, 403 when the caller pins a
-// tenant the key is not of.
+// Authorize is forward-auth, at /authorize and every path under it, for
+// any method, the body never read: 200 with the key's tenant and name for
+// a valid key, 401 otherwise, 403 when the caller pins a tenant the key is
+// not of.
 func (s *Server) Authorize(w http.ResponseWriter, r *http.Request) {
 	defer s.observe("authorize", s.Clock.Now())
-	if len(r.Header.Values("Authorization")) > 1 {
-		s.badRequest(w, "authorize", "more than one Authorization header")
-		return
-	}
 	if len(r.Header.Values(protocol.HeaderTenantRequired)) > 1 {
 		// Proxies differ in which of two they pass on: pinning must not
 		// depend on it.
 		s.badRequest(w, "authorize", "more than one "+protocol.HeaderTenantRequired+" header")
 		return
 	}
-	id, ok := s.verifyBearer(w, r, "authorize", r.Header.Get(protocol.HeaderTenantRequired))
+	id, ok := s.verifyKey(w, r, "authorize", r.Header.Get(protocol.HeaderTenantRequired))
 	if !ok {
 		return
 	}
@@ -100,7 +103,7 @@ func (s *Server) WhoAmI(w http.ResponseWriter, r *http.Request) {
 	if !s.method(w, r, "whoami", http.MethodGet) {
 		return
 	}
-	id, ok := s.verifyBearer(w, r, "whoami", "")
+	id, ok := s.verifyKey(w, r, "whoami", "")
 	if !ok {
 		return
 	}
@@ -110,11 +113,15 @@ func (s *Server) WhoAmI(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// verifyBearer verifies the request's bearer key through Check, pinned to
-// the required tenant unless it is empty, and answers 401, 403 or 429
+// verifyKey verifies the request's key through Check, pinned to the
+// required tenant unless it is empty, and answers 400, 401, 403 or 429
 // itself when the request is refused.
-func (s *Server) verifyBearer(w http.ResponseWriter, r *http.Request, endpoint, required string) (verifier.Identity, bool) {
-	token, _ := protocol.BearerToken(r.Header.Get("Authorization"))
+func (s *Server) verifyKey(w http.ResponseWriter, r *http.Request, endpoint, required string) (verifier.Identity, bool) {
+	token, _, err := s.Keys.FromRequest(r)
+	if err != nil {
+		s.badRequest(w, endpoint, err.Error())
+		return verifier.Identity{}, false
+	}
 	addr, direct := s.Limiter.ClientAddr(r)
 	d := s.Check(endpoint, token, addr, required)
 	switch d.Verdict {

@@ -313,13 +313,28 @@ func TestAuthorize(t *testing.T) {
 		{"two Authorization headers are a bad request", func() http.Header {
 			return http.Header{"Authorization": {"Bearer " + r.active, "Bearer " + r.active}}
 		}, http.StatusBadRequest},
+		{"a valid key in X-API-Key passes", func() http.Header { return http.Header{"X-Api-Key": {r.active}} }, http.StatusOK},
+		{"the same key in Authorization and X-API-Key passes", func() http.Header {
+			return http.Header{"Authorization": {"Bearer " + r.active}, "X-Api-Key": {r.active}}
+		}, http.StatusOK},
+		{"two different keys are a bad request", func() http.Header {
+			return http.Header{"Authorization": {"Bearer " + r.active}, "X-Api-Key": {r.revoked}}
+		}, http.StatusBadRequest},
+		{"two X-API-Key headers are a bad request", func() http.Header { return http.Header{"X-Api-Key": {r.active, r.active}} }, http.StatusBadRequest},
+		{"a revoked key in X-API-Key is unauthorized", func() http.Header { return http.Header{"X-Api-Key": {r.revoked}} }, http.StatusUnauthorized},
+		{"a key in the query is not read unless configured", func() http.Header { return http.Header{"X-Forwarded-Uri": {"/api?api_key=" + r.active}} }, http.StatusUnauthorized},
 	}
+	// Envoy's HTTP ext_authz asks for path_prefix + the original path, with
+	// the original method.
+	paths := []string{protocol.PathAuthorize, protocol.PathAuthorize + "/", protocol.PathAuthorize + "/api/v1/things?x=1&api_key=" + r.active}
+	methods := []string{http.MethodGet, http.MethodPost, http.MethodHead, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			for _, method := range []string{http.MethodGet, http.MethodPost, http.MethodHead} {
-				resp, body := r.do(t, method, protocol.PathAuthorize, nil, tt.header())
+			for i, method := range methods {
+				path := paths[i%len(paths)]
+				resp, body := r.do(t, method, path, strings.NewReader("a body nobody reads"), tt.header())
 				if resp.StatusCode != tt.status {
-					t.Fatalf("%s: status %d (%s), want %d", method, resp.StatusCode, body, tt.status)
+					t.Fatalf("%s %s: status %d (%s), want %d", method, strings.ReplaceAll(path, r.active, "KEY"), resp.StatusCode, body, tt.status)
 				}
 				switch resp.StatusCode {
 				case http.StatusOK:
@@ -336,6 +351,84 @@ func TestAuthorize(t *testing.T) {
 	}
 	if r.uses.count() == 0 {
 		t.Fatal("successful verifications were not recorded as uses")
+	}
+}
+
+// TestKeyQueryParameter: a key in the configured query parameter, of the
+// request's own URL (Envoy) or of the URI a forward-auth proxy names, is
+// read last, and never echoed.
+func TestKeyQueryParameter(t *testing.T) {
+	places, err := NewKeyPlaces(nil, "api_key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, &Server{Keys: places})
+	tests := []struct {
+		name   string
+		path   func() string
+		header func() http.Header
+		status int
+	}{
+		{"in the request's own query", func() string { return "/authorize/api?x=1&api_key=" + r.active }, func() http.Header { return nil }, http.StatusOK},
+		{"in X-Forwarded-Uri", func() string { return "/authorize" }, func() http.Header {
+			return http.Header{"X-Forwarded-Uri": {"/api/things?api_key=" + r.active + "&x=1"}}
+		}, http.StatusOK},
+		{"in X-Original-URI", func() string { return "/authorize" }, func() http.Header {
+			return http.Header{"X-Original-Uri": {"/api/things?api_key=" + r.active}}
+		}, http.StatusOK},
+		{"escaped", func() string { return "/authorize?api_key=" + strings.Replace(r.active, "_", "%5F", 1) }, func() http.Header { return nil }, http.StatusOK},
+		{"revoked", func() string { return "/authorize?api_key=" + r.revoked }, func() http.Header { return nil }, http.StatusUnauthorized},
+		{"another key in Authorization", func() string { return "/authorize?api_key=" + r.active }, func() http.Header {
+			return http.Header{"Authorization": {"Bearer " + r.expired}}
+		}, http.StatusBadRequest},
+		{"two different values", func() string { return "/authorize?api_key=" + r.active + "&api_key=" + r.revoked }, func() http.Header { return nil }, http.StatusBadRequest},
+		{"badly escaped", func() string { return "/authorize?api_key=%zz" + r.active }, func() http.Header { return nil }, http.StatusBadRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := r.do(t, http.MethodGet, tt.path(), nil, tt.header())
+			if resp.StatusCode != tt.status {
+				t.Fatalf("status %d (%s), want %d", resp.StatusCode, body, tt.status)
+			}
+		})
+	}
+}
+
+func TestKeyPlacesRefuseBadNames(t *testing.T) {
+	for _, tt := range []struct {
+		headers []string
+		query   string
+	}{
+		{[]string{"X-Token", ""}, ""}, {[]string{"X Token"}, ""}, {[]string{"authorization"}, ""},
+		{make([]string, MaxKeyHeaders+1), ""}, {nil, "a=b"}, {nil, "a&b"},
+	} {
+		if _, err := NewKeyPlaces(tt.headers, tt.query); err == nil {
+			t.Errorf("NewKeyPlaces(%q, %q) accepted", tt.headers, tt.query)
+		}
+	}
+}
+
+// TestReadingAKeyNeverAllocates: where the key is read from costs the
+// request nothing, whichever place it is in.
+func TestReadingAKeyNeverAllocates(t *testing.T) {
+	places, err := NewKeyPlaces([]string{"X-API-Key", "X-Token"}, "api_key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := "lk_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG000000"
+	for _, r := range []*http.Request{
+		httptest.NewRequest(http.MethodGet, "/authorize", nil),
+		httptest.NewRequest(http.MethodGet, "/authorize/api/things?api_key="+raw, nil),
+	} {
+		r.Header.Set("Authorization", "Bearer "+raw)
+		r.Header.Set("X-Token", raw)
+		if n := testing.AllocsPerRun(100, func() {
+			if token, _, err := places.FromRequest(r); err != nil || token != raw {
+				t.Fatal("the key was not read")
+			}
+		}); n != 0 {
+			t.Errorf("%s: %v allocations per read", r.URL.Path, n)
+		}
 	}
 }
 

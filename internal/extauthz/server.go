@@ -9,6 +9,7 @@ package extauthz
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -30,15 +31,9 @@ import (
 // Endpoint labels the verification metrics of Check.
 const Endpoint = "ext_authz"
 
-// DefaultKeyHeaders are the headers a key is read from when Authorization
-// holds no bearer key.
-var DefaultKeyHeaders = []string{strings.ToLower(protocol.HeaderAPIKey)}
-
-// Options say where Check reads keys and what it tells Envoy to do with them.
+// Options say what Check tells Envoy to do with a key; where it reads
+// keys from is the endpoints.Server's Keys.
 type Options struct {
-	// KeyHeaders are read for a key, in order, after "authorization:
-	// Bearer"; nil means DefaultKeyHeaders.
-	KeyHeaders []string
 	// KeepCredential leaves the key in the request Envoy passes upstream.
 	KeepCredential bool
 }
@@ -63,10 +58,12 @@ type Server struct {
 	e          *endpoints.Server
 	keyHeaders []string
 	keep       bool
-	// remove[i] lists the headers that carry the key: authorization
-	// alone (i = 0), key header i-1 alone, or authorization and key
-	// header i-1 (i > len(keyHeaders)).
-	remove [][]string
+	// remove[i] lists the header that carries the key when it came in
+	// place i alone (0: authorization, 1+i: key header i), and
+	// withBearer[i] authorization and key header i: built once, since
+	// these are every usual request's.
+	remove, withBearer [][]string
+	query              []string
 
 	refused              map[error]*authv3.CheckResponse
 	forbidden, malformed *authv3.CheckResponse
@@ -77,19 +74,14 @@ var _ authv3.AuthorizationServer = &Server{}
 
 // New serves e's verification as Check.
 func New(e *endpoints.Server, o Options) *Server {
-	s := &Server{e: e, keep: o.KeepCredential, keyHeaders: DefaultKeyHeaders}
-	if o.KeyHeaders != nil {
-		s.keyHeaders = make([]string, len(o.KeyHeaders))
-		for i, h := range o.KeyHeaders {
-			s.keyHeaders[i] = strings.ToLower(h)
-		}
-	}
+	s := &Server{e: e, keep: o.KeepCredential, keyHeaders: e.Keys.Headers()}
 	s.remove = append(s.remove, []string{headerAuthorization})
 	for _, h := range s.keyHeaders {
 		s.remove = append(s.remove, []string{h})
+		s.withBearer = append(s.withBearer, []string{headerAuthorization, h})
 	}
-	for _, h := range s.keyHeaders {
-		s.remove = append(s.remove, []string{headerAuthorization, h})
+	if q := e.Keys.QueryParam(); q != "" {
+		s.query = []string{q}
 	}
 	s.refused = map[error]*authv3.CheckResponse{}
 	for _, err := range []error{endpoints.ErrNoKey, verifier.ErrMalformed, verifier.ErrUnknown, verifier.ErrRevoked, verifier.ErrExpired} {
@@ -97,7 +89,7 @@ func New(e *endpoints.Server, o Options) *Server {
 			header("www-authenticate", protocol.Challenge(err.Error())))
 	}
 	s.forbidden = denied(codes.PermissionDenied, typev3.StatusCode_Forbidden, "key is not a key of the tenant this route requires")
-	s.malformed = denied(codes.InvalidArgument, typev3.StatusCode_BadRequest, "two different keys in one request")
+	s.malformed = denied(codes.InvalidArgument, typev3.StatusCode_BadRequest, endpoints.ErrTwoKeys.Error())
 	for secs := range maxRetryAfter + 1 {
 		s.limited = append(s.limited, tooMany(secs, false))
 		s.global = append(s.global, tooMany(secs, true))
@@ -112,16 +104,24 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	defer func() { s.e.Metrics.Answered(Endpoint, s.e.Clock.Since(start)) }()
 	attrs := req.GetAttributes()
 	headers := attrs.GetRequest().GetHttp().GetHeaders()
-	token, from, ok := s.key(headers)
-	if !ok {
+	token, found, err := s.e.Keys.Key(func(i int) string {
+		if i == 0 {
+			return headers[headerAuthorization]
+		}
+		return headers[s.keyHeaders[i-1]]
+	}, endpoints.QueryOf(attrs.GetRequest().GetHttp().GetPath()))
+	if err != nil {
 		s.e.Metrics.Verified(Endpoint, "bad_request")
-		return s.malformed, nil
+		if errors.Is(err, endpoints.ErrTwoKeys) {
+			return s.malformed, nil
+		}
+		return denied(codes.InvalidArgument, typev3.StatusCode_BadRequest, err.Error()), nil
 	}
 	d := s.e.Check(Endpoint, token, client(ctx, attrs),
 		attrs.GetContextExtensions()[protocol.ContextExtensionTenantRequired], headers[headerTenantRequired])
 	switch d.Verdict {
 	case endpoints.Allowed:
-		return s.allowed(d.Identity, from), nil
+		return s.allowed(d.Identity, found), nil
 	case endpoints.Forbidden:
 		return s.forbidden, nil
 	case endpoints.Limited:
@@ -136,31 +136,27 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	}
 }
 
-// key reads the presented key: a bearer key in authorization, else the
-// first key header that has a value. It names the headers that carry it,
-// and is not ok when two carry different keys: which one a proxy or
-// upstream would read is not for Latchkey to guess.
-func (s *Server) key(h map[string]string) (token string, from []string, ok bool) {
-	if bearer, isBearer := protocol.BearerToken(h[headerAuthorization]); isBearer {
-		token, from = bearer, s.remove[0]
-	}
-	found := -1
-	for i, name := range s.keyHeaders {
-		v := h[name]
-		switch {
-		case v == "":
-		case token == "":
-			token, from, found = v, s.remove[1+i], i
-		case v != token:
-			return "", nil, false
-		case found >= 0:
-			// The same key twice in key headers: rare enough to build.
-			from = append(append([]string{}, from...), name)
-		default:
-			from, found = s.remove[1+len(s.keyHeaders)+i], i
+// from lists the headers the key came in, and whether it came in the
+// query too.
+func (s *Server) from(found endpoints.Found) (headers []string, query bool) {
+	n := len(s.keyHeaders)
+	query = found.Has(1 + n)
+	found &^= 1 << (1 + n)
+	for i := range 1 + n {
+		switch found {
+		case 1 << i:
+			return s.remove[i], query
+		case 1 | 1<<i:
+			return s.withBearer[i-1], query
 		}
 	}
-	return token, from, true
+	// The same key in several key headers: rare enough to build.
+	for i := range 1 + n {
+		if found.Has(i) {
+			headers = append(headers, s.remove[i][0])
+		}
+	}
+	return headers, query
 }
 
 // client is who is charged for a refusal: the address Envoy names, else
@@ -180,11 +176,15 @@ func client(ctx context.Context, attrs *authv3.AttributeContext) netip.Addr {
 
 // allowed is OK with the key's identity in headers that replace any the
 // client sent, and in dynamic metadata, and the key's headers removed.
-func (s *Server) allowed(id verifier.Identity, from []string) *authv3.CheckResponse {
+func (s *Server) allowed(id verifier.Identity, found endpoints.Found) *authv3.CheckResponse {
 	key := id.Tenant + "/" + id.KeyName
 	ok := &authv3.OkHttpResponse{Headers: []*corev3.HeaderValueOption{header(headerTenant, id.Tenant), header(headerKey, key)}}
 	if !s.keep {
-		ok.HeadersToRemove = from
+		var inQuery bool
+		ok.HeadersToRemove, inQuery = s.from(found)
+		if inQuery {
+			ok.QueryParametersToRemove = s.query
+		}
 	}
 	return &authv3.CheckResponse{
 		Status:       &rpcstatus.Status{Code: int32(codes.OK)},

@@ -36,6 +36,12 @@ type fixture struct {
 
 func newFixture(t *testing.T, o Options) (*Server, *fixture) {
 	t.Helper()
+	return newFixtureReading(t, o, endpoints.KeyPlaces{})
+}
+
+// newFixtureReading is newFixture with keys read from places.
+func newFixtureReading(t *testing.T, o Options, places endpoints.KeyPlaces) (*Server, *fixture) {
+	t.Helper()
 	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC))
 	v := verifier.New(clk, time.Minute)
 	f := &fixture{raw: map[string]string{}}
@@ -65,7 +71,7 @@ func newFixture(t *testing.T, o Options) (*Server, *fixture) {
 		f.raw[name] = raw
 	}
 	f.e = &endpoints.Server{
-		Verifier: v, Clock: clk, Metrics: metrics.New(prometheus.NewRegistry()),
+		Keys: places, Verifier: v, Clock: clk, Metrics: metrics.New(prometheus.NewRegistry()),
 		Limiter: endpoints.NewFailureLimiter(1, 5, nil),
 	}
 	return New(f.e, o), f
@@ -177,7 +183,11 @@ func TestCheckAnswers(t *testing.T) {
 }
 
 func TestKeepCredentialAndKeyHeaders(t *testing.T) {
-	s, f := newFixture(t, Options{KeyHeaders: []string{"X-Token"}, KeepCredential: true})
+	places, err := endpoints.NewKeyPlaces([]string{"X-Token"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, f := newFixtureReading(t, Options{KeepCredential: true}, places)
 	resp, _ := s.Check(context.Background(), request("192.0.2.1", map[string]string{"x-token": f.raw["active"]}, nil))
 	if a := flatten(resp); a.status != 200 || len(a.remove) != 0 {
 		t.Errorf("a kept credential: status %d, headers_to_remove %v", a.status, a.remove)
@@ -185,6 +195,35 @@ func TestKeepCredentialAndKeyHeaders(t *testing.T) {
 	resp, _ = s.Check(context.Background(), request("192.0.2.1", map[string]string{"x-api-key": f.raw["active"]}, nil))
 	if a := flatten(resp); a.status != 401 {
 		t.Errorf("x-api-key when only x-token is configured: status %d", a.status)
+	}
+}
+
+// TestQueryParameter: with a key query parameter configured, a key in the
+// path's query authenticates and Envoy is told to remove it, and a
+// different key in a header is two keys.
+func TestQueryParameter(t *testing.T) {
+	places, err := endpoints.NewKeyPlaces(nil, "api_key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, f := newFixtureReading(t, Options{}, places)
+	req := request("192.0.2.1", nil, nil)
+	req.Attributes.Request.Http.Path = "/things?a=1&api_key=" + f.raw["active"] + "&b=2"
+	resp, _ := s.Check(context.Background(), req)
+	ok := resp.GetOkResponse()
+	if a := flatten(resp); a.status != 200 || len(a.remove) != 0 || len(ok.GetQueryParametersToRemove()) != 1 || ok.GetQueryParametersToRemove()[0] != "api_key" {
+		t.Errorf("a key in the query: status %d, headers_to_remove %v, query_parameters_to_remove %v", a.status, a.remove, ok.GetQueryParametersToRemove())
+	}
+	req.Attributes.Request.Http.Headers = map[string]string{"x-api-key": f.raw["other"]}
+	resp, _ = s.Check(context.Background(), req)
+	if a := flatten(resp); a.status != 400 {
+		t.Errorf("a key in the query and another in x-api-key: status %d", a.status)
+	}
+	noKeyMaterial(t, f, resp)
+	req.Attributes.Request.Http.Headers = map[string]string{"authorization": protocol.Bearer(f.raw["active"])}
+	resp, _ = s.Check(context.Background(), req)
+	if a := flatten(resp); a.status != 200 || len(a.remove) != 1 || len(resp.GetOkResponse().GetQueryParametersToRemove()) != 1 {
+		t.Errorf("the same key in the query and authorization: status %d, headers_to_remove %v", a.status, a.remove)
 	}
 }
 

@@ -92,9 +92,11 @@ type Options struct {
 	ExtAuthzTLS     []func(*tls.Config)
 	ExtAuthzCertDir string
 	// KeyHeaders are read for a key after "Authorization: Bearer" (nil:
-	// extauthz.DefaultKeyHeaders); KeepCredential leaves the key in the
-	// request a gateway passes upstream.
+	// endpoints.DefaultKeyHeaders), and KeyQueryParam, when set, last, on
+	// every verification endpoint; KeepCredential leaves the key in the
+	// request Envoy passes upstream.
 	KeyHeaders     []string
+	KeyQueryParam  string
 	KeepCredential bool
 }
 
@@ -185,7 +187,12 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 	if err := mgr.Add(recorder); err != nil {
 		return nil, err
 	}
+	keyPlaces, err := endpoints.NewKeyPlaces(o.KeyHeaders, o.KeyQueryParam)
+	if err != nil {
+		return nil, err
+	}
 	es := &endpoints.Server{
+		Keys:               keyPlaces,
 		Verifier:           v,
 		Activity:           recorder,
 		Reports:            ledgers,
@@ -225,7 +232,7 @@ func addExtAuthz(mgr ctrl.Manager, es *endpoints.Server, o Options, ready func()
 	}
 	l := &extauthz.Listener{
 		Address:  o.ExtAuthzBindAddress,
-		Server:   extauthz.New(es, extauthz.Options{KeyHeaders: o.KeyHeaders, KeepCredential: o.KeepCredential}),
+		Server:   extauthz.New(es, extauthz.Options{KeepCredential: o.KeepCredential}),
 		Insecure: o.ExtAuthzInsecure,
 		TLSOpts:  o.ExtAuthzTLS,
 		CertDir:  o.ExtAuthzCertDir,

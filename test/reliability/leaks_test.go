@@ -37,6 +37,12 @@ func TestNoKeyLeaks(t *testing.T) {
 		if key != "" {
 			req.Header.Set("Authorization", "Bearer "+key)
 		}
+		if key != "" && strings.HasPrefix(path, "/authorize/") {
+			// Every place a key is read from: X-API-Key and the query.
+			req.Header.Del("Authorization")
+			req.Header.Set("X-API-Key", key)
+			req.URL.RawQuery = "api_key=" + key
+		}
 		resp, err := lk.HTTPClient.Do(req)
 		g.Expect(err).NotTo(HaveOccurred())
 		b, _ := io.ReadAll(resp.Body)
@@ -52,6 +58,7 @@ func TestNoKeyLeaks(t *testing.T) {
 	now := time.Now().UTC().Add(-time.Minute).Format(time.RFC3339)
 	for _, k := range []string{raw, other, verifiertest.BadChecksum(raw), "lk_" + raw[3:]} {
 		call(http.MethodGet, "/authorize", k, "")
+		call(http.MethodPost, "/authorize/api/v1/things", k, "")
 		call(http.MethodGet, "/whoami", k, "")
 		call(http.MethodPost, "/tokenreview", "", review(k))
 		call(http.MethodPost, "/tokenreview", "", `{"apiVersion":"`+k+`","kind":"TokenReview","spec":{"token":"`+k+`"}}`)

@@ -130,6 +130,8 @@ func TestMain(m *testing.M) {
 			Tune: func(o *operator.Options) {
 				registry = prometheus.NewRegistry()
 				o.Registry = registry
+				// Keys in URLs too, so that the leak scan covers them.
+				o.KeyQueryParam = "api_key"
 			},
 		})
 	}
