@@ -53,10 +53,57 @@ type ApiKeySpec struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=256
 	Description string `json:"description,omitempty"`
+
+	// suspended set to true makes every key of the ApiKey fail with "key
+	// suspended" at once, as revocation does; set back to false, the same
+	// keys work again. Unlike revoked, it is reversible.
+	// +optional
+	Suspended bool `json:"suspended,omitempty"`
+
+	// rotation replaces the key with a new one in the same Secret, on
+	// request or on a schedule, keeping the previous key valid for a grace
+	// period so that callers pick the new one up without downtime.
+	// +optional
+	Rotation *RotationSpec `json:"rotation,omitempty"`
+
+	// scopes are what the key may do, for gateways and RBAC to check: up to
+	// 16 lowercase names. TokenReview gives the group latchkey:scope:<scope>
+	// per scope, and /authorize refuses a key that lacks a scope the route
+	// requires. Removing a scope takes effect as immediately as revocation.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=63
+	// +kubebuilder:validation:items:Pattern=`^[a-z0-9]([-a-z0-9.:]*[a-z0-9])?$`
+	Scopes []string `json:"scopes,omitempty"`
+}
+
+// RotationSpec says when an ApiKey's key is replaced.
+type RotationSpec struct {
+	// requestedAt asks for a rotation: when it is later than the instant the
+	// current key was minted (or than the request that minted it), a new key
+	// is minted into the same Secret. kubectl latchkey rotate sets it to now.
+	// +optional
+	RequestedAt *metav1.Time `json:"requestedAt,omitempty"`
+
+	// gracePeriod is how long the previous key keeps working after the new
+	// one is delivered: 0s to 168h, 1h by default. 0s stops the previous key
+	// at once, as revocation does, when the request is admitted.
+	// +optional
+	// +default="1h"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('168h')",message="gracePeriod must be between 0s and 168h",reason=FieldValueInvalid
+	GracePeriod *metav1.Duration `json:"gracePeriod,omitempty"`
+
+	// every rotates the key automatically that long after each mint: at
+	// least 1h, at most 8760h (a year). status.nextRotationAt says when.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h') && duration(self) <= duration('8760h')",message="every must be between 1h and 8760h",reason=FieldValueInvalid
+	Every *metav1.Duration `json:"every,omitempty"`
 }
 
 // Phase is where an ApiKey is in its life.
-// +kubebuilder:validation:Enum=Pending;Active;Revoked;Expired;Failed
+// +kubebuilder:validation:Enum=Pending;Active;Suspended;Revoked;Expired;Failed
 type Phase string
 
 const (
@@ -64,6 +111,9 @@ const (
 	PhasePending Phase = "Pending"
 	// PhaseActive means the key authenticates requests.
 	PhaseActive Phase = "Active"
+	// PhaseSuspended means spec.suspended holds every key of the ApiKey
+	// off until it is set back to false.
+	PhaseSuspended Phase = "Suspended"
 	// PhaseRevoked means the key was revoked and never authenticates again.
 	PhaseRevoked Phase = "Revoked"
 	// PhaseExpired means spec.expiresAt has passed.
@@ -78,6 +128,9 @@ const (
 	ConditionReady = "Ready"
 	// ConditionKeyDelivered is True while the Secret holding the raw key exists.
 	ConditionKeyDelivered = "KeyDelivered"
+	// ConditionExpiringSoon is True within the manager's --expiry-warning of
+	// spec.expiresAt (unless a scheduled rotation comes first).
+	ConditionExpiringSoon = "ExpiringSoon"
 )
 
 // Condition reasons of an ApiKey.
@@ -85,6 +138,9 @@ const (
 	ReasonActive         = "Active"
 	ReasonMinting        = "Minting"
 	ReasonRevoked        = "Revoked"
+	ReasonSuspended      = "Suspended"
+	ReasonExpiresSoon    = "ExpiresSoon"
+	ReasonNotExpiring    = "NotExpiringSoon"
 	ReasonExpired        = "Expired"
 	ReasonDelivered      = "Delivered"
 	ReasonSecretMissing  = "SecretMissing"
@@ -116,7 +172,28 @@ type ApiKeyStatus struct {
 	// +optional
 	RevokedAt *metav1.Time `json:"revokedAt,omitempty"`
 
-	// conditions are Ready and KeyDelivered.
+	// rotation is how many times the key has been rotated: the current key's
+	// rotation number, 0 for the first key.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	Rotation int32 `json:"rotation,omitempty"`
+
+	// rotatedAt is when the current key was minted by a rotation.
+	// +optional
+	RotatedAt *metav1.Time `json:"rotatedAt,omitempty"`
+
+	// nextRotationAt is when spec.rotation.every rotates the key next.
+	// +optional
+	NextRotationAt *metav1.Time `json:"nextRotationAt,omitempty"`
+
+	// previousKeys are the keys a rotation replaced that still work, in
+	// their grace period: newest first.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=8
+	PreviousKeys []PreviousKey `json:"previousKeys,omitempty"`
+
+	// conditions are Ready, KeyDelivered and ExpiringSoon.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -126,6 +203,23 @@ type ApiKeyStatus struct {
 	// observedGeneration is the spec generation this status describes.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+}
+
+// PreviousKey is a replaced key in its grace period.
+type PreviousKey struct {
+	// keyHint is the masked key: its first 8 characters, "…", and its last 4.
+	// +required
+	// +kubebuilder:validation:MaxLength=32
+	KeyHint string `json:"keyHint"`
+
+	// rotation is the key's rotation number.
+	// +required
+	// +kubebuilder:validation:Minimum=0
+	Rotation int32 `json:"rotation"`
+
+	// validUntil is when the key stops working.
+	// +required
+	ValidUntil metav1.Time `json:"validUntil"`
 }
 
 // ApiKey is an API key for the services of its namespace (the tenant). The
@@ -140,6 +234,8 @@ type ApiKeyStatus struct {
 // +kubebuilder:printcolumn:name="Last Used",type=date,JSONPath=`.status.lastUsedAt`
 // +kubebuilder:printcolumn:name="Description",type=string,JSONPath=`.spec.description`,priority=1
 // +kubebuilder:printcolumn:name="Expires",type=date,JSONPath=`.spec.expiresAt`,priority=1
+// +kubebuilder:printcolumn:name="Scopes",type=string,JSONPath=`.spec.scopes`,priority=1
+// +kubebuilder:printcolumn:name="Rotated",type=date,JSONPath=`.status.rotatedAt`,priority=1
 type ApiKey struct {
 	metav1.TypeMeta `json:",inline"`
 
@@ -181,10 +277,58 @@ func (k *ApiKey) State(now time.Time) Phase {
 		return PhaseRevoked
 	case k.Expired(now):
 		return PhaseExpired
+	case k.Spec.Suspended:
+		return PhaseSuspended
 	case k.Status.Phase == "":
 		return PhasePending
 	}
 	return k.Status.Phase
+}
+
+// GracePeriod is how long a replaced key keeps working.
+func (k *ApiKey) GracePeriod() time.Duration {
+	if r := k.Spec.Rotation; r != nil && r.GracePeriod != nil {
+		return r.GracePeriod.Duration
+	}
+	return DefaultGracePeriod
+}
+
+// DefaultGracePeriod is spec.rotation.gracePeriod's default.
+const DefaultGracePeriod = time.Hour
+
+// RotationRequested is spec.rotation.requestedAt, or the zero time.
+func (k *ApiKey) RotationRequested() time.Time {
+	if r := k.Spec.Rotation; r != nil && r.RequestedAt != nil {
+		return r.RequestedAt.Time
+	}
+	return time.Time{}
+}
+
+// Supersedes says whether the key's rotation request replaces the key of
+// record: the request is later than both the instant the record was
+// minted and the request it answered. The one rule for the controller,
+// which mints on it, and the verifier, which with a grace period of 0s
+// refuses the record on it before any new key exists.
+func (k *ApiKey) Supersedes(record *ApiKeyRecord) bool {
+	requested := k.RotationRequested()
+	if requested.IsZero() {
+		return false
+	}
+	minted := record.CreationTimestamp.Time
+	if a := record.Spec.RequestedAt; a != nil && a.After(minted) {
+		minted = a.Time
+	}
+	return requested.After(minted)
+}
+
+// HasScope says whether the key has scope.
+func (k *ApiKey) HasScope(scope string) bool {
+	for _, s := range k.Spec.Scopes {
+		if s == scope {
+			return true
+		}
+	}
+	return false
 }
 
 // ApiKeyList is a list of ApiKeys.

@@ -10,6 +10,9 @@ const (
 	RevocationRevoked = "Revoked"
 	// RevocationDeleted means the ApiKey was deleted.
 	RevocationDeleted = "Deleted"
+	// RevocationRotated means a rotation replaced the key and its grace
+	// period has ended.
+	RevocationRotated = "Rotated"
 	// RevocationOrphaned means the ApiKey disappeared without Latchkey seeing
 	// its deletion (for example its finalizer was removed by hand).
 	RevocationOrphaned = "Orphaned"
@@ -22,6 +25,7 @@ const (
 // +kubebuilder:validation:XValidation:rule="!oldSelf.revoked || self.revoked",message="revoked cannot be changed from true to false: a revoked record can never become active again",fieldPath=".revoked",reason=FieldValueForbidden
 // +kubebuilder:validation:XValidation:rule="!self.revoked || has(self.revokedAt)",message="revokedAt is required when revoked is true",fieldPath=".revokedAt",reason=FieldValueRequired
 // +kubebuilder:validation:XValidation:rule="!(has(self.pending) && self.pending) || (has(oldSelf.pending) && oldSelf.pending)",message="pending cannot be set again: a delivered key's record stays delivered",fieldPath=".pending",reason=FieldValueForbidden
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.validUntil) || (has(self.validUntil) && self.validUntil <= oldSelf.validUntil)",message="validUntil can only move earlier: a replaced key's grace period is never extended",fieldPath=".validUntil",reason=FieldValueForbidden
 type ApiKeyRecordSpec struct {
 	// hash is the lowercase hex SHA-256 of the raw key.
 	// +required
@@ -81,10 +85,29 @@ type ApiKeyRecordSpec struct {
 	// +optional
 	RevokedAt *metav1.Time `json:"revokedAt,omitempty"`
 
-	// revocationReason is why: Revoked, Deleted or Orphaned.
+	// revocationReason is why: Revoked, Deleted, Rotated or Orphaned.
 	// +optional
-	// +kubebuilder:validation:Enum=Revoked;Deleted;Orphaned
+	// +kubebuilder:validation:Enum=Revoked;Deleted;Rotated;Orphaned
 	RevocationReason string `json:"revocationReason,omitempty"`
+
+	// rotation is the key's rotation number: 0 for an ApiKey's first key,
+	// one more for each key a rotation minted.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="rotation is immutable",reason=FieldValueForbidden
+	Rotation int32 `json:"rotation,omitempty"`
+
+	// requestedAt is the rotation request (the ApiKey's
+	// spec.rotation.requestedAt, or the scheduled instant) this key was
+	// minted for; unset for a first key.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="requestedAt is immutable",reason=FieldValueForbidden
+	RequestedAt *metav1.Time `json:"requestedAt,omitempty"`
+
+	// validUntil is when a key that a rotation replaced stops working: the
+	// new key's delivery plus the grace period. It is never extended.
+	// +optional
+	ValidUntil *metav1.Time `json:"validUntil,omitempty"`
 }
 
 // ApiKeyRecordStatus is how the key has been used.
@@ -112,6 +135,8 @@ type ApiKeyRecordStatus struct {
 // +kubebuilder:printcolumn:name="Key Name",type=string,JSONPath=`.spec.keyName`
 // +kubebuilder:printcolumn:name="Key",type=string,JSONPath=`.spec.hint`
 // +kubebuilder:printcolumn:name="Pending",type=boolean,JSONPath=`.spec.pending`,priority=1
+// +kubebuilder:printcolumn:name="Rotation",type=integer,JSONPath=`.spec.rotation`,priority=1
+// +kubebuilder:printcolumn:name="Valid Until",type=date,JSONPath=`.spec.validUntil`,priority=1
 // +kubebuilder:printcolumn:name="Revoked",type=boolean,JSONPath=`.spec.revoked`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.spec.revocationReason`
 // +kubebuilder:printcolumn:name="Created",type=date,JSONPath=`.metadata.creationTimestamp`
