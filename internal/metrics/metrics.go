@@ -15,9 +15,9 @@
 // Label values:
 //
 //	endpoint  tokenreview, authorize, whoami, executions, ext_authz
-//	result    verifications: allowed, revoked, expired, unknown, malformed,
-//	          forbidden, wrong_audience, bad_request, rate_limited,
-//	          rate_limited_global;
+//	result    verifications: allowed, revoked, expired, suspended, rotated,
+//	          unknown, malformed, forbidden, insufficient_scope,
+//	          wrong_audience, bad_request, rate_limited, rate_limited_global;
 //	          last-use writes: written, gone, failed;
 //	          ledger writes: written, conflict, failed
 //	listener  verification, admission
@@ -41,8 +41,8 @@ const labelResult = "result"
 // once so that a request counts itself without a label lookup.
 var (
 	verificationEndpoints = []string{"tokenreview", "authorize", "whoami", "executions", "ext_authz"}
-	verificationResults   = []string{"allowed", "revoked", "expired", "unknown", "malformed", "forbidden",
-		"wrong_audience", "bad_request", "rate_limited", "rate_limited_global"}
+	verificationResults   = []string{"allowed", "revoked", "expired", "suspended", "rotated", "unknown", "malformed",
+		"forbidden", "insufficient_scope", "wrong_audience", "bad_request", "rate_limited", "rate_limited_global"}
 )
 
 type endpointResult struct{ endpoint, result string }
