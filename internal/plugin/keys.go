@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -103,11 +104,18 @@ func (o *Options) createReady(ctx context.Context, c client.Client, key *authv1a
 		return "", fmt.Errorf("creating the ApiKey: %w", err)
 	}
 	spin := newSpinner(o, fmt.Sprintf("Waiting for %s/%s to be Ready", key.Namespace, key.Name))
-	err := waitReady(ctx, c, key)
+	err := waitFor(ctx, c, key, "Ready", func(k *authv1alpha1.ApiKey) bool {
+		return meta.IsStatusConditionTrue(k.Status.Conditions, authv1alpha1.ConditionReady)
+	})
 	spin.stop()
 	if err != nil {
 		return "", err
 	}
+	return rawKey(ctx, c, key)
+}
+
+// rawKey is the raw key in key's Secret: the only place it exists.
+func rawKey(ctx context.Context, c client.Client, key *authv1alpha1.ApiKey) (string, error) {
 	secret := &corev1.Secret{}
 	if err := c.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: key.SecretName()}, secret); err != nil {
 		return "", fmt.Errorf("the key is Ready but its Secret %s cannot be read (%w): read it with kubectl get secret", key.SecretName(), err)
@@ -118,19 +126,29 @@ func (o *Options) createReady(ctx context.Context, c client.Client, key *authv1a
 // printCreated shows the raw key this once, in output's format or with
 // the reminder that nothing shows it again.
 func (o *Options) printCreated(output string, key *authv1alpha1.ApiKey, raw string) error {
+	return o.printKey(output, "Created", key, raw, nil)
+}
+
+// printKey shows a raw key that done (Created, Rotated) delivered, this
+// once, with extra fields in output's format.
+func (o *Options) printKey(output, done string, key *authv1alpha1.ApiKey, raw string, extra map[string]any) error {
 	ns := key.Namespace
 	if output != "" {
-		return printStructured(o.Streams.Out, output, map[string]any{
+		v := map[string]any{
 			"namespace": ns, "name": key.Name, "secretName": key.SecretName(), "key": raw,
 			"keyHint": key.Status.KeyHint, "expiresAt": key.Spec.ExpiresAt,
-		})
+		}
+		maps.Copy(v, extra)
+		return printStructured(o.Streams.Out, output, v)
 	}
-	fmt.Fprintf(o.Streams.Out, "Created API key %s/%s (%s).\n\n  %s\n\n", ns, key.Name, key.Status.KeyHint, raw)
-	fmt.Fprintf(o.Streams.Out, "Store it now: this is the only time it is shown. It stays in Secret %s/%s until that is deleted.\n", ns, key.SecretName())
+	fmt.Fprintf(o.Streams.Out, "%s API key %s/%s (%s).\n\n  %s\n\n", done, ns, key.Name, key.Status.KeyHint, raw)
+	fmt.Fprintf(o.Streams.Out, "Store it now: this is the only time it is shown. It stays in Secret %s/%s until that is deleted or the key is rotated.\n", ns, key.SecretName())
 	return nil
 }
 
-func waitReady(ctx context.Context, c client.Client, key *authv1alpha1.ApiKey) error {
+// waitFor polls key until arrived says it has, and gives up early when
+// the key cannot be delivered; what names the awaited state in errors.
+func waitFor(ctx context.Context, c client.Client, key *authv1alpha1.ApiKey, what string, arrived func(*authv1alpha1.ApiKey) bool) error {
 	for {
 		if err := c.Get(ctx, client.ObjectKeyFromObject(key), key); err != nil {
 			return fmt.Errorf("reading the ApiKey: %w", err)
@@ -143,7 +161,7 @@ func waitReady(ctx context.Context, c client.Client, key *authv1alpha1.ApiKey) e
 			}
 			return fmt.Errorf("the key cannot be delivered: %s", msg)
 		}
-		if meta.IsStatusConditionTrue(key.Status.Conditions, authv1alpha1.ConditionReady) {
+		if arrived(key) {
 			return nil
 		}
 		if cond := meta.FindStatusCondition(key.Status.Conditions, authv1alpha1.ConditionKeyDelivered); cond != nil && cond.Reason == authv1alpha1.ReasonSecretAccessDenied {
@@ -152,7 +170,7 @@ func waitReady(ctx context.Context, c client.Client, key *authv1alpha1.ApiKey) e
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("the key was not Ready in time (phase %q): is the Latchkey operator running? Check `kubectl get apikey %s -o yaml`", key.Status.Phase, key.Name)
+			return fmt.Errorf("the key was not %s in time (phase %q): is the Latchkey operator running? Check `kubectl get apikey %s -n %s -o yaml`", what, key.Status.Phase, key.Name, key.Namespace)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -167,10 +185,11 @@ func newList(o *Options) *cobra.Command {
 		Short:   "List API keys",
 		Example: `  kubectl latchkey list
   kubectl latchkey ls -A
+  kubectl latchkey list -o wide
   kubectl latchkey list -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkOutput(output, "json", "yaml"); err != nil {
+			if err := checkOutput(output, "wide", "json", "yaml"); err != nil {
 				return err
 			}
 			ns, c, err := o.connect(all)
@@ -183,31 +202,38 @@ func newList(o *Options) *cobra.Command {
 			if err := c.List(ctx, &list, client.InNamespace(ns)); err != nil {
 				return fmt.Errorf("listing ApiKeys: %w", err)
 			}
-			if output != "" {
+			if output != "" && output != "wide" {
 				return printStructured(o.Streams.Out, output, list)
 			}
-			return o.printKeys(list.Items, all)
+			return o.printKeys(list.Items, all, output == "wide")
 		},
 	}
 	cmd.Flags().BoolVarP(&all, "all-namespaces", "A", false, "List the keys of every namespace.")
-	cmd.Flags().StringVarP(&output, "output", "o", "", "Output format: json or yaml.")
+	cmd.Flags().StringVarP(&output, "output", "o", "", "Output format: wide (with scopes), json or yaml.")
 	return cmd
 }
 
-// printKeys prints the console's columns and the count of active keys.
-func (o *Options) printKeys(keys []authv1alpha1.ApiKey, all bool) error {
+// printKeys prints the console's columns (wide: and the scopes) and the
+// count of active keys. STATUS comes last so that its colours, which
+// tabwriter counts as width, misalign nothing.
+func (o *Options) printKeys(keys []authv1alpha1.ApiKey, all, wide bool) error {
 	w := tabwriter.NewWriter(o.Streams.Out, 0, 4, 3, ' ', 0)
 	if all {
 		fmt.Fprint(w, "NAMESPACE\t")
 	}
-	fmt.Fprintln(w, "NAME\tKEY\tCREATED\tLAST USED\tSTATUS")
+	fmt.Fprint(w, "NAME\tKEY\tCREATED\tLAST USED\t")
+	if wide {
+		fmt.Fprint(w, "SCOPES\t")
+	}
+	fmt.Fprintln(w, "STATUS")
 	active := 0
-	for _, k := range keys {
-		state := k.State(o.Clock.Now())
+	now := o.Clock.Now()
+	for i := range keys {
+		k := &keys[i]
+		state := k.State(now)
 		if state == authv1alpha1.PhaseActive {
 			active++
 		}
-		status := string(state)
 		lastUsed := "Never"
 		if k.Status.LastUsedAt != nil {
 			lastUsed = k.Status.LastUsedAt.UTC().Format("2006-01-02 15:04")
@@ -219,7 +245,19 @@ func (o *Options) printKeys(keys []authv1alpha1.ApiKey, all bool) error {
 		if all {
 			fmt.Fprintf(w, "%s\t", k.Namespace)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", k.Name, hint, k.CreationTimestamp.UTC().Format("2006-01-02"), lastUsed, o.paint(status))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t", k.Name, hint, k.CreationTimestamp.UTC().Format("2006-01-02"), lastUsed)
+		if wide {
+			scopes := strings.Join(k.Spec.Scopes, ",")
+			if scopes == "" {
+				scopes = "-"
+			}
+			fmt.Fprintf(w, "%s\t", scopes)
+		}
+		status := o.paint(string(state))
+		if soon := expiresIn(k, state, now); soon != "" {
+			status += ", " + o.colourize(warningColour, "expires in "+soon)
+		}
+		fmt.Fprintln(w, status)
 	}
 	if err := w.Flush(); err != nil {
 		return err
@@ -228,15 +266,59 @@ func (o *Options) printKeys(keys []authv1alpha1.ApiKey, all bool) error {
 	return err
 }
 
+// expiryWarning is the manager's --expiry-warning default, for keys whose
+// operator sets no ExpiringSoon condition.
+const expiryWarning = 7 * 24 * time.Hour
+
+// expiresIn is how soon a working key expires ("3d"), when the operator's
+// ExpiringSoon condition warns of it (or, with no condition, within
+// expiryWarning); "" otherwise. The condition knows the manager's
+// --expiry-warning and that a scheduled rotation coming first makes the
+// expiry moot.
+func expiresIn(k *authv1alpha1.ApiKey, state authv1alpha1.Phase, now time.Time) string {
+	if k.Spec.ExpiresAt == nil || (state != authv1alpha1.PhaseActive && state != authv1alpha1.PhaseSuspended) {
+		return ""
+	}
+	left := k.Spec.ExpiresAt.Sub(now)
+	if cond := meta.FindStatusCondition(k.Status.Conditions, authv1alpha1.ConditionExpiringSoon); cond != nil {
+		if cond.Status != metav1.ConditionTrue {
+			return ""
+		}
+	} else if left > expiryWarning {
+		return ""
+	}
+	return roughly(left)
+}
+
+// roughly is d in its largest whole unit: 3d, 5h, 12m.
+func roughly(d time.Duration) string {
+	switch {
+	case d >= 24*time.Hour:
+		return fmt.Sprintf("%dd", d/(24*time.Hour))
+	case d >= time.Hour:
+		return fmt.Sprintf("%dh", d/time.Hour)
+	case d >= time.Minute:
+		return fmt.Sprintf("%dm", d/time.Minute)
+	default:
+		return "<1m"
+	}
+}
+
+// warningColour is the terminal's warning colour (yellow): expiry, and
+// keys that do not work for now.
+const warningColour = "33"
+
 func (o *Options) paint(status string) string {
-	if !o.colour() {
-		return status
+	code := map[string]string{"Active": "32", "Suspended": warningColour, "Revoked": "31", "Expired": warningColour, "Failed": "31"}[status]
+	return o.colourize(code, status)
+}
+
+// colourize wraps s in the ANSI colour code when stdout takes colour.
+func (o *Options) colourize(code, s string) string {
+	if code == "" || !o.colour() {
+		return s
 	}
-	code := map[string]string{"Active": "32", "Revoked": "31", "Expired": "33", "Failed": "31"}[status]
-	if code == "" {
-		return status
-	}
-	return "\x1b[" + code + "m" + status + "\x1b[0m"
+	return "\x1b[" + code + "m" + s + "\x1b[0m"
 }
 
 func newRevoke(o *Options) *cobra.Command {
@@ -256,11 +338,8 @@ command reports success; a revoked key can never be restored.`,
 			}
 			ctx, cancel := withTimeout(time.Minute)
 			defer cancel()
-			key := &authv1alpha1.ApiKey{}
-			if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: args[0]}, key); err != nil {
-				if apierrors.IsNotFound(err) {
-					return fmt.Errorf("no ApiKey %q in %s: see `kubectl latchkey list`", args[0], ns)
-				}
+			key, err := getKey(ctx, c, ns, args[0])
+			if err != nil {
 				return err
 			}
 			if key.Spec.Revoked {
@@ -288,6 +367,18 @@ command reports success; a revoked key can never be restored.`,
 	}
 	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "Do not ask for confirmation.")
 	return cmd
+}
+
+// getKey reads the ApiKey name in ns, pointing at list when there is none.
+func getKey(ctx context.Context, c client.Client, ns, name string) (*authv1alpha1.ApiKey, error) {
+	key := &authv1alpha1.ApiKey{}
+	if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, key); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("no ApiKey %q in %s: see `kubectl latchkey list`", name, ns)
+		}
+		return nil, err
+	}
+	return key, nil
 }
 
 func exactlyOneName(cmd *cobra.Command, args []string) error {
