@@ -1,13 +1,8 @@
 package integration
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,10 +11,9 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/testenv"
+	"github.com/latchkey-dev/latchkey/test/gateways"
 )
 
 // readmeNginx is the nginx configuration the README gives, its two
@@ -134,98 +128,8 @@ http {
 }
 
 // TestNginxAuthRequest puts nginx auth_request, configured as the README
-// says, in front of a service and checks who gets through, and what
-// reaches the service: the tenant and key Latchkey named, never the ones a
-// client sent, and never the key.
+// says, in front of a service, and checks it as test/gateways checks
+// every gateway: who gets through, and what reaches the service.
 func TestNginxAuthRequest(t *testing.T) {
-	ns, other := env.Namespace(t), env.Namespace(t)
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		seen := map[string][]string{}
-		for name, values := range r.Header {
-			if strings.HasPrefix(name, "X-Latchkey-") || name == "Authorization" {
-				seen[name] = values
-			}
-		}
-		_ = json.NewEncoder(w).Encode(seen)
-	}))
-	defer upstream.Close()
-	base := startNginx(t, upstream.URL, ns)
-
-	_, validRaw := mint(t, ns, "valid", authv1alpha1.ApiKeySpec{})
-	revoked, revokedRaw := mint(t, ns, "revoked", authv1alpha1.ApiKeySpec{})
-	revoke(t, revoked)
-	soon := metav1.NewTime(time.Now().Add(3 * time.Second))
-	_, expiringRaw := mint(t, ns, "expiring", authv1alpha1.ApiKeySpec{ExpiresAt: &soon})
-	_, otherRaw := mint(t, other, "theirs", authv1alpha1.ApiKeySpec{Format: authv1alpha1.FormatHex})
-
-	get := func(path, raw string, sent http.Header) (int, map[string][]string) {
-		req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, base+path, nil)
-		for name, values := range sent {
-			for _, v := range values {
-				req.Header.Add(name, v)
-			}
-		}
-		if raw != "" {
-			req.Header.Set("Authorization", "Bearer "+raw)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = resp.Body.Close() }()
-		b, _ := io.ReadAll(resp.Body)
-		var seen map[string][]string
-		if resp.StatusCode == http.StatusOK {
-			if err := json.Unmarshal(b, &seen); err != nil {
-				t.Fatalf("the service's answer %q: %v", b, err)
-			}
-		}
-		return resp.StatusCode, seen
-	}
-	// What a client sends to choose who it is, or to unpin a tenant.
-	forged := http.Header{
-		"X-Latchkey-Tenant":          {other},
-		"X-Latchkey-Key":             {other + "/theirs"},
-		"x-latchkey-key":             {"kube-system/admin"},
-		"X-Latchkey-Tenant-Required": {other},
-	}
-	tests := []struct {
-		name   string
-		path   string
-		raw    string
-		sent   http.Header
-		status int
-		tenant string
-		key    string
-	}{
-		{"a valid key reaches the service with its tenant and name", "/api/x", validRaw, nil, 200, ns, ns + "/valid"},
-		{"a client's own X-Latchkey-* headers never reach the service", "/api/x", validRaw, forged, 200, ns, ns + "/valid"},
-		{"no key is refused", "/api/x", "", nil, 401, "", ""},
-		{"no key with forged headers is refused", "/api/x", "", forged, 401, "", ""},
-		{"a wrong key is refused", "/api/x", validRaw[:len(validRaw)-2] + "zz", nil, 401, "", ""},
-		{"a revoked key is refused", "/api/x", revokedRaw, nil, 401, "", ""},
-		{"another tenant's key passes where no tenant is pinned", "/api/x", otherRaw, nil, 200, other, other + "/theirs"},
-		{"another tenant's key is forbidden where the tenant is pinned", "/pinned/x", otherRaw, nil, 403, "", ""},
-		{"a client cannot repin a pinned location to its own tenant", "/pinned/x", otherRaw, forged, 403, "", ""},
-		{"the pinned tenant's own key passes", "/pinned/x", validRaw, forged, 200, ns, ns + "/valid"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			g := NewWithT(t)
-			status, seen := get(tt.path, tt.raw, tt.sent)
-			g.Expect(status).To(Equal(tt.status))
-			if status != http.StatusOK {
-				return
-			}
-			g.Expect(seen).To(Equal(map[string][]string{"X-Latchkey-Tenant": {tt.tenant}, "X-Latchkey-Key": {tt.key}}),
-				"the service sees only the tenant and key Latchkey named, and not the key itself")
-		})
-	}
-	t.Run("a key is refused from the instant it expires", func(t *testing.T) {
-		status, _ := get("/api/x", expiringRaw, nil)
-		NewWithT(t).Expect(status).To(Equal(200))
-		time.Sleep(time.Until(soon.Time))
-		status, _ = get("/api/x", expiringRaw, nil)
-		NewWithT(t).Expect(status).To(Equal(401))
-	})
+	gateways.Check(t, lk, startNginx, gateways.Options{})
 }
