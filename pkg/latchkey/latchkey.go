@@ -12,7 +12,9 @@
 // execution: 2xx, 3xx and 4xx answers as succeeded, 5xx as failed, a
 // caller that went away as cancelled. Reports are batched in the
 // background, retried with the same idempotency key, and held in a bounded
-// buffer; they are sent with the key in LATCHKEY_API_KEY.
+// buffer; they are sent with the key in the file LATCHKEY_API_KEY_FILE
+// names (re-read when it changes, so a rotated key in a mounted Secret is
+// picked up with no restart), or else in LATCHKEY_API_KEY.
 package latchkey
 
 import (
@@ -57,9 +59,18 @@ type Config struct {
 	// CacheTTL keeps positive answers this long (default 0: no cache). A
 	// cached key keeps working for up to CacheTTL after it is revoked.
 	CacheTTL time.Duration
-	// APIKey reports executions; default: the LATCHKEY_API_KEY environment
-	// variable. Without one, nothing is reported.
+	// APIKey reports executions. Without it or APIKeyFile, the
+	// LATCHKEY_API_KEY_FILE environment variable names the file, else
+	// LATCHKEY_API_KEY holds the key; without any, nothing is reported.
 	APIKey string
+	// APIKeyFile names a file holding the key that reports executions,
+	// such as the api-key of a mounted Secret. It is checked for a new key
+	// at most once a second, when a report is sent, so that a rotated key
+	// is used without a restart: kubelet refreshes a mounted Secret (by
+	// swapping its ..data symlink to a new directory) within about a
+	// minute, where an environment variable from a secretKeyRef never
+	// changes. If the file cannot be read, the last key read is kept.
+	APIKeyFile string
 	// BatchSize, FlushInterval and BufferSize shape reporting: up to
 	// BatchSize executions per report, sent at least every FlushInterval,
 	// with at most BufferSize waiting (more are dropped and counted).
@@ -98,6 +109,9 @@ type Client struct {
 
 	mu    sync.Mutex
 	cache map[[32]byte]cached
+
+	// keyFile is Config.APIKeyFile's key, when there is one.
+	keyFile *keyFile
 }
 
 type cached struct {
@@ -117,8 +131,13 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Verification == "" {
 		cfg.Verification = Authorize
 	}
-	if cfg.APIKey == "" {
-		cfg.APIKey = os.Getenv("LATCHKEY_API_KEY")
+	switch {
+	case cfg.APIKey != "" && cfg.APIKeyFile != "":
+		return nil, errors.New("latchkey: Config.APIKey and Config.APIKeyFile are exclusive: set one")
+	case cfg.APIKey == "" && cfg.APIKeyFile == "":
+		if cfg.APIKeyFile = os.Getenv(EnvAPIKeyFile); cfg.APIKeyFile == "" {
+			cfg.APIKey = os.Getenv(EnvAPIKey)
+		}
 	}
 	if cfg.BatchSize <= 0 || cfg.BatchSize > protocol.MaxBatchExecutions {
 		cfg.BatchSize = 100
@@ -136,6 +155,12 @@ func New(cfg Config) (*Client, error) {
 		cfg.Logf = func(string, ...any) {}
 	}
 	c := &Client{cfg: cfg, reports: make(chan protocol.Execution, cfg.BufferSize), done: make(chan struct{}), cache: map[[32]byte]cached{}}
+	if cfg.APIKeyFile != "" {
+		c.keyFile = &keyFile{path: cfg.APIKeyFile}
+		if _, err := c.keyFile.get(time.Now()); err != nil {
+			return nil, err
+		}
+	}
 	go c.report()
 	return c, nil
 }
@@ -298,7 +323,7 @@ func (c *Client) tokenReview(ctx context.Context, key string) (Caller, error) {
 }
 
 func (c *Client) enqueue(e protocol.Execution) {
-	if c.cfg.APIKey == "" {
+	if c.cfg.APIKey == "" && c.keyFile == nil {
 		return
 	}
 	c.closeMu.RLock()
@@ -370,7 +395,7 @@ func (c *Client) post(body []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	req.Header.Set("Authorization", protocol.Bearer(c.cfg.APIKey))
+	req.Header.Set("Authorization", protocol.Bearer(c.apiKey()))
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.cfg.HTTPClient.Do(req)
 	if err != nil {
@@ -378,6 +403,19 @@ func (c *Client) post(body []byte) (int, error) {
 	}
 	_ = resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// apiKey is the key that reports executions: Config.APIKey, or the key
+// file's newest.
+func (c *Client) apiKey() string {
+	if c.keyFile == nil {
+		return c.cfg.APIKey
+	}
+	key, err := c.keyFile.get(time.Now())
+	if err != nil {
+		c.cfg.Logf("%v; reporting with the key read before", err)
+	}
+	return key
 }
 
 // Close stops taking executions and sends those waiting, until ctx ends.
