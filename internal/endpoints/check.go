@@ -3,6 +3,7 @@ package endpoints
 import (
 	"errors"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/latchkey-dev/latchkey/internal/verifier"
@@ -19,6 +20,9 @@ const (
 	Unauthenticated
 	// Forbidden: a valid key of another tenant than the one pinned.
 	Forbidden
+	// InsufficientScope: a valid key that lacks a scope the route requires
+	// (Decision.Missing names it).
+	InsufficientScope
 	// Limited: the client's own failure budget is spent; a caller that
 	// talks to the client directly may hold its answer (FailureLimiter.Hold).
 	Limited
@@ -38,6 +42,41 @@ type Decision struct {
 	// RetryAfter is how long until the client may fail again (Limited,
 	// LimitedGlobal).
 	RetryAfter time.Duration
+	// Missing is a scope the key lacks (InsufficientScope).
+	Missing string
+}
+
+// Want is what a route asks of a key beyond being valid, from up to two
+// places each (Envoy's per-route context extensions and the request's
+// headers): tenants it must be of, and comma-separated lists of scopes it
+// must all have. Empty entries ask nothing.
+type Want struct {
+	Tenants [2]string
+	Scopes  [2]string
+}
+
+// ScopeList is the scopes w requires, comma-separated, for a refusal to
+// name.
+func (w Want) ScopeList() string {
+	switch {
+	case w.Scopes[0] == "":
+		return w.Scopes[1]
+	case w.Scopes[1] == "":
+		return w.Scopes[0]
+	}
+	return w.Scopes[0] + "," + w.Scopes[1]
+}
+
+// lacking is the first scope a list requires that id does not have.
+func lacking(id *verifier.Identity, list string) (string, bool) {
+	for list != "" {
+		var scope string
+		scope, list, _ = strings.Cut(list, ",")
+		if scope = strings.TrimSpace(scope); scope != "" && !id.HasScope(scope) {
+			return scope, true
+		}
+	}
+	return "", false
 }
 
 // ErrNoKey refuses a request that presents no key in any place a key is
@@ -47,10 +86,10 @@ var ErrNoKey = errors.New("no key in the request")
 // Check is the verification every transport shares (forward-auth, Envoy's
 // ext_authz): it resolves token (empty: none was presented) from the
 // index, spends a failure of client's budget when it is refused, and
-// counts the answer for endpoint and for the key's tenant. A tenant in
-// required that is not empty pins the request to it. It allocates nothing
-// of its own, so that the transport's are the request's only garbage.
-func (s *Server) Check(endpoint, token string, client netip.Addr, required ...string) Decision {
+// counts the answer for endpoint and for the key's tenant. want pins the
+// request to tenants and requires scopes. It allocates nothing of its own,
+// so that the transport's are the request's only garbage.
+func (s *Server) Check(endpoint, token string, client netip.Addr, want Want) Decision {
 	var (
 		id     verifier.Identity
 		tenant string
@@ -71,10 +110,16 @@ func (s *Server) Check(endpoint, token string, client netip.Addr, required ...st
 		// The key authenticated, whatever the route decides: it is in use.
 		s.Activity.Allowed(id)
 	}
-	for _, t := range required {
+	for _, t := range want.Tenants {
 		if t != "" && t != id.Tenant {
 			s.count(endpoint, "forbidden")
 			return Decision{Verdict: Forbidden, Identity: id}
+		}
+	}
+	for _, list := range want.Scopes {
+		if scope, lacks := lacking(&id, list); lacks {
+			s.count(endpoint, "insufficient_scope")
+			return Decision{Verdict: InsufficientScope, Identity: id, Missing: scope}
 		}
 	}
 	s.count(endpoint, "allowed")

@@ -82,18 +82,25 @@ func (s *Server) Register(register func(path string, h http.Handler)) {
 // not of.
 func (s *Server) Authorize(w http.ResponseWriter, r *http.Request) {
 	defer s.observe("authorize", s.Clock.Now())
-	if len(r.Header.Values(protocol.HeaderTenantRequired)) > 1 {
-		// Proxies differ in which of two they pass on: pinning must not
-		// depend on it.
-		s.badRequest(w, "authorize", "more than one "+protocol.HeaderTenantRequired+" header")
-		return
+	for _, h := range []string{protocol.HeaderTenantRequired, protocol.HeaderScopeRequired} {
+		if len(r.Header.Values(h)) > 1 {
+			// Proxies differ in which of two they pass on: what a route
+			// requires must not depend on it.
+			s.badRequest(w, "authorize", "more than one "+h+" header")
+			return
+		}
 	}
-	id, ok := s.verifyKey(w, r, "authorize", r.Header.Get(protocol.HeaderTenantRequired))
+	want := Want{Tenants: [2]string{r.Header.Get(protocol.HeaderTenantRequired)}, Scopes: [2]string{r.Header.Get(protocol.HeaderScopeRequired)}}
+	id, ok := s.verifyKey(w, r, "authorize", want)
 	if !ok {
 		return
 	}
-	w.Header().Set(protocol.HeaderTenant, id.Tenant)
-	w.Header().Set(protocol.HeaderKey, id.Tenant+"/"+id.KeyName)
+	h := w.Header()
+	h.Set(protocol.HeaderTenant, id.Tenant)
+	h.Set(protocol.HeaderKey, id.Tenant+"/"+id.KeyName)
+	// Always sent, empty too, so that a proxy copying it replaces what a
+	// client sent under its name.
+	h.Set(protocol.HeaderScopes, id.ScopeList)
 	w.WriteHeader(http.StatusOK)
 }
 
@@ -103,32 +110,36 @@ func (s *Server) WhoAmI(w http.ResponseWriter, r *http.Request) {
 	if !s.method(w, r, "whoami", http.MethodGet) {
 		return
 	}
-	id, ok := s.verifyKey(w, r, "whoami", "")
+	id, ok := s.verifyKey(w, r, "whoami", Want{})
 	if !ok {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(protocol.WhoAmI{
 		Tenant: id.Tenant, KeyName: id.KeyName, KeyHint: id.Hint, CreatedAt: id.CreatedAt.UTC(), ExpiresAt: id.ExpiresAt,
+		Scopes: id.Scopes,
 	})
 }
 
-// verifyKey verifies the request's key through Check, pinned to the
-// required tenant unless it is empty, and answers 400, 401, 403 or 429
-// itself when the request is refused.
-func (s *Server) verifyKey(w http.ResponseWriter, r *http.Request, endpoint, required string) (verifier.Identity, bool) {
+// verifyKey verifies the request's key through Check, with what the route
+// wants of it, and answers 400, 401, 403 or 429 itself when the request is
+// refused.
+func (s *Server) verifyKey(w http.ResponseWriter, r *http.Request, endpoint string, want Want) (verifier.Identity, bool) {
 	token, _, err := s.Keys.FromRequest(r)
 	if err != nil {
 		s.badRequest(w, endpoint, err.Error())
 		return verifier.Identity{}, false
 	}
 	addr, direct := s.Limiter.ClientAddr(r)
-	d := s.Check(endpoint, token, addr, required)
+	d := s.Check(endpoint, token, addr, want)
 	switch d.Verdict {
 	case Allowed:
 		return d.Identity, true
 	case Forbidden:
-		http.Error(w, fmt.Sprintf("key is not a key of tenant %q", required), http.StatusForbidden)
+		http.Error(w, fmt.Sprintf("key is not a key of tenant %q", want.Tenants[0]), http.StatusForbidden)
+	case InsufficientScope:
+		w.Header().Set("WWW-Authenticate", protocol.InsufficientScope(want.ScopeList()))
+		http.Error(w, fmt.Sprintf("key lacks scope %q", d.Missing), http.StatusForbidden)
 	case Limited:
 		if direct && !s.Limiter.Hold(r.Context(), addr, s.Clock.Now(), d.RetryAfter) {
 			w.Header().Set("Connection", "close")
@@ -191,12 +202,17 @@ func (s *Server) TokenReview(w http.ResponseWriter, r *http.Request) {
 		if s.Activity != nil {
 			s.Activity.Allowed(id)
 		}
+		groups := make([]string, 0, 2+len(id.Scopes))
+		groups = append(groups, protocol.GroupAuthenticated, protocol.TenantGroup(id.Tenant))
+		for _, scope := range id.Scopes {
+			groups = append(groups, protocol.ScopeGroup(scope))
+		}
 		review.Status = authnv1.TokenReviewStatus{
 			Authenticated: true,
 			User: authnv1.UserInfo{
 				Username: protocol.Username(id.Tenant, id.KeyName),
 				UID:      string(id.KeyUID),
-				Groups:   []string{protocol.GroupAuthenticated, protocol.TenantGroup(id.Tenant)},
+				Groups:   groups,
 				Extra:    map[string]authnv1.ExtraValue{protocol.ExtraKeyHint: {id.Hint}},
 			},
 			Audiences: audiences,
@@ -274,6 +290,10 @@ func resultOf(err error) string {
 		return "revoked"
 	case errors.Is(err, verifier.ErrExpired):
 		return "expired"
+	case errors.Is(err, verifier.ErrSuspended):
+		return "suspended"
+	case errors.Is(err, verifier.ErrRotated):
+		return "rotated"
 	case errors.Is(err, verifier.ErrUnknown):
 		return "unknown"
 	default:

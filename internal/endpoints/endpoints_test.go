@@ -75,7 +75,8 @@ func newRig(t *testing.T, s *Server) *rig {
 			t.Fatal(err)
 		}
 		uid := fmt.Sprintf("uid-%d", i)
-		key := &authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant-a", Name: name, UID: "key-" + typesUID(uid)}}
+		key := &authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant-a", Name: name, UID: "key-" + typesUID(uid)},
+			Spec: authv1alpha1.ApiKeySpec{Scopes: []string{"read", "write"}}}
 		rec := &authv1alpha1.ApiKeyRecord{
 			ObjectMeta: metav1.ObjectMeta{Name: uid, UID: typesUID(uid), CreationTimestamp: metav1.NewTime(clk.Now())},
 			Spec: authv1alpha1.ApiKeyRecordSpec{Hash: keys.Hash(raw), Tenant: "tenant-a", KeyName: name,
@@ -194,7 +195,7 @@ func TestTokenReview(t *testing.T) {
 			if tt.authenticated {
 				u := got.Status.User
 				if u.Username != "latchkey:tenant-a:active" || u.UID != "key-uid-0" ||
-					fmt.Sprint(u.Groups) != "[latchkey:authenticated latchkey:tenant:tenant-a]" ||
+					fmt.Sprint(u.Groups) != "[latchkey:authenticated latchkey:tenant:tenant-a latchkey:scope:read latchkey:scope:write]" ||
 					fmt.Sprint(u.Extra[protocol.ExtraKeyHint]) != "["+keys.Hint(r.active)+"]" {
 					t.Fatalf("user = %+v", u)
 				}
@@ -351,6 +352,39 @@ func TestAuthorize(t *testing.T) {
 	}
 	if r.uses.count() == 0 {
 		t.Fatal("successful verifications were not recorded as uses")
+	}
+}
+
+// TestAuthorizeScopes: a 200 names the key's scopes, replacing a client's
+// header of that name; a route that requires a scope the key lacks gets
+// 403 with error="insufficient_scope".
+func TestAuthorizeScopes(t *testing.T) {
+	r := newRig(t, &Server{})
+	for _, tt := range []struct {
+		required []string
+		status   int
+	}{
+		{nil, http.StatusOK}, {[]string{"read"}, http.StatusOK}, {[]string{"write, read"}, http.StatusOK},
+		{[]string{"read,admin"}, http.StatusForbidden}, {[]string{"read", "write"}, http.StatusBadRequest},
+	} {
+		h := http.Header{"Authorization": {"Bearer " + r.active}, protocol.HeaderScopes: {"forged"}}
+		for _, v := range tt.required {
+			h.Add(protocol.HeaderScopeRequired, v)
+		}
+		resp, body := r.do(t, http.MethodGet, protocol.PathAuthorize, nil, h)
+		if resp.StatusCode != tt.status {
+			t.Fatalf("required %q: %d %s, want %d", tt.required, resp.StatusCode, body, tt.status)
+		}
+		switch resp.StatusCode {
+		case http.StatusOK:
+			if got := resp.Header.Get(protocol.HeaderScopes); got != "read,write" {
+				t.Errorf("required %q: %s %q", tt.required, protocol.HeaderScopes, got)
+			}
+		case http.StatusForbidden:
+			if got := resp.Header.Get("WWW-Authenticate"); got != `Bearer error="insufficient_scope", scope="read admin"` || !strings.Contains(body, `"admin"`) {
+				t.Errorf("required %q: WWW-Authenticate %q, body %q", tt.required, got, body)
+			}
+		}
 	}
 }
 

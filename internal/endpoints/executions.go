@@ -21,7 +21,7 @@ func (s *Server) Executions(w http.ResponseWriter, r *http.Request) {
 	if !s.method(w, r, "executions", http.MethodPost) {
 		return
 	}
-	id, ok := s.verifyKey(w, r, "executions", "")
+	id, ok := s.verifyKey(w, r, "executions", Want{})
 	if !ok {
 		return
 	}

@@ -44,6 +44,8 @@ var (
 	headerTenant         = strings.ToLower(protocol.HeaderTenant)
 	headerKey            = strings.ToLower(protocol.HeaderKey)
 	headerTenantRequired = strings.ToLower(protocol.HeaderTenantRequired)
+	headerScopes         = strings.ToLower(protocol.HeaderScopes)
+	headerScopeRequired  = strings.ToLower(protocol.HeaderScopeRequired)
 )
 
 // maxRetryAfter bounds the 429 answers built once; a longer wait (a
@@ -84,7 +86,8 @@ func New(e *endpoints.Server, o Options) *Server {
 		s.query = []string{q}
 	}
 	s.refused = map[error]*authv3.CheckResponse{}
-	for _, err := range []error{endpoints.ErrNoKey, verifier.ErrMalformed, verifier.ErrUnknown, verifier.ErrRevoked, verifier.ErrExpired} {
+	for _, err := range []error{endpoints.ErrNoKey, verifier.ErrMalformed, verifier.ErrUnknown, verifier.ErrRevoked, verifier.ErrExpired,
+		verifier.ErrSuspended, verifier.ErrRotated} {
 		s.refused[err] = denied(codes.Unauthenticated, typev3.StatusCode_Unauthorized, err.Error(),
 			header("www-authenticate", protocol.Challenge(err.Error())))
 	}
@@ -117,13 +120,20 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 		}
 		return denied(codes.InvalidArgument, typev3.StatusCode_BadRequest, err.Error()), nil
 	}
-	d := s.e.Check(Endpoint, token, client(ctx, attrs),
-		attrs.GetContextExtensions()[protocol.ContextExtensionTenantRequired], headers[headerTenantRequired])
+	ext := attrs.GetContextExtensions()
+	want := endpoints.Want{
+		Tenants: [2]string{ext[protocol.ContextExtensionTenantRequired], headers[headerTenantRequired]},
+		Scopes:  [2]string{ext[protocol.ContextExtensionScopesRequired], headers[headerScopeRequired]},
+	}
+	d := s.e.Check(Endpoint, token, client(ctx, attrs), want)
 	switch d.Verdict {
 	case endpoints.Allowed:
 		return s.allowed(d.Identity, found), nil
 	case endpoints.Forbidden:
 		return s.forbidden, nil
+	case endpoints.InsufficientScope:
+		return denied(codes.PermissionDenied, typev3.StatusCode_Forbidden, "key lacks scope "+strconv.Quote(d.Missing),
+			header("www-authenticate", protocol.InsufficientScope(want.ScopeList()))), nil
 	case endpoints.Limited:
 		return s.tooMany(d.RetryAfter, false), nil
 	case endpoints.LimitedGlobal:
@@ -178,7 +188,9 @@ func client(ctx context.Context, attrs *authv3.AttributeContext) netip.Addr {
 // client sent, and in dynamic metadata, and the key's headers removed.
 func (s *Server) allowed(id verifier.Identity, found endpoints.Found) *authv3.CheckResponse {
 	key := id.Tenant + "/" + id.KeyName
-	ok := &authv3.OkHttpResponse{Headers: []*corev3.HeaderValueOption{header(headerTenant, id.Tenant), header(headerKey, key)}}
+	ok := &authv3.OkHttpResponse{Headers: []*corev3.HeaderValueOption{
+		header(headerTenant, id.Tenant), header(headerKey, key), header(headerScopes, id.ScopeList),
+	}}
 	if !s.keep {
 		var inQuery bool
 		ok.HeadersToRemove, inQuery = s.from(found)
@@ -192,6 +204,7 @@ func (s *Server) allowed(id verifier.Identity, found endpoints.Found) *authv3.Ch
 		DynamicMetadata: &structpb.Struct{Fields: map[string]*structpb.Value{
 			protocol.MetadataTenant: structpb.NewStringValue(id.Tenant),
 			protocol.MetadataKey:    structpb.NewStringValue(key),
+			protocol.MetadataScopes: structpb.NewStringValue(id.ScopeList),
 		}},
 	}
 }

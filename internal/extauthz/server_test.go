@@ -56,6 +56,8 @@ func newFixtureReading(t *testing.T, o Options, places endpoints.KeyPlaces) (*Se
 		}
 		key := &authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: tenant, Name: name, UID: types.UID(fmt.Sprintf("key-%d", i))}}
 		switch name {
+		case "active":
+			key.Spec.Scopes = []string{"read", "write"}
 		case "revoked":
 			key.Spec.Revoked = true
 		case "expired":
@@ -154,6 +156,12 @@ func TestCheckAnswers(t *testing.T) {
 		{"two authorization headers, as Envoy joins them", map[string]string{"authorization": bearer("active") + "," + bearer("active")},
 			nil, codes.Unauthenticated, 401, nil},
 		{"two different keys", map[string]string{"authorization": bearer("active"), "x-api-key": f.raw["other"]}, nil, codes.InvalidArgument, 400, nil},
+		{"a key with the route's scopes", map[string]string{"authorization": bearer("active")},
+			map[string]string{protocol.ContextExtensionScopesRequired: "read,write"}, codes.OK, 200, []string{"authorization"}},
+		{"a key that lacks the route's scope", map[string]string{"authorization": bearer("active")},
+			map[string]string{protocol.ContextExtensionScopesRequired: "admin"}, codes.PermissionDenied, 403, nil},
+		{"a key that lacks the header's scope", map[string]string{"authorization": bearer("active"), "x-latchkey-scope-required": "read,admin"},
+			nil, codes.PermissionDenied, 403, nil},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			resp, err := s.Check(context.Background(), request(fmt.Sprintf("192.0.2.%d", len(c.name)), c.headers, c.extensions))
@@ -179,6 +187,22 @@ func TestCheckAnswers(t *testing.T) {
 			}
 			noKeyMaterial(t, f, resp)
 		})
+	}
+}
+
+// TestScopesAnswered: an OK names the key's scopes in a header that
+// replaces the client's and in dynamic metadata; a refusal for a scope
+// says insufficient_scope.
+func TestScopesAnswered(t *testing.T) {
+	s, f := newFixture(t, Options{})
+	resp, _ := s.Check(context.Background(), request("192.0.2.1", map[string]string{"x-api-key": f.raw["active"], "x-latchkey-scopes": "admin"}, nil))
+	if a := flatten(resp); a.headers["x-latchkey-scopes"] != "read,write" || a.metadata[protocol.MetadataScopes] != "read,write" {
+		t.Errorf("scopes: headers %v, metadata %v", a.headers, a.metadata)
+	}
+	resp, _ = s.Check(context.Background(), request("192.0.2.1", map[string]string{"x-api-key": f.raw["active"]},
+		map[string]string{protocol.ContextExtensionScopesRequired: "admin"}))
+	if a := flatten(resp); !strings.HasPrefix(a.headers["www-authenticate"], `Bearer error="insufficient_scope"`) {
+		t.Errorf("a missing scope: www-authenticate %q", a.headers["www-authenticate"])
 	}
 }
 

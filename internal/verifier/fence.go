@@ -3,6 +3,7 @@ package verifier
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,12 +39,88 @@ func (e ErrTooManyFences) Error() string {
 		"fences end when their revocations are seen persisted", e.Max)
 }
 
+// A Stop is what an admitted change takes away from a key, which a fence
+// holds off until the watch shows the change.
+type Stop struct {
+	// Revoked: every key of the ApiKey, for good (revocation, deletion).
+	Revoked bool
+	// Suspended: every key of the ApiKey, until it is resumed.
+	Suspended bool
+	// RotationRequested, when set, is a rotation with no grace period:
+	// the keys it supersedes (ApiKey.Supersedes) stop.
+	RotationRequested time.Time
+	// Scopes the key no longer has.
+	Scopes []string
+}
+
+// IsZero says whether the change takes nothing away.
+func (s Stop) IsZero() bool {
+	return !s.Revoked && !s.Suspended && s.RotationRequested.IsZero() && len(s.Scopes) == 0
+}
+
+// TakenAway is what an update from old to updated takes away at once, so
+// that the admission webhook fences it: revocation, suspension, a
+// rotation with a grace period of 0s, and scopes removed.
+func TakenAway(old, updated *authv1alpha1.ApiKey) Stop {
+	var s Stop
+	s.Revoked = updated.Spec.Revoked && !old.Spec.Revoked
+	s.Suspended = updated.Spec.Suspended && !old.Spec.Suspended
+	if r := updated.RotationRequested(); updated.GracePeriod() == 0 && r.After(old.RotationRequested()) {
+		s.RotationRequested = r
+	}
+	for _, scope := range old.Spec.Scopes {
+		if !updated.HasScope(scope) {
+			s.Scopes = append(s.Scopes, scope)
+		}
+	}
+	return s
+}
+
+// seenIn says whether k, as the watch or the API server shows it, holds
+// everything s takes away: then the index decides as the fence would.
+func (s Stop) seenIn(k *authv1alpha1.ApiKey) bool {
+	gone := k.Spec.Revoked || !k.DeletionTimestamp.IsZero()
+	if s.Revoked && !gone {
+		return false
+	}
+	if s.Suspended && !gone && !k.Spec.Suspended {
+		return false
+	}
+	if !s.RotationRequested.IsZero() && !gone && (k.RotationRequested().Before(s.RotationRequested) || k.GracePeriod() != 0) {
+		return false
+	}
+	for _, scope := range s.Scopes {
+		if !gone && k.HasScope(scope) {
+			return false
+		}
+	}
+	return true
+}
+
+// merge is a fence that stops what both s and o stop.
+func (s Stop) merge(o Stop) Stop {
+	s.Revoked = s.Revoked || o.Revoked
+	s.Suspended = s.Suspended || o.Suspended
+	if o.RotationRequested.After(s.RotationRequested) {
+		s.RotationRequested = o.RotationRequested
+	}
+	for _, scope := range o.Scopes {
+		if !slices.Contains(s.Scopes, scope) {
+			// Clipped, so that a reader's copy of the old list never shares
+			// the array this appends to.
+			s.Scopes = append(slices.Clip(s.Scopes), scope)
+		}
+	}
+	return s
+}
+
 // fence is one key held off, and the check that may lift it.
 type fence struct {
 	uid   types.UID
 	key   types.NamespacedName
+	stop  Stop
 	until time.Time
-	// check is when the API server is asked whether the revocation is real.
+	// check is when the API server is asked whether the change is real.
 	check time.Time
 }
 
@@ -81,15 +158,17 @@ func newFenceTable(clk clock.PassiveClock, ttl, confirmAfter time.Duration, maxF
 	}
 }
 
-// add fences a key. A key fenced already keeps its fence (and its check):
-// the TTL counts from the first admission, so that repeating a revocation
-// does not hold a key off for longer.
-func (t *fenceTable) add(key *authv1alpha1.ApiKey) error {
+// add fences what stop takes away from a key. A key fenced already keeps
+// its fence (and its check), stopping both: the TTL counts from the first
+// admission, so that repeating a revocation does not hold a key off for
+// longer.
+func (t *fenceTable) add(key *authv1alpha1.ApiKey, stop Stop) error {
 	now := t.clock.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.expireLocked(now)
-	if _, ok := t.byUID[key.UID]; ok {
+	if f, ok := t.byUID[key.UID]; ok {
+		f.stop = f.stop.merge(stop)
 		return nil
 	}
 	if len(t.byUID) >= t.max {
@@ -98,7 +177,7 @@ func (t *fenceTable) add(key *authv1alpha1.ApiKey) error {
 	if t.order.len() >= 2*t.max {
 		t.compactLocked()
 	}
-	f := &fence{uid: key.UID, key: types.NamespacedName{Namespace: key.Namespace, Name: key.Name},
+	f := &fence{uid: key.UID, key: types.NamespacedName{Namespace: key.Namespace, Name: key.Name}, stop: stop,
 		until: now.Add(t.ttl), check: now.Add(t.confirmAfter)}
 	t.byUID[f.uid] = f
 	t.held.Store(int64(len(t.byUID)))
@@ -115,19 +194,37 @@ func (t *fenceTable) add(key *authv1alpha1.ApiKey) error {
 	return nil
 }
 
-// holds reports whether uid is fenced at now.
-func (t *fenceTable) holds(uid types.UID, now time.Time) bool {
+// holds is what uid's fence stops at now; the zero Stop when none holds.
+// The Stop's Scopes are the fence's own, which nobody changes.
+func (t *fenceTable) holds(uid types.UID, now time.Time) Stop {
 	if t.held.Load() == 0 {
-		return false
+		return Stop{}
 	}
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	f, ok := t.byUID[uid]
-	return ok && now.Before(f.until)
+	if !ok || !now.Before(f.until) {
+		return Stop{}
+	}
+	return f.stop
 }
 
-// drop lifts uid's fence: its revocation is seen, or it was not real.
-// Its places in the rings are skipped when they come up.
+// dropSeen lifts uid's fence once k shows everything it stops: the change
+// is seen, and the index decides from it. Its places in the rings are
+// skipped when they come up.
+func (t *fenceTable) dropSeen(k *authv1alpha1.ApiKey) {
+	if t.held.Load() == 0 {
+		return
+	}
+	t.mu.Lock()
+	if f, ok := t.byUID[k.UID]; ok && f.stop.seenIn(k) {
+		delete(t.byUID, k.UID)
+		t.held.Store(int64(len(t.byUID)))
+	}
+	t.mu.Unlock()
+}
+
+// drop lifts uid's fence: the key is gone, or its records revoked.
 func (t *fenceTable) drop(uid types.UID) {
 	t.mu.Lock()
 	delete(t.byUID, uid)
@@ -248,20 +345,20 @@ func (c *FenceConfirmer) Start(ctx context.Context) error {
 		if f == nil {
 			return nil
 		}
-		if real, err := c.revoked(ctx, f); err != nil {
+		if real, err := c.real(ctx, f); err != nil {
 			// Fail closed: the fence stands until its TTL.
 			logger.V(1).Info("Could not confirm a fence; it holds until its TTL", "apiKey", f.key, "error", err.Error())
 		} else if !real {
-			logger.Info("Dropped a fence the API server does not confirm: the key is neither revoked nor being deleted",
+			logger.Info("Dropped a fence the API server does not confirm: the key does not show the change that was admitted",
 				"apiKey", f.key, "uid", f.uid)
 			c.Verifier.fences.lift(f)
 		}
 	}
 }
 
-// revoked says whether the API server shows f's key revoked, being
-// deleted, or gone.
-func (c *FenceConfirmer) revoked(ctx context.Context, f *fence) (bool, error) {
+// real says whether the API server shows f's key with what the fence
+// stops taken away, or gone.
+func (c *FenceConfirmer) real(ctx context.Context, f *fence) (bool, error) {
 	key := &authv1alpha1.ApiKey{}
 	err := c.Reader.Get(ctx, f.key, key)
 	switch {
@@ -272,11 +369,11 @@ func (c *FenceConfirmer) revoked(ctx context.Context, f *fence) (bool, error) {
 	case err != nil:
 		return false, err
 	}
-	return key.Spec.Revoked || !key.DeletionTimestamp.IsZero(), nil
+	return f.stop.seenIn(key), nil
 }
 
-// revokedByUID looks for f's key by UID among its namespace's ApiKeys: it
-// is revoked if it is nowhere, or revoked or being deleted where it is.
+// revokedByUID looks for f's key by UID among its namespace's ApiKeys: the
+// change is real if the key is nowhere, or shows it where it is.
 func (c *FenceConfirmer) revokedByUID(ctx context.Context, f *fence) (bool, error) {
 	var list authv1alpha1.ApiKeyList
 	if err := c.Reader.List(ctx, &list, client.InNamespace(f.key.Namespace)); err != nil {
@@ -284,7 +381,7 @@ func (c *FenceConfirmer) revokedByUID(ctx context.Context, f *fence) (bool, erro
 	}
 	for i := range list.Items {
 		if k := &list.Items[i]; k.UID == f.uid {
-			return k.Spec.Revoked || !k.DeletionTimestamp.IsZero(), nil
+			return f.stop.seenIn(k), nil
 		}
 	}
 	return true, nil

@@ -27,21 +27,21 @@ func TestFenceTableIsBounded(t *testing.T) {
 	f := newFixture(t)
 	f.v = New(f.clk, 10*time.Second, WithMaxFences(3))
 	for i := range 3 {
-		if err := f.v.Fence(context.Background(), apiKey(i)); err != nil {
+		if err := f.v.Fence(context.Background(), apiKey(i), Stop{Revoked: true}); err != nil {
 			t.Fatalf("fence %d: %v", i, err)
 		}
 	}
-	err := f.v.Fence(context.Background(), apiKey(3))
+	err := f.v.Fence(context.Background(), apiKey(3), Stop{Revoked: true})
 	var full ErrTooManyFences
 	if !errors.As(err, &full) || full.Max != 3 {
 		t.Fatalf("a fence past the bound = %v, want ErrTooManyFences{3}", err)
 	}
-	if err := f.v.Fence(context.Background(), apiKey(0)); err != nil {
+	if err := f.v.Fence(context.Background(), apiKey(0), Stop{Revoked: true}); err != nil {
 		t.Fatalf("fencing a key fenced already, at the bound: %v", err)
 	}
 	// Fences dropped by the watch make room at once; lapsed ones as they lapse.
 	f.v.RemoveKey(apiKey(1))
-	if err := f.v.Fence(context.Background(), apiKey(3)); err != nil {
+	if err := f.v.Fence(context.Background(), apiKey(3), Stop{Revoked: true}); err != nil {
 		t.Fatalf("after a fence was dropped: %v", err)
 	}
 	f.clk.Step(10 * time.Second)
@@ -49,7 +49,7 @@ func TestFenceTableIsBounded(t *testing.T) {
 		t.Fatalf("%d fences after the TTL", n)
 	}
 	for i := range 3 {
-		if err := f.v.Fence(context.Background(), apiKey(10+i)); err != nil {
+		if err := f.v.Fence(context.Background(), apiKey(10+i), Stop{Revoked: true}); err != nil {
 			t.Fatalf("after the TTL, fence %d: %v", i, err)
 		}
 	}
@@ -57,13 +57,13 @@ func TestFenceTableIsBounded(t *testing.T) {
 
 func TestFenceLapsesAtItsTTL(t *testing.T) {
 	f := newFixture(t)
-	_ = f.v.Fence(context.Background(), f.key)
+	_ = f.v.Fence(context.Background(), f.key, Stop{Revoked: true})
 	f.clk.Step(10*time.Second - time.Nanosecond)
 	if _, err := f.v.Verify(f.raw); !errors.Is(err, ErrRevoked) {
 		t.Fatalf("just before the TTL: %v, want ErrRevoked", err)
 	}
 	// Fencing again does not extend it: the TTL counts from the first.
-	_ = f.v.Fence(context.Background(), f.key)
+	_ = f.v.Fence(context.Background(), f.key, Stop{Revoked: true})
 	f.clk.Step(time.Nanosecond)
 	if _, err := f.v.Verify(f.raw); err != nil {
 		t.Fatalf("at the TTL: %v, want the key to authenticate", err)
@@ -81,7 +81,7 @@ func TestFenceTableStaysBoundedUnderChurn(t *testing.T) {
 	f.v = New(f.clk, 10*time.Second, WithMaxFences(100))
 	for i := range 10_000 {
 		k := apiKey(i)
-		if err := f.v.Fence(context.Background(), k); err != nil {
+		if err := f.v.Fence(context.Background(), k, Stop{Revoked: true}); err != nil {
 			t.Fatalf("fence %d: %v", i, err)
 		}
 		f.v.RemoveKey(k)
@@ -140,7 +140,7 @@ func TestConfirmerDropsFencesTheAPIServerDoesNotConfirm(t *testing.T) {
 	}
 	for _, k := range []*authv1alpha1.ApiKey{misnamed, live, revoked, deleting, renamed, gone} {
 		f.v.SetKey(&authv1alpha1.ApiKey{ObjectMeta: k.ObjectMeta}) // the watch: all live
-		if err := f.v.Fence(context.Background(), k); err != nil {
+		if err := f.v.Fence(context.Background(), k, Stop{Revoked: true}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -173,12 +173,12 @@ func TestConfirmerDropsFencesTheAPIServerDoesNotConfirm(t *testing.T) {
 		key  *authv1alpha1.ApiKey
 		held bool
 	}{{live, false}, {revoked, true}, {deleting, true}, {renamed, true}, {gone, true}, {misnamed, false}} {
-		if got := f.v.fences.holds(tt.key.UID, now); got != tt.held {
+		if got := f.v.fences.holds(tt.key.UID, now).Revoked; got != tt.held {
 			t.Errorf("%s: fenced = %v, want %v", tt.key.Name, got, tt.held)
 		}
 	}
 	// One check per fence: fencing a held key again asks nothing more.
-	_ = f.v.Fence(context.Background(), revoked)
+	_ = f.v.Fence(context.Background(), revoked, Stop{Revoked: true})
 	f.clk.Step(time.Second)
 	select {
 	case nn := <-reader.reads:
@@ -200,7 +200,7 @@ func BenchmarkFence(b *testing.B) {
 			clk := clocktesting.NewFakeClock(time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC))
 			v := New(clk, time.Hour, WithMaxFences(n+b.N+1))
 			for i := range n {
-				_ = v.Fence(context.Background(), apiKey(i))
+				_ = v.Fence(context.Background(), apiKey(i), Stop{Revoked: true})
 			}
 			fresh := make([]*authv1alpha1.ApiKey, b.N)
 			for i := range fresh {
@@ -208,7 +208,7 @@ func BenchmarkFence(b *testing.B) {
 			}
 			b.ResetTimer()
 			for i := range b.N {
-				if err := v.Fence(context.Background(), fresh[i]); err != nil {
+				if err := v.Fence(context.Background(), fresh[i], Stop{Revoked: true}); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -7,10 +7,13 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
@@ -34,9 +37,13 @@ var (
 	// ErrUnknown says no more than "invalid": whether a key exists is not
 	// for a guesser to learn. Revoked and expired are said only of keys
 	// that once authenticated, which their caller holds.
-	ErrUnknown = errors.New("invalid key")
-	ErrRevoked = errors.New("key revoked")
-	ErrExpired = errors.New("key expired")
+	ErrUnknown   = errors.New("invalid key")
+	ErrRevoked   = errors.New("key revoked")
+	ErrExpired   = errors.New("key expired")
+	ErrSuspended = errors.New("key suspended")
+	// ErrRotated refuses a key a rotation replaced, once its grace period
+	// is over.
+	ErrRotated = errors.New("key replaced by a rotation")
 )
 
 // Identity is who a valid key belongs to.
@@ -51,7 +58,16 @@ type Identity struct {
 	Format    authv1alpha1.KeyFormat
 	CreatedAt time.Time
 	ExpiresAt *time.Time
+	// Scopes are the key's (its ApiKey's spec.scopes, shared: never
+	// changed), and ScopeList the same joined with commas, as the
+	// X-Latchkey-Scopes header carries them. Scopes a fence holds off
+	// (removed, the removal not seen yet) are in neither.
+	Scopes    []string
+	ScopeList string
 }
+
+// HasScope says whether the key has scope.
+func (id *Identity) HasScope(scope string) bool { return slices.Contains(id.Scopes, scope) }
 
 // Verifier is the in-memory index. It is safe for concurrent use.
 type Verifier struct {
@@ -69,7 +85,10 @@ type Verifier struct {
 	mu     sync.RWMutex
 	byHash map[[32]byte]*authv1alpha1.ApiKeyRecord
 	keys   map[types.UID]*authv1alpha1.ApiKey
-	synced func() bool
+	// scopeLists holds the joined scopes of the keys that have any, built
+	// once per change rather than per request.
+	scopeLists map[types.UID]string
+	synced     func() bool
 }
 
 // New returns an empty verifier.
@@ -87,7 +106,9 @@ func New(clk clock.PassiveClock, fenceTTL time.Duration, opts ...Option) *Verifi
 		fences: newFenceTable(clk, fenceTTL, o.confirmAfter, o.maxFences),
 		byHash: map[[32]byte]*authv1alpha1.ApiKeyRecord{},
 		keys:   map[types.UID]*authv1alpha1.ApiKey{},
-		synced: func() bool { return false },
+
+		scopeLists: map[types.UID]string{},
+		synced:     func() bool { return false },
 	}
 }
 
@@ -99,11 +120,13 @@ func (v *Verifier) Verify(raw string) (Identity, error) {
 
 // Resolve is Verify that also names the tenant of a known key, refused or
 // not, so that a refusal can be counted for it; an unknown or malformed
-// key has none. Nothing allocates, allowed or refused. A malformed key, or
-// a Prefixed key whose checksum fails, is refused before any lookup. A key
-// authenticates only if its record is not revoked, its ApiKey exists and
-// is neither revoked nor being deleted, nor fenced, and it has not expired
-// at this instant.
+// key has none. Nothing allocates, allowed or refused, unless a fence holds
+// scopes of the key off. A malformed key, or a Prefixed key whose checksum
+// fails, is refused before any lookup. A key authenticates only if its
+// record is not revoked, its ApiKey exists and is neither revoked, being
+// deleted nor suspended, a rotation has not replaced it (at once with a
+// grace period of 0s, else at its record's validUntil), no fence stops
+// it, and it has not expired at this instant.
 func (v *Verifier) Resolve(raw string) (id Identity, tenant string, err error) {
 	if _, err := keys.Parse(raw); err != nil {
 		return Identity{}, "", ErrMalformed
@@ -119,8 +142,19 @@ func (v *Verifier) Resolve(raw string) (id Identity, tenant string, err error) {
 	}
 	keyUID := types.UID(rec.Spec.KeyUID)
 	key, ok := v.keys[keyUID]
-	if !ok || rec.Spec.Revoked || key.Spec.Revoked || !key.DeletionTimestamp.IsZero() || v.fences.holds(keyUID, now) {
+	if !ok || rec.Spec.Revoked || key.Spec.Revoked || !key.DeletionTimestamp.IsZero() {
 		return Identity{}, rec.Spec.Tenant, ErrRevoked
+	}
+	fenced := v.fences.holds(keyUID, now)
+	switch {
+	case fenced.Revoked:
+		return Identity{}, rec.Spec.Tenant, ErrRevoked
+	case key.Spec.Suspended || fenced.Suspended:
+		return Identity{}, rec.Spec.Tenant, ErrSuspended
+	case rec.Spec.ValidUntil != nil && !now.Before(rec.Spec.ValidUntil.Time),
+		key.GracePeriod() == 0 && key.Supersedes(rec),
+		!fenced.RotationRequested.IsZero() && supersededAt(rec, fenced.RotationRequested):
+		return Identity{}, rec.Spec.Tenant, ErrRotated
 	}
 	expiresAt := rec.Spec.ExpiresAt
 	if key.Spec.ExpiresAt != nil {
@@ -137,19 +171,33 @@ func (v *Verifier) Resolve(raw string) (id Identity, tenant string, err error) {
 		Hint:      rec.Spec.Hint,
 		Format:    rec.Spec.Format,
 		CreatedAt: rec.CreationTimestamp.Time,
+		Scopes:    key.Spec.Scopes,
+		ScopeList: v.scopeLists[keyUID],
 	}
 	if expiresAt != nil {
 		id.ExpiresAt = &expiresAt.Time
 	}
+	if len(fenced.Scopes) > 0 {
+		id.Scopes = slices.DeleteFunc(slices.Clone(id.Scopes), func(s string) bool { return slices.Contains(fenced.Scopes, s) })
+		id.ScopeList = strings.Join(id.Scopes, ",")
+	}
 	return id, id.Tenant, nil
 }
 
-// Fence stops the key from authenticating until fenceTTL passes, for good
-// once its revocation is seen, or until the API server, asked when the
-// watch stays silent, shows no revocation. It implements the admission
-// webhook's RevocationFence; it fails only when the fence table is full.
-func (v *Verifier) Fence(_ context.Context, key *authv1alpha1.ApiKey) error {
-	return v.fences.add(key)
+// supersededAt says whether a rotation requested at requested replaces
+// rec, as ApiKey.Supersedes decides for the request in a key's spec.
+func supersededAt(rec *authv1alpha1.ApiKeyRecord, requested time.Time) bool {
+	k := authv1alpha1.ApiKey{Spec: authv1alpha1.ApiKeySpec{Rotation: &authv1alpha1.RotationSpec{RequestedAt: &metav1.Time{Time: requested}}}}
+	return k.Supersedes(rec)
+}
+
+// Fence stops what stop takes away from the key until fenceTTL passes,
+// for good once the watch shows the change, or until the API server,
+// asked when the watch stays silent, does not show it. It implements the
+// admission webhook's RevocationFence; it fails only when the fence table
+// is full.
+func (v *Verifier) Fence(_ context.Context, key *authv1alpha1.ApiKey, stop Stop) error {
+	return v.fences.add(key, stop)
 }
 
 // Size is how many records the index holds.
@@ -190,7 +238,8 @@ func (v *Verifier) SetRecord(r *authv1alpha1.ApiKeyRecord) {
 		return
 	}
 	v.byHash[hash] = r
-	if r.Spec.Revoked {
+	if r.Spec.Revoked && r.Spec.RevocationReason != authv1alpha1.RevocationRotated {
+		// Its ApiKey is revoked or gone: nothing of it authenticates again.
 		v.fences.drop(types.UID(r.Spec.KeyUID))
 	}
 }
@@ -215,15 +264,23 @@ func hashOf(r *authv1alpha1.ApiKeyRecord) (hash [32]byte, ok bool) {
 	return hash, err == nil && n == len(hash)
 }
 
-// SetKey notes an ApiKey's revocation, deletion and expiry. The index keeps
-// k itself: the caller never changes it afterwards.
+// SetKey notes an ApiKey's revocation, deletion, suspension, rotation,
+// scopes and expiry. The index keeps k itself: the caller never changes it
+// afterwards.
 func (v *Verifier) SetKey(k *authv1alpha1.ApiKey) {
+	var list string
+	if len(k.Spec.Scopes) > 0 {
+		list = strings.Join(k.Spec.Scopes, ",")
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.keys[k.UID] = k
-	if k.Spec.Revoked || !k.DeletionTimestamp.IsZero() {
-		v.fences.drop(k.UID)
+	if list != "" {
+		v.scopeLists[k.UID] = list
+	} else {
+		delete(v.scopeLists, k.UID)
 	}
+	v.fences.dropSeen(k)
 }
 
 // RemoveKey forgets a deleted ApiKey: its key no longer authenticates.
@@ -231,6 +288,7 @@ func (v *Verifier) RemoveKey(k *authv1alpha1.ApiKey) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	delete(v.keys, k.UID)
+	delete(v.scopeLists, k.UID)
 	v.fences.drop(k.UID)
 }
 

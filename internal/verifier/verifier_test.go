@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"reflect"
 	"testing"
 	"time"
 
@@ -43,6 +44,18 @@ func newFixture(t *testing.T) *fixture {
 	v.SetKey(key)
 	v.SetRecord(rec)
 	return &fixture{v: v, clk: clk, raw: raw, key: key, rec: rec}
+}
+
+// withKey is the fixture's ApiKey changed by change, as a new object: the
+// index keeps the objects it is given.
+func (f *fixture) withKey(change func(*authv1alpha1.ApiKey)) *authv1alpha1.ApiKey {
+	k := f.key.DeepCopy()
+	change(k)
+	return k
+}
+
+func rotation(requested time.Time, grace time.Duration) *authv1alpha1.RotationSpec {
+	return &authv1alpha1.RotationSpec{RequestedAt: &metav1.Time{Time: requested}, GracePeriod: &metav1.Duration{Duration: grace}}
 }
 
 func TestVerify(t *testing.T) {
@@ -92,9 +105,9 @@ func TestVerify(t *testing.T) {
 			f.v.SetRecord(duplicate(f.rec))
 			f.v.RemoveRecord(duplicate(f.rec))
 		}, nil, nil},
-		{"a fenced key fails", func(f *fixture) { _ = f.v.Fence(context.Background(), f.key) }, nil, ErrRevoked},
+		{"a fenced key fails", func(f *fixture) { _ = f.v.Fence(context.Background(), f.key, Stop{Revoked: true}) }, nil, ErrRevoked},
 		{"a fence that is never followed by a revocation lapses", func(f *fixture) {
-			_ = f.v.Fence(context.Background(), f.key)
+			_ = f.v.Fence(context.Background(), f.key, Stop{Revoked: true})
 			f.clk.Step(10 * time.Second)
 		}, nil, nil},
 		{"a key fails at the instant it expires", func(f *fixture) {
@@ -108,6 +121,41 @@ func TestVerify(t *testing.T) {
 			at := metav1.NewTime(f.clk.Now().Add(time.Nanosecond))
 			k.Spec.ExpiresAt = &at
 			f.v.SetKey(k)
+		}, nil, nil},
+		{"a suspended key fails", func(f *fixture) { f.v.SetKey(f.withKey(func(k *authv1alpha1.ApiKey) { k.Spec.Suspended = true })) }, nil, ErrSuspended},
+		{"a resumed key works again", func(f *fixture) {
+			f.v.SetKey(f.withKey(func(k *authv1alpha1.ApiKey) { k.Spec.Suspended = true }))
+			f.v.SetKey(f.key)
+		}, nil, nil},
+		{"a suspension fenced before the watch shows it holds the key off", func(f *fixture) {
+			_ = f.v.Fence(context.Background(), f.key, Stop{Suspended: true})
+		}, nil, ErrSuspended},
+		{"revoked beats suspended", func(f *fixture) {
+			f.v.SetKey(f.withKey(func(k *authv1alpha1.ApiKey) { k.Spec.Suspended, k.Spec.Revoked = true, true }))
+		}, nil, ErrRevoked},
+		{"a rotation with a grace period of 0s stops the key at once", func(f *fixture) {
+			f.v.SetKey(f.withKey(func(k *authv1alpha1.ApiKey) { k.Spec.Rotation = rotation(f.clk.Now().Add(time.Second), 0) }))
+		}, nil, ErrRotated},
+		{"a 0s rotation fenced before the watch shows it stops the key", func(f *fixture) {
+			_ = f.v.Fence(context.Background(), f.key, Stop{RotationRequested: f.clk.Now().Add(time.Second)})
+		}, nil, ErrRotated},
+		{"a rotation with a grace period leaves the key working", func(f *fixture) {
+			f.v.SetKey(f.withKey(func(k *authv1alpha1.ApiKey) { k.Spec.Rotation = rotation(f.clk.Now().Add(time.Second), time.Hour) }))
+		}, nil, nil},
+		{"a rotation requested before the key was minted does not replace it", func(f *fixture) {
+			f.v.SetKey(f.withKey(func(k *authv1alpha1.ApiKey) { k.Spec.Rotation = rotation(f.clk.Now().Add(-time.Second), 0) }))
+		}, nil, nil},
+		{"a record past its validUntil fails", func(f *fixture) {
+			r := f.rec.DeepCopy()
+			until := metav1.NewTime(f.clk.Now())
+			r.Spec.ValidUntil = &until
+			f.v.SetRecord(r)
+		}, nil, ErrRotated},
+		{"and works the instant before", func(f *fixture) {
+			r := f.rec.DeepCopy()
+			until := metav1.NewTime(f.clk.Now().Add(time.Nanosecond))
+			r.Spec.ValidUntil = &until
+			f.v.SetRecord(r)
 		}, nil, nil},
 	}
 	for _, tt := range tests {
@@ -127,16 +175,16 @@ func TestVerify(t *testing.T) {
 			if err == nil && (id.Tenant != "tenant-a" || id.KeyName != "ci" || id.KeyUID != types.UID("uid-1")) {
 				t.Fatalf("Verify resolved to %+v", id)
 			}
-			if err != nil && id != (Identity{}) {
+			if err != nil && !reflect.DeepEqual(id, Identity{}) {
 				t.Fatalf("Verify refused the key and still returned %+v", id)
 			}
 			// A known key's refusal is counted for its tenant; an unknown
 			// key has none to learn.
-			known := err == nil || errors.Is(err, ErrRevoked) || errors.Is(err, ErrExpired)
+			known := err == nil || errors.Is(err, ErrRevoked) || errors.Is(err, ErrExpired) || errors.Is(err, ErrSuspended) || errors.Is(err, ErrRotated)
 			if (tenant != "") != known || (known && tenant != "tenant-a") {
 				t.Fatalf("Resolve = %q, %v: a known key names its tenant, and only it", tenant, err)
 			}
-			if v, verr := f.v.Verify(raw); v != id || verr != err {
+			if v, verr := f.v.Verify(raw); !reflect.DeepEqual(v, id) || verr != err {
 				t.Fatalf("Verify and Resolve disagree: %+v %v", v, verr)
 			}
 		})
@@ -145,7 +193,7 @@ func TestVerify(t *testing.T) {
 
 func TestFencesAreDroppedOnceTheRevocationIsSeen(t *testing.T) {
 	f := newFixture(t)
-	_ = f.v.Fence(context.Background(), f.key)
+	_ = f.v.Fence(context.Background(), f.key, Stop{Revoked: true})
 	if f.v.Fences() != 1 {
 		t.Fatalf("%d fences", f.v.Fences())
 	}
@@ -200,5 +248,69 @@ func TestResolveNeverAllocates(t *testing.T) {
 		if n := testing.AllocsPerRun(100, call); n != 0 {
 			t.Errorf("a %s key: %v allocations per call", name, n)
 		}
+	}
+}
+
+// TestScopes: a key's scopes come with its identity, joined once; scopes a
+// fence holds off are in neither until the watch shows them removed.
+func TestScopes(t *testing.T) {
+	f := newFixture(t)
+	f.v.SetKey(f.withKey(func(k *authv1alpha1.ApiKey) { k.Spec.Scopes = []string{"read", "write", "admin"} }))
+	id, err := f.v.Verify(f.raw)
+	if err != nil || id.ScopeList != "read,write,admin" || !id.HasScope("write") {
+		t.Fatalf("scopes %v %q, %v", id.Scopes, id.ScopeList, err)
+	}
+	if n := testing.AllocsPerRun(100, func() { _, _ = f.v.Verify(f.raw) }); n != 0 {
+		t.Errorf("%v allocations per verification of a key with scopes", n)
+	}
+	_ = f.v.Fence(context.Background(), f.key, Stop{Scopes: []string{"write"}})
+	id, _ = f.v.Verify(f.raw)
+	if id.HasScope("write") || id.ScopeList != "read,admin" {
+		t.Fatalf("a fenced scope is still granted: %v %q", id.Scopes, id.ScopeList)
+	}
+	// The watch shows write still there: the fence stands.
+	f.v.SetKey(f.withKey(func(k *authv1alpha1.ApiKey) { k.Spec.Scopes = []string{"read", "write", "admin"} }))
+	if f.v.Fences() != 1 {
+		t.Fatal("a fence was lifted by an object that does not show its change")
+	}
+	f.v.SetKey(f.withKey(func(k *authv1alpha1.ApiKey) { k.Spec.Scopes = []string{"read", "admin"} }))
+	if f.v.Fences() != 0 {
+		t.Fatal("the fence outlived the watch showing the scope removed")
+	}
+	if id, _ = f.v.Verify(f.raw); id.HasScope("write") || !id.HasScope("admin") {
+		t.Fatalf("scopes after the removal: %v", id.Scopes)
+	}
+}
+
+func TestTakenAway(t *testing.T) {
+	at := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	key := func(change func(*authv1alpha1.ApiKeySpec)) *authv1alpha1.ApiKey {
+		k := &authv1alpha1.ApiKey{Spec: authv1alpha1.ApiKeySpec{Scopes: []string{"a", "b"}}}
+		if change != nil {
+			change(&k.Spec)
+		}
+		return k
+	}
+	tests := []struct {
+		name    string
+		updated *authv1alpha1.ApiKey
+		want    Stop
+	}{
+		{"nothing", key(nil), Stop{}},
+		{"revocation", key(func(s *authv1alpha1.ApiKeySpec) { s.Revoked = true }), Stop{Revoked: true}},
+		{"suspension", key(func(s *authv1alpha1.ApiKeySpec) { s.Suspended = true }), Stop{Suspended: true}},
+		{"a rotation with no grace", key(func(s *authv1alpha1.ApiKeySpec) { s.Rotation = rotation(at, 0) }), Stop{RotationRequested: at}},
+		{"a rotation with grace takes nothing at once", key(func(s *authv1alpha1.ApiKeySpec) { s.Rotation = rotation(at, time.Minute) }), Stop{}},
+		{"a rotation with the default grace takes nothing at once", key(func(s *authv1alpha1.ApiKeySpec) {
+			s.Rotation = &authv1alpha1.RotationSpec{RequestedAt: &metav1.Time{Time: at}}
+		}), Stop{}},
+		{"a scope removed", key(func(s *authv1alpha1.ApiKeySpec) { s.Scopes = []string{"b", "c"} }), Stop{Scopes: []string{"a"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := TakenAway(key(nil), tt.updated); !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("TakenAway = %+v, want %+v", got, tt.want)
+			}
+		})
 	}
 }

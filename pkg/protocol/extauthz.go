@@ -7,6 +7,9 @@ const (
 	// per-route check_settings.context_extensions) that pins a route to a
 	// tenant, as HeaderTenantRequired does for a request.
 	ContextExtensionTenantRequired = "latchkey.dev/tenant-required"
+	// ContextExtensionScopesRequired names scopes, comma-separated, that a
+	// route requires, as HeaderScopeRequired does for a request.
+	ContextExtensionScopesRequired = "latchkey.dev/scopes-required"
 	// MetadataNamespace is where Envoy files a Check's dynamic metadata:
 	// the ext_authz filter's own name, which rate limit descriptors and
 	// access logs (%DYNAMIC_METADATA(envoy.filters.http.ext_authz:tenant)%)
@@ -16,6 +19,8 @@ const (
 	// "namespace/name", as HeaderTenant and HeaderKey do.
 	MetadataTenant = "tenant"
 	MetadataKey    = "key"
+	// MetadataScopes holds an allowed key's scopes, comma-separated.
+	MetadataScopes = "scopes"
 	// HeaderAPIKey is where gateways commonly carry a key besides
 	// Authorization: Bearer.
 	HeaderAPIKey = "X-API-Key"

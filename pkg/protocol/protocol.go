@@ -27,6 +27,11 @@ const (
 	HeaderKey    = "X-Latchkey-Key"
 	// HeaderTenantRequired pins a tenant: a key of another answers 403.
 	HeaderTenantRequired = "X-Latchkey-Tenant-Required"
+	// HeaderScopes answers a 200 with the key's scopes, comma-separated.
+	HeaderScopes = "X-Latchkey-Scopes"
+	// HeaderScopeRequired names scopes, comma-separated, that a key must
+	// all have: one that lacks any answers 403 with error="insufficient_scope".
+	HeaderScopeRequired = "X-Latchkey-Scope-Required"
 	// HeaderClientAddress is where a trusted proxy names its caller, so
 	// that failures are charged to the caller rather than to the proxy.
 	HeaderClientAddress = "X-Real-IP"
@@ -45,6 +50,9 @@ const (
 	GroupAuthenticated = "latchkey:authenticated"
 	// GroupTenantPrefix and the tenant name the tenant's group.
 	GroupTenantPrefix = "latchkey:tenant:"
+	// GroupScopePrefix and a scope name the group of the keys that have it,
+	// so that RoleBindings can grant per scope.
+	GroupScopePrefix = "latchkey:scope:"
 	// ExtraKeyHint names the key's hint in the user's extra.
 	ExtraKeyHint = "latchkey.dev/key-hint"
 )
@@ -69,6 +77,15 @@ func ParseUsername(username string) (tenant, name string, ok bool) {
 // TenantGroup is the group of every key of tenant.
 func TenantGroup(tenant string) string { return GroupTenantPrefix + tenant }
 
+// ScopeGroup is the group of every key that has scope.
+func ScopeGroup(scope string) string { return GroupScopePrefix + scope }
+
+// InsufficientScope is the WWW-Authenticate header of a 403 for a key that
+// lacks a scope the route requires (RFC 6750 §3.1), naming the scopes.
+func InsufficientScope(required string) string {
+	return `Bearer error="insufficient_scope", scope="` + strings.ReplaceAll(required, ",", " ") + `"`
+}
+
 // WhoAmI is /whoami's answer: what the presented key is.
 type WhoAmI struct {
 	Tenant    string     `json:"tenant"`
@@ -76,4 +93,5 @@ type WhoAmI struct {
 	KeyHint   string     `json:"keyHint"`
 	CreatedAt time.Time  `json:"createdAt"`
 	ExpiresAt *time.Time `json:"expiresAt,omitempty"`
+	Scopes    []string   `json:"scopes,omitempty"`
 }

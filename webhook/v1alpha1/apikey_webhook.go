@@ -16,15 +16,18 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/verifier"
 )
 
-// RevocationFence stops a key from authenticating before its revocation or
-// deletion is persisted, closing the gap between the API call returning and
-// the verifier's watch catching up. Fence is called while the request is
-// being admitted; when it returns an error the request is refused (fail
-// closed), so a key is never revoked in the API without being fenced.
+// RevocationFence stops what a change takes away from a key — revocation,
+// deletion, suspension, a rotation with no grace period, removed scopes —
+// before the change is persisted, closing the gap between the API call
+// returning and the verifier's watch catching up. Fence is called while
+// the request is being admitted; when it returns an error the request is
+// refused (fail closed), so nothing is taken from a key in the API without
+// being fenced.
 type RevocationFence interface {
-	Fence(ctx context.Context, key *authv1alpha1.ApiKey) error
+	Fence(ctx context.Context, key *authv1alpha1.ApiKey, stop verifier.Stop) error
 }
 
 // ApiKeyValidator refuses ApiKeys that CEL cannot judge, and fences keys
@@ -62,29 +65,31 @@ func (v *ApiKeyValidator) ValidateCreate(ctx context.Context, key *authv1alpha1.
 	return nil, v.invalid(key, errs)
 }
 
-// ValidateUpdate fences a key whose spec.revoked turns true. Immutability
-// and one-way revocation are CEL rules, enforced even with this webhook down.
+// ValidateUpdate fences what an update takes away at once: spec.revoked
+// or spec.suspended turning true, a rotation with a grace period of 0s,
+// scopes removed. Immutability and one-way revocation are CEL rules,
+// enforced even with this webhook down.
 func (v *ApiKeyValidator) ValidateUpdate(ctx context.Context, oldKey, key *authv1alpha1.ApiKey) (admission.Warnings, error) {
-	if key.Spec.Revoked && !oldKey.Spec.Revoked {
-		return nil, v.fence(ctx, oldKey)
+	if stop := verifier.TakenAway(oldKey, key); !stop.IsZero() {
+		return nil, v.fence(ctx, oldKey, stop)
 	}
 	return nil, nil
 }
 
 // ValidateDelete fences the key before the deletion is persisted.
 func (v *ApiKeyValidator) ValidateDelete(ctx context.Context, key *authv1alpha1.ApiKey) (admission.Warnings, error) {
-	return nil, v.fence(ctx, key)
+	return nil, v.fence(ctx, key, verifier.Stop{Revoked: true})
 }
 
-func (v *ApiKeyValidator) fence(ctx context.Context, key *authv1alpha1.ApiKey) error {
+func (v *ApiKeyValidator) fence(ctx context.Context, key *authv1alpha1.ApiKey, stop verifier.Stop) error {
 	if v.Fence == nil {
 		return nil
 	}
 	if req, err := admission.RequestFromContext(ctx); err == nil && req.DryRun != nil && *req.DryRun {
 		return nil
 	}
-	if err := v.Fence.Fence(ctx, key); err != nil {
-		return apierrors.NewServiceUnavailable(fmt.Sprintf("could not stop the key from authenticating, so it was not revoked; retry: %v", err))
+	if err := v.Fence.Fence(ctx, key, stop); err != nil {
+		return apierrors.NewServiceUnavailable(fmt.Sprintf("could not stop the key from authenticating, so the change was not made; retry: %v", err))
 	}
 	return nil
 }

@@ -19,6 +19,7 @@ import (
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/serving"
 	"github.com/latchkey-dev/latchkey/internal/testenv"
+	"github.com/latchkey-dev/latchkey/internal/verifier"
 )
 
 var (
@@ -30,17 +31,30 @@ var (
 type recordingFence struct {
 	mu      sync.Mutex
 	fenced  []string
+	stops   map[string][]verifier.Stop
 	failing bool
 }
 
-func (f *recordingFence) Fence(_ context.Context, key *authv1alpha1.ApiKey) error {
+func (f *recordingFence) Fence(_ context.Context, key *authv1alpha1.ApiKey, stop verifier.Stop) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.failing {
 		return errors.New("verifier unavailable")
 	}
-	f.fenced = append(f.fenced, key.Namespace+"/"+key.Name)
+	name := key.Namespace + "/" + key.Name
+	f.fenced = append(f.fenced, name)
+	if f.stops == nil {
+		f.stops = map[string][]verifier.Stop{}
+	}
+	f.stops[name] = append(f.stops[name], stop)
 	return nil
+}
+
+// stopsOf is what was fenced of a key, in order.
+func (f *recordingFence) stopsOf(name string) []verifier.Stop {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]verifier.Stop(nil), f.stops[name]...)
 }
 
 func (f *recordingFence) has(name string) bool {
@@ -106,6 +120,24 @@ func TestKubectlRefusesBadManifests(t *testing.T) {
 			[]string{"spec.secretName", `ApiKey "first" already delivers its key to this Secret`}},
 		{"a revoked that is not a boolean is refused naming spec.revoked", good("f", "  revoked: \"yes\"\n"),
 			[]string{"spec.revoked"}},
+		{"a grace period over 168h is refused naming spec.rotation.gracePeriod", good("g", "  rotation:\n    gracePeriod: 169h\n"),
+			[]string{"spec.rotation.gracePeriod", "between 0s and 168h"}},
+		{"a negative grace period is refused naming spec.rotation.gracePeriod", good("h", "  rotation:\n    gracePeriod: -1s\n"),
+			[]string{"spec.rotation.gracePeriod", "between 0s and 168h"}},
+		{"a grace period that is no duration is refused naming it", good("i", "  rotation:\n    gracePeriod: soon\n"),
+			[]string{"spec.rotation.gracePeriod"}},
+		{"rotating every 59m is refused naming spec.rotation.every", good("j", "  rotation:\n    every: 59m\n"),
+			[]string{"spec.rotation.every", "between 1h and 8760h"}},
+		{"an upper-case scope is refused naming spec.scopes", good("k", "  scopes: [Read]\n"),
+			[]string{"spec.scopes[0]", "should match"}},
+		{"a scope over 63 characters is refused naming spec.scopes", good("l", "  scopes: ["+strings.Repeat("a", 64)+"]\n"),
+			[]string{"spec.scopes[0]", "63"}},
+		{"17 scopes are refused naming spec.scopes", good("m", "  scopes: [a0,a1,a2,a3,a4,a5,a6,a7,a8,a9,b0,b1,b2,b3,b4,b5,b6]\n"),
+			[]string{"spec.scopes", "16"}},
+		{"a scope twice is refused naming spec.scopes", good("dup", "  scopes: [read, read]\n"),
+			[]string{"spec.scopes[1]", "Duplicate"}},
+		{"a suspended that is not a boolean is refused naming spec.suspended", good("o", "  suspended: maybe\n"),
+			[]string{"spec.suspended"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -161,6 +193,47 @@ func TestImmutableFieldsAndOneWayRevocation(t *testing.T) {
 		g.Expect(err).To(HaveOccurred(), "dropping the field defaults it to false, which is refused too")
 		g.Expect(out).To(ContainSubstring("revoked cannot be changed from true to false"))
 	})
+}
+
+// TestChangesThatTakeAwayAreFenced: suspension, a rotation with no grace
+// period and a scope's removal are fenced before they are persisted, as
+// revocation is; resuming, a rotation with grace and adding a scope are
+// not.
+func TestChangesThatTakeAwayAreFenced(t *testing.T) {
+	g := NewWithT(t)
+	ns := env.Namespace(t)
+	m := func(spec string) string {
+		return fmt.Sprintf("apiVersion: auth.latchkey.dev/v1alpha1\nkind: ApiKey\nmetadata:\n  name: k\n  namespace: %s\nspec:\n  scopes: [read, write]\n%s", ns, spec)
+	}
+	_, err := apply(t, m(""))
+	g.Expect(err).NotTo(HaveOccurred())
+	at := time.Now().Add(time.Minute).UTC().Truncate(time.Second)
+	steps := []struct {
+		spec string
+		want *verifier.Stop
+	}{
+		{"  suspended: true\n", &verifier.Stop{Suspended: true}},
+		{"  suspended: false\n", nil},
+		{"  rotation: {requestedAt: \"" + at.Add(-30*time.Second).Format(time.RFC3339) + "\", gracePeriod: 10m}\n", nil},
+		{"  rotation: {requestedAt: \"" + at.Format(time.RFC3339) + "\", gracePeriod: 0s}\n", &verifier.Stop{RotationRequested: at}},
+	}
+	for _, step := range steps {
+		before := len(fence.stopsOf(ns + "/k"))
+		out, err := apply(t, m(step.spec))
+		g.Expect(err).NotTo(HaveOccurred(), out)
+		stops := fence.stopsOf(ns + "/k")
+		if step.want == nil {
+			g.Expect(stops).To(HaveLen(before), "applying %q fenced", step.spec)
+			continue
+		}
+		g.Expect(stops).To(HaveLen(before+1), "applying %q did not fence", step.spec)
+		g.Expect(stops[before].Suspended).To(Equal(step.want.Suspended))
+		g.Expect(stops[before].RotationRequested.Equal(step.want.RotationRequested)).To(BeTrue(), "%v", stops[before])
+	}
+	out, err := apply(t, strings.Replace(m("  rotation: {requestedAt: \""+at.Format(time.RFC3339)+"\", gracePeriod: 0s}\n"), "[read, write]", "[write, admin]", 1))
+	g.Expect(err).NotTo(HaveOccurred(), out)
+	stops := fence.stopsOf(ns + "/k")
+	g.Expect(stops[len(stops)-1].Scopes).To(Equal([]string{"read"}))
 }
 
 func TestFenceFailsClosed(t *testing.T) {
