@@ -114,6 +114,8 @@ func parseFlags() *config {
 	flag.Float64Var(&o.SecretChecksPerSecond, "secret-checks-per-second", o.SecretChecksPerSecond,
 		"Secret reads a second all keys' periodic checks may make together (bursts of at most its ceiling), whatever the number of keys: "+
 			"past --secret-check-interval × this many keys, each is checked about every keys/this seconds. Creates and spec edits are checked at once, outside it.")
+	flag.DurationVar(&o.ExpiryWarning, "expiry-warning", o.ExpiryWarning,
+		"How long before its spec.expiresAt a key is ExpiringSoon (a condition, a KeyExpiringSoon Warning Event, latchkey_keys_expiring_soon).")
 	flag.IntVar(&o.MaxConcurrentReconciles, "max-concurrent-reconciles", o.MaxConcurrentReconciles, "How many ApiKeys are reconciled at once.")
 	flag.Float64Var(&cfg.kubeAPIQPS, "kube-api-qps", controller.DefaultKubeAPIQPS, "Queries per second to the API server.")
 	flag.IntVar(&cfg.kubeAPIBurst, "kube-api-burst", controller.DefaultKubeAPIBurst, "Burst of queries to the API server.")

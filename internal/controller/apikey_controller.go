@@ -10,6 +10,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
@@ -32,8 +33,14 @@ const (
 	EventSecretNotOwned = "SecretNotOwned"
 	EventSecretMissing  = "SecretMissing"
 	EventSecretChanged  = "SecretChanged"
+	EventKeyRotated     = "KeyRotated"
 	EventKeyRevoked     = "KeyRevoked"
 	EventKeyExpired     = "KeyExpired"
+	EventKeySuspended   = "KeySuspended"
+	EventKeyResumed     = "KeyResumed"
+	// EventKeyExpiringSoon warns once per key and window, as ExpiringSoon
+	// turns True.
+	EventKeyExpiringSoon = "KeyExpiringSoon"
 	// EventSecretAccessDenied: the namespace has not let Latchkey at its Secrets.
 	EventSecretAccessDenied = "SecretAccessDenied"
 )
@@ -44,6 +51,10 @@ const (
 // more keys than the budget of checks covers in it (interval × checks per
 // second: 3,000 at the defaults), about every keys / checks per second.
 const DefaultSecretCheckInterval = 10 * time.Minute
+
+// DefaultExpiryWarning is how long before its spec.expiresAt a key is
+// ExpiringSoon (the manager's --expiry-warning).
+const DefaultExpiryWarning = 7 * 24 * time.Hour
 
 // Defaults of the manager's tuning flags.
 const (
@@ -73,9 +84,13 @@ type ApiKeyReconciler struct {
 	// ServiceAccount is the manager's, namespace:name, for the command that
 	// grants it a namespace's Secrets; empty means DefaultServiceAccount.
 	ServiceAccount string
+	// ExpiryWarning is how long before its expiry a key is ExpiringSoon;
+	// 0 means DefaultExpiryWarning.
+	ExpiryWarning time.Duration
 
 	checksOnce sync.Once
 	checks     *secretChecks
+	expiring   expiringKeys
 }
 
 // +kubebuilder:rbac:groups=auth.latchkey.dev,resources=apikeys,verbs=get;list;watch;patch
@@ -83,7 +98,7 @@ type ApiKeyReconciler struct {
 // +kubebuilder:rbac:groups=auth.latchkey.dev,resources=apikeys/finalizers,verbs=update
 // +kubebuilder:rbac:groups=auth.latchkey.dev,resources=apikeyrecords,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=auth.latchkey.dev,resources=apikeyrecords/status,verbs=get;patch
-// Secrets in tenants' namespaces (get by name, create) come from the
+// Secrets in tenants' namespaces (get by name, create, patch to rotate) come from the
 // latchkey-key-delivery ClusterRole (config/rbac/key_delivery_role.yaml),
 // bound per namespace: the manager holds no cluster-wide Secret access.
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
@@ -94,9 +109,13 @@ type ApiKeyReconciler struct {
 func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	key := &authv1alpha1.ApiKey{}
 	if err := r.Client.Get(ctx, req.NamespacedName, key); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.expiring.set(req.NamespacedName, false)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !key.DeletionTimestamp.IsZero() {
+		r.expiring.set(req.NamespacedName, false)
 		return ctrl.Result{}, r.reconcileDelete(ctx, key)
 	}
 	if !controllerutil.ContainsFinalizer(key, authv1alpha1.Finalizer) {
@@ -115,7 +134,25 @@ func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	}
 	status, next := computeStatus(o)
 	status.ObservedGeneration = key.Generation
-	return ctrl.Result{RequeueAfter: r.secretChecks().requeueAfter(next)}, r.patchStatus(ctx, key, status)
+	if err := r.patchStatus(ctx, key, status); err != nil {
+		return ctrl.Result{}, err
+	}
+	r.expiring.set(req.NamespacedName, meta.IsStatusConditionTrue(status.Conditions, authv1alpha1.ConditionExpiringSoon))
+	return ctrl.Result{RequeueAfter: r.secretChecks().requeueAfter(next)}, nil
+}
+
+// ExpiringSoonByNamespace counts, by namespace, the keys whose ExpiringSoon
+// condition this reconciler last wrote True (the
+// latchkey_keys_expiring_soon gauge).
+func (r *ApiKeyReconciler) ExpiringSoonByNamespace() map[string]int {
+	return r.expiring.byNamespace()
+}
+
+func (r *ApiKeyReconciler) expiryWarning() time.Duration {
+	if r.ExpiryWarning <= 0 {
+		return DefaultExpiryWarning
+	}
+	return r.ExpiryWarning
 }
 
 func (r *ApiKeyReconciler) reconcileDelete(ctx context.Context, key *authv1alpha1.ApiKey) error {
@@ -138,37 +175,43 @@ func (r *ApiKeyReconciler) reconcileDelete(ctx context.Context, key *authv1alpha
 	return nil
 }
 
-// reconcileNormal revokes, mints or checks delivery, and keeps the record's
-// expiry, and returns what it observed.
+// reconcileNormal revokes, mints, rotates or checks delivery, keeps the
+// records' expiry and grace periods, and returns what it observed.
 func (r *ApiKeyReconciler) reconcileNormal(ctx context.Context, key *authv1alpha1.ApiKey) (observation, error) {
 	checks := r.secretChecks()
-	o := observation{key: key, now: r.Clock.Now(), secretCheckInterval: checks.interval, serviceAccount: r.ServiceAccount}
+	o := observation{key: key, now: r.Clock.Now(), secretCheckInterval: checks.interval,
+		serviceAccount: r.ServiceAccount, expiryWarning: r.expiryWarning()}
 	records, err := r.keyRecords(ctx, key)
 	if err != nil {
 		return o, err
 	}
-	record, pending := splitPending(records)
-	o.record = record
+	set := splitRecords(records)
+	o.record, o.previous = set.current, set.previous
 	if key.Spec.Revoked {
 		return o, r.revokeRecords(ctx, records, authv1alpha1.RevocationRevoked)
 	}
 
 	// A pass no change caused (its status is of this generation: a requeue,
 	// a resync) reads the Secret only within the shared budget; a create or
-	// a spec edit reads it at once.
-	if key.Status.ObservedGeneration == key.Generation && !checks.take() {
+	// a spec edit reads it at once, and so does a pass with a rotation to
+	// make or to finish (a scheduled one, or one a dead pass left pending,
+	// whose Secret may already hold a key that does not authenticate yet).
+	due := false
+	if o.record != nil {
+		_, due = rotationDue(key, o.record, o.now)
+	}
+	if key.Status.ObservedGeneration == key.Generation && len(set.pending) == 0 && !due && !checks.take() {
 		o.secret = secretDeferred
-		if record == nil {
+		if o.record == nil {
 			return o, nil
 		}
-		return o, r.syncRecordExpiry(ctx, key, record)
+		return o, r.keepRecords(ctx, key, o)
 	}
-	if record == nil {
-		o.record, o.secret, err = r.ensureKey(ctx, key, pending)
-	} else if err = r.deletePending(ctx, pending); err == nil {
-		// Leftovers of a pass that died are deleted: their keys never
-		// authenticated. Then: is the key still where it was delivered?
-		o.secret, err = r.checkSecret(ctx, key, record)
+	if o.record == nil {
+		o.record, o.secret, err = r.ensureKey(ctx, key, set.pending)
+	} else {
+		current, replaced, state, rotateErr := r.ensureRotated(ctx, key, o.record, set.pending, o.now)
+		o.record, o.previous, o.secret, err = current, append(replaced, o.previous...), state, rotateErr
 	}
 	if accessDenied(err) {
 		o.secret, err = secretAccessDenied, nil
@@ -176,7 +219,7 @@ func (r *ApiKeyReconciler) reconcileNormal(ctx context.Context, key *authv1alpha
 	if err != nil || o.record == nil {
 		return o, err
 	}
-	return o, r.syncRecordExpiry(ctx, key, o.record)
+	return o, r.keepRecords(ctx, key, o)
 }
 
 // accessDenied tells RBAC's refusals from other 403s, such as an admission
@@ -213,6 +256,60 @@ func revokeRecord(ctx context.Context, c client.Client, clk clock.PassiveClock, 
 		return fmt.Errorf("revoking record %s: %w", record.Name, err)
 	}
 	log.FromContext(ctx).Info("Revoked record", "record", klog.KObj(record), "reason", reason)
+	return nil
+}
+
+// keepRecords keeps every working key's expiry the ApiKey's, and ends the
+// grace periods of the keys the current one replaced.
+func (r *ApiKeyReconciler) keepRecords(ctx context.Context, key *authv1alpha1.ApiKey, o observation) error {
+	if err := r.syncRecordExpiry(ctx, key, o.record); err != nil {
+		return err
+	}
+	return r.retirePrevious(ctx, key, o.record, o.previous, o.now)
+}
+
+// MaxPreviousKeys is how many replaced keys may be in their grace period at
+// once (status.previousKeys holds at most as many).
+const MaxPreviousKeys = 8
+
+// retirePrevious gives each key current replaced its validUntil, current's
+// creation plus the grace period, and revokes it (reason Rotated) once that
+// has passed. validUntil is computed from records, never from the clock,
+// so that passes that die and the one after them set the same instant, and
+// it is never moved later (the API server refuses that too): a key in its
+// grace period keeps the one it was given. previous is newest first: past
+// the MaxPreviousKeys newest in their grace period, a rotation ends the
+// grace of the older ones at once, so that status.previousKeys (at most
+// as many) lists every replaced key that still works.
+func (r *ApiKeyReconciler) retirePrevious(ctx context.Context, key *authv1alpha1.ApiKey, current *authv1alpha1.ApiKeyRecord, previous []authv1alpha1.ApiKeyRecord, now time.Time) error {
+	inGrace := 0
+	for i := range previous {
+		rec := &previous[i]
+		if rec.Spec.Revoked {
+			continue
+		}
+		until := current.CreationTimestamp.Add(key.GracePeriod())
+		if inGrace == MaxPreviousKeys && until.After(now) {
+			until = now
+		}
+		if rec.Spec.ValidUntil == nil || until.Before(rec.Spec.ValidUntil.Time) {
+			base := rec.DeepCopy()
+			rec.Spec.ValidUntil = &metav1.Time{Time: until}
+			if err := r.Client.Patch(ctx, rec, client.MergeFrom(base)); err != nil {
+				return fmt.Errorf("ending the grace period of record %s: %w", rec.Name, err)
+			}
+		}
+		if rec.Spec.ValidUntil.After(now) {
+			inGrace++
+			if err := r.syncRecordExpiry(ctx, key, rec); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := revokeRecord(ctx, r.Client, r.Clock, rec, authv1alpha1.RevocationRotated); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

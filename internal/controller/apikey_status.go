@@ -39,10 +39,15 @@ const (
 // the ApiKey as the pass began (its status the last one written), its
 // delivered record if it has one, and what the pass found of its Secret.
 type observation struct {
-	key    *authv1alpha1.ApiKey
-	record *authv1alpha1.ApiKeyRecord
-	secret secretState
-	now    time.Time
+	key *authv1alpha1.ApiKey
+	// record is the current key's (the delivered one with the highest
+	// rotation number), previous the older delivered ones, newest first.
+	record   *authv1alpha1.ApiKeyRecord
+	previous []authv1alpha1.ApiKeyRecord
+	secret   secretState
+	now      time.Time
+	// expiryWarning is how long before its expiry a key is ExpiringSoon.
+	expiryWarning time.Duration
 	// secretCheckInterval is the least wait between two checks of the
 	// key's Secret.
 	secretCheckInterval time.Duration
@@ -59,9 +64,11 @@ type lookAgain struct {
 	// checkAfter is the least wait before the next check of the Secret;
 	// the shared budget picks its slot (secretChecks).
 	checkAfter time.Duration
-	// expiresIn, if positive, is how soon the key expires: it is looked at
+	// dueIn, if positive, is how soon the key's status changes by the
+	// clock alone (it expires, starts its expiry warning, is rotated on
+	// schedule, or a replaced key's grace period ends): it is looked at
 	// then, whatever the budget.
-	expiresIn time.Duration
+	dueIn time.Duration
 }
 
 // computeStatus is the ApiKey's status after a pass that observed o, and
@@ -70,9 +77,10 @@ type lookAgain struct {
 // was; only a pass that succeeded stamps it.
 func computeStatus(o observation) (authv1alpha1.ApiKeyStatus, lookAgain) {
 	b := &statusBuilder{st: *o.key.Status.DeepCopy(), gen: o.key.Generation}
-	b.fromRecord(o.record)
+	b.fromRecords(o)
 	if o.key.Spec.Revoked {
 		b.revoked(o)
+		b.expiringSoon(o)
 		return b.st, lookAgain{}
 	}
 	next := lookAgain{scheduled: true, checkAfter: o.secretCheckInterval}
@@ -87,8 +95,28 @@ func computeStatus(o observation) (authv1alpha1.ApiKeyStatus, lookAgain) {
 	if b.delivery(o, &next) {
 		return b.st, next
 	}
-	next.expiresIn = b.readiness(o)
+	b.readiness(o)
+	instants := []*metav1.Time{o.key.Spec.ExpiresAt, b.expiringSoon(o), b.st.NextRotationAt}
+	for i := range b.st.PreviousKeys {
+		instants = append(instants, &b.st.PreviousKeys[i].ValidUntil)
+	}
+	next.dueIn = soonest(o.now, instants...)
 	return b.st, next
+}
+
+// soonest is how far from now the earliest of the instants still to come
+// is, or 0 if none is.
+func soonest(now time.Time, instants ...*metav1.Time) time.Duration {
+	var d time.Duration
+	for _, at := range instants {
+		if at == nil {
+			continue
+		}
+		if in := at.Sub(now); in > 0 && (d == 0 || in < d) {
+			d = in
+		}
+	}
+	return d
 }
 
 // statusBuilder is the status computeStatus builds, whose conditions are
@@ -104,13 +132,37 @@ func (b *statusBuilder) set(typ string, status metav1.ConditionStatus, reason, m
 	})
 }
 
-// fromRecord takes the hint and the last use (which only moves forward)
-// from the delivered record.
-func (b *statusBuilder) fromRecord(record *authv1alpha1.ApiKeyRecord) {
+// fromRecords takes the hint, the rotation and the next one from the
+// current record, the keys still in their grace period from the previous
+// ones, and the last use (which only moves forward) from all of them.
+func (b *statusBuilder) fromRecords(o observation) {
+	record := o.record
 	if record == nil {
 		return
 	}
-	b.st.KeyHint = record.Spec.Hint
+	b.st.KeyHint, b.st.Rotation, b.st.RotatedAt = record.Spec.Hint, record.Spec.Rotation, nil
+	if record.Spec.Rotation > 0 {
+		b.st.RotatedAt = record.CreationTimestamp.DeepCopy()
+	}
+	b.st.NextRotationAt = nil
+	if next, ok := nextRotation(o.key, record); ok {
+		b.st.NextRotationAt = &metav1.Time{Time: next}
+	}
+	b.usedAt(record)
+	b.st.PreviousKeys = nil
+	for i := range o.previous {
+		p := &o.previous[i]
+		b.usedAt(p)
+		if !p.Spec.Revoked && p.Spec.ValidUntil != nil && p.Spec.ValidUntil.After(o.now) {
+			b.st.PreviousKeys = append(b.st.PreviousKeys, authv1alpha1.PreviousKey{
+				KeyHint: p.Spec.Hint, Rotation: p.Spec.Rotation, ValidUntil: *p.Spec.ValidUntil,
+			})
+		}
+	}
+}
+
+// usedAt moves the last use forward to the record's.
+func (b *statusBuilder) usedAt(record *authv1alpha1.ApiKeyRecord) {
 	if used := record.Status.LastUsedAt; used != nil && (b.st.LastUsedAt == nil || b.st.LastUsedAt.Before(used)) {
 		b.st.LastUsedAt = used
 	}
@@ -124,7 +176,7 @@ func (b *statusBuilder) revoked(o observation) {
 	if b.st.RevokedAt == nil {
 		b.st.RevokedAt = &metav1.Time{Time: o.now}
 	}
-	b.st.Phase = authv1alpha1.PhaseRevoked
+	b.st.Phase, b.st.NextRotationAt = authv1alpha1.PhaseRevoked, nil
 	b.set(authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonRevoked,
 		"The key was revoked and never authenticates again")
 }
@@ -179,7 +231,7 @@ func (b *statusBuilder) accessDenied(o observation) (final bool) {
 	if sa == "" {
 		sa = authv1alpha1.DefaultServiceAccount
 	}
-	msg := fmt.Sprintf("Latchkey may not get or create Secrets in namespace %q. To let it deliver keys here: kubectl create rolebinding %s -n %s --clusterrole=%s --serviceaccount=%s",
+	msg := fmt.Sprintf("Latchkey may not get, create or patch Secrets in namespace %q. To let it deliver keys here: kubectl create rolebinding %s -n %s --clusterrole=%s --serviceaccount=%s",
 		o.key.Namespace, authv1alpha1.KeyDeliveryClusterRole, o.key.Namespace, authv1alpha1.KeyDeliveryClusterRole, sa)
 	if o.record != nil {
 		b.set(authv1alpha1.ConditionKeyDelivered, metav1.ConditionUnknown, authv1alpha1.ReasonSecretAccessDenied, msg)
@@ -192,26 +244,60 @@ func (b *statusBuilder) accessDenied(o observation) (final bool) {
 }
 
 // readiness sets the phase and Ready of a key that is not revoked and not
-// held up by its Secret: minting, expired or active. It returns how soon an
-// active key expires, if it does.
-func (b *statusBuilder) readiness(o observation) (expiresIn time.Duration) {
+// held up by its Secret: minting, expired, suspended or active. An expired
+// key is never rotated again (its next key would be expired too).
+func (b *statusBuilder) readiness(o observation) {
 	switch {
 	case o.record == nil:
 		b.st.Phase = authv1alpha1.PhasePending
 		b.set(authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonMinting, "The key is being minted")
-		return 0
 	case o.key.Expired(o.now):
-		b.st.Phase = authv1alpha1.PhaseExpired
+		b.st.Phase, b.st.NextRotationAt = authv1alpha1.PhaseExpired, nil
 		b.set(authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonExpired,
 			fmt.Sprintf("The key expired at %s", o.key.Spec.ExpiresAt.UTC().Format(time.RFC3339)))
-		return 0
+	case o.key.Spec.Suspended:
+		b.st.Phase = authv1alpha1.PhaseSuspended
+		b.set(authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonSuspended,
+			"The key is suspended: every key of this ApiKey fails until spec.suspended is set back to false")
+	default:
+		b.st.Phase = authv1alpha1.PhaseActive
+		b.set(authv1alpha1.ConditionReady, metav1.ConditionTrue, authv1alpha1.ReasonActive, "The key authenticates requests")
 	}
-	b.st.Phase = authv1alpha1.PhaseActive
-	b.set(authv1alpha1.ConditionReady, metav1.ConditionTrue, authv1alpha1.ReasonActive, "The key authenticates requests")
-	if exp := o.key.Spec.ExpiresAt; exp != nil {
-		return exp.Sub(o.now)
+}
+
+// expiringSoon sets ExpiringSoon: True from expiryWarning before
+// spec.expiresAt, unless a scheduled rotation comes first (the rotation is
+// what the key's holders watch for; it warns once the last rotation before
+// expiry is made). It returns when the warning starts, if that is to come.
+// The messages name instants, never how far away they are, so that a pass
+// that changes nothing writes nothing.
+func (b *statusBuilder) expiringSoon(o observation) (warnAt *metav1.Time) {
+	exp := o.key.Spec.ExpiresAt
+	notSoon := func(msg string) {
+		b.set(authv1alpha1.ConditionExpiringSoon, metav1.ConditionFalse, authv1alpha1.ReasonNotExpiring, msg)
 	}
-	return 0
+	window := o.expiryWarning
+	if window <= 0 {
+		window = DefaultExpiryWarning
+	}
+	switch {
+	case o.key.Spec.Revoked:
+		notSoon("The key was revoked")
+	case exp == nil:
+		notSoon("The key does not expire")
+	case o.key.Expired(o.now):
+		notSoon(fmt.Sprintf("The key expired at %s", exp.UTC().Format(time.RFC3339)))
+	case b.st.NextRotationAt != nil && !b.st.NextRotationAt.After(exp.Time):
+		notSoon(fmt.Sprintf("The key expires at %s, after its next scheduled rotation at %s",
+			exp.UTC().Format(time.RFC3339), b.st.NextRotationAt.UTC().Format(time.RFC3339)))
+	case exp.Sub(o.now) <= window:
+		b.set(authv1alpha1.ConditionExpiringSoon, metav1.ConditionTrue, authv1alpha1.ReasonExpiresSoon,
+			fmt.Sprintf("The key expires at %s, within %s", exp.UTC().Format(time.RFC3339), window))
+	default:
+		notSoon(fmt.Sprintf("The key expires at %s, more than %s away", exp.UTC().Format(time.RFC3339), window))
+		return &metav1.Time{Time: exp.Add(-window)}
+	}
+	return nil
 }
 
 // statusEvent is an Event a change of status tells the ApiKey's users of.
@@ -229,7 +315,18 @@ func statusEvents(prev, next *authv1alpha1.ApiKeyStatus) []statusEvent {
 			evs = append(evs, statusEvent{corev1.EventTypeNormal, EventKeyRevoked, "Revoke", "Key revoked"})
 		case authv1alpha1.PhaseExpired:
 			evs = append(evs, statusEvent{corev1.EventTypeNormal, EventKeyExpired, "Expire", conditionMessage(next, authv1alpha1.ConditionReady)})
+		case authv1alpha1.PhaseSuspended:
+			evs = append(evs, statusEvent{corev1.EventTypeNormal, EventKeySuspended, "Suspend", "Key suspended"})
+		case authv1alpha1.PhaseActive:
+			if prev.Phase == authv1alpha1.PhaseSuspended {
+				evs = append(evs, statusEvent{corev1.EventTypeNormal, EventKeyResumed, "Resume", "Key resumed"})
+			}
 		}
+	}
+	// Once per key and window: when the warning starts, not on every pass.
+	if meta.IsStatusConditionTrue(next.Conditions, authv1alpha1.ConditionExpiringSoon) &&
+		!meta.IsStatusConditionTrue(prev.Conditions, authv1alpha1.ConditionExpiringSoon) {
+		evs = append(evs, statusEvent{corev1.EventTypeWarning, EventKeyExpiringSoon, "Warn", conditionMessage(next, authv1alpha1.ConditionExpiringSoon)})
 	}
 	before := meta.FindStatusCondition(prev.Conditions, authv1alpha1.ConditionKeyDelivered)
 	after := meta.FindStatusCondition(next.Conditions, authv1alpha1.ConditionKeyDelivered)

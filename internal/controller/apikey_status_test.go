@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -70,11 +71,11 @@ func TestComputeStatus(t *testing.T) {
 				{authv1alpha1.ConditionKeyDelivered, metav1.ConditionTrue, authv1alpha1.ReasonDelivered}}},
 		{name: "an Active key that expires before the next check is looked at again exactly at its expiry",
 			spec: authv1alpha1.ApiKeySpec{ExpiresAt: in(10 * time.Second)}, prev: active, record: recordFixture(nil), secret: secretDelivered,
-			phase: authv1alpha1.PhaseActive, next: lookAgain{scheduled: true, checkAfter: time.Minute, expiresIn: 10 * time.Second},
+			phase: authv1alpha1.PhaseActive, next: lookAgain{scheduled: true, checkAfter: time.Minute, dueIn: 10 * time.Second},
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionTrue, authv1alpha1.ReasonActive}}},
 		{name: "an Active key that expires after the next check is looked at again for the check",
 			spec: authv1alpha1.ApiKeySpec{ExpiresAt: in(time.Hour)}, prev: active, record: recordFixture(nil), secret: secretDelivered,
-			phase: authv1alpha1.PhaseActive, next: lookAgain{scheduled: true, checkAfter: time.Minute, expiresIn: time.Hour}},
+			phase: authv1alpha1.PhaseActive, next: lookAgain{scheduled: true, checkAfter: time.Minute, dueIn: time.Hour}},
 		{name: "a key is Expired from the instant of its expiry",
 			spec: authv1alpha1.ApiKeySpec{ExpiresAt: in(0)}, prev: active, record: recordFixture(nil), secret: secretDelivered,
 			phase: authv1alpha1.PhaseExpired, next: every,
@@ -231,4 +232,201 @@ func TestStatusEvents(t *testing.T) {
 
 func equalStatus(a, b *authv1alpha1.ApiKeyStatus) bool {
 	return a.Phase == b.Phase && len(a.Conditions) == len(b.Conditions) && a.KeyHint == b.KeyHint
+}
+
+// TestComputeStatusLifecycle: rotation, suspension and expiry warnings as
+// status shows them, and when a key is looked at again for them.
+func TestComputeStatusLifecycle(t *testing.T) {
+	at := func(d time.Duration) *metav1.Time { return &metav1.Time{Time: statusNow.Add(d)} }
+	rec := func(rotation int32, hint string, created time.Duration, mod func(*authv1alpha1.ApiKeyRecord)) authv1alpha1.ApiKeyRecord {
+		return *recordFixture(func(r *authv1alpha1.ApiKeyRecord) {
+			r.Spec.Rotation, r.Spec.Hint, r.CreationTimestamp = rotation, hint, *at(created)
+			if mod != nil {
+				mod(r)
+			}
+		})
+	}
+	until := func(d time.Duration) func(*authv1alpha1.ApiKeyRecord) {
+		return func(r *authv1alpha1.ApiKeyRecord) { r.Spec.ValidUntil = at(d) }
+	}
+	used := func(d time.Duration) func(*authv1alpha1.ApiKeyRecord) {
+		return func(r *authv1alpha1.ApiKeyRecord) { r.Status.LastUsedAt = at(d) }
+	}
+	every := func(d time.Duration) *authv1alpha1.RotationSpec {
+		return &authv1alpha1.RotationSpec{Every: &metav1.Duration{Duration: d}}
+	}
+	const week = 7 * 24 * time.Hour
+	first := rec(0, "lk_first…0000", -2*time.Hour, nil)
+	tests := []struct {
+		name     string
+		spec     authv1alpha1.ApiKeySpec
+		record   authv1alpha1.ApiKeyRecord
+		previous []authv1alpha1.ApiKeyRecord
+		warning  time.Duration
+		phase    authv1alpha1.Phase
+		ready    string
+		soon     metav1.ConditionStatus
+		dueIn    time.Duration
+		check    func(t *testing.T, st authv1alpha1.ApiKeyStatus)
+	}{
+		{name: "a first key has rotation 0, no rotatedAt and no previous keys",
+			record: first, phase: authv1alpha1.PhaseActive, ready: authv1alpha1.ReasonActive, soon: metav1.ConditionFalse,
+			check: func(t *testing.T, st authv1alpha1.ApiKeyStatus) {
+				if st.Rotation != 0 || st.RotatedAt != nil || st.PreviousKeys != nil || st.NextRotationAt != nil {
+					t.Errorf("status %+v", st)
+				}
+			}},
+		{name: "a rotated key shows the current key, when it was rotated, and the keys in their grace period newest first",
+			record: rec(3, "lk_third…3333", -time.Minute, nil),
+			previous: []authv1alpha1.ApiKeyRecord{
+				rec(2, "lk_secnd…2222", -30*time.Minute, until(time.Hour)),
+				rec(1, "lk_first…1111", -time.Hour, until(30*time.Minute)),
+				rec(0, "lk_zeroo…0000", -2*time.Hour, func(r *authv1alpha1.ApiKeyRecord) {
+					r.Spec.ValidUntil, r.Spec.Revoked = at(-time.Hour), true
+				}),
+			},
+			phase: authv1alpha1.PhaseActive, ready: authv1alpha1.ReasonActive, soon: metav1.ConditionFalse,
+			dueIn: 30 * time.Minute,
+			check: func(t *testing.T, st authv1alpha1.ApiKeyStatus) {
+				if st.KeyHint != "lk_third…3333" || st.Rotation != 3 || !st.RotatedAt.Equal(at(-time.Minute)) {
+					t.Errorf("current key: hint %q rotation %d rotatedAt %v", st.KeyHint, st.Rotation, st.RotatedAt)
+				}
+				want := []authv1alpha1.PreviousKey{
+					{KeyHint: "lk_secnd…2222", Rotation: 2, ValidUntil: *at(time.Hour)},
+					{KeyHint: "lk_first…1111", Rotation: 1, ValidUntil: *at(30 * time.Minute)},
+				}
+				if !equality.Semantic.DeepEqual(st.PreviousKeys, want) {
+					t.Errorf("previousKeys = %+v, want %+v", st.PreviousKeys, want)
+				}
+			}},
+		{name: "a replaced key whose validUntil has come is no longer listed, revoked or not",
+			record:   rec(1, "lk_new…1111", -time.Minute, nil),
+			previous: []authv1alpha1.ApiKeyRecord{rec(0, "lk_old…0000", -time.Hour, until(0))},
+			phase:    authv1alpha1.PhaseActive, ready: authv1alpha1.ReasonActive, soon: metav1.ConditionFalse,
+			check: func(t *testing.T, st authv1alpha1.ApiKeyStatus) {
+				if st.PreviousKeys != nil {
+					t.Errorf("previousKeys = %+v", st.PreviousKeys)
+				}
+			}},
+		{name: "last use is the newest over every key of the ApiKey",
+			record:   rec(1, "lk_new…1111", -time.Minute, used(-time.Hour)),
+			previous: []authv1alpha1.ApiKeyRecord{rec(0, "lk_old…0000", -2*time.Hour, func(r *authv1alpha1.ApiKeyRecord) { until(time.Hour)(r); used(-time.Second)(r) })},
+			phase:    authv1alpha1.PhaseActive, ready: authv1alpha1.ReasonActive, soon: metav1.ConditionFalse, dueIn: time.Hour,
+			check: func(t *testing.T, st authv1alpha1.ApiKeyStatus) {
+				if !st.LastUsedAt.Equal(at(-time.Second)) {
+					t.Errorf("lastUsedAt = %v", st.LastUsedAt)
+				}
+			}},
+		{name: "a scheduled rotation says when, and the key is looked at again then",
+			spec: authv1alpha1.ApiKeySpec{Rotation: every(3 * time.Hour)}, record: first,
+			phase: authv1alpha1.PhaseActive, ready: authv1alpha1.ReasonActive, soon: metav1.ConditionFalse, dueIn: time.Hour,
+			check: func(t *testing.T, st authv1alpha1.ApiKeyStatus) {
+				if !st.NextRotationAt.Equal(at(time.Hour)) {
+					t.Errorf("nextRotationAt = %v", st.NextRotationAt)
+				}
+			}},
+		{name: "a key rotated on schedule counts the next one from the instant it was scheduled for",
+			spec: authv1alpha1.ApiKeySpec{Rotation: every(time.Hour)},
+			record: rec(1, "lk_new…1111", -2*time.Second, func(r *authv1alpha1.ApiKeyRecord) {
+				r.Spec.RequestedAt = at(0)
+			}),
+			phase: authv1alpha1.PhaseActive, ready: authv1alpha1.ReasonActive, soon: metav1.ConditionFalse, dueIn: time.Hour,
+			check: func(t *testing.T, st authv1alpha1.ApiKeyStatus) {
+				if !st.NextRotationAt.Equal(at(time.Hour)) {
+					t.Errorf("nextRotationAt = %v", st.NextRotationAt)
+				}
+			}},
+		{name: "a suspended key is Suspended and not Ready",
+			spec: authv1alpha1.ApiKeySpec{Suspended: true}, record: first,
+			phase: authv1alpha1.PhaseSuspended, ready: authv1alpha1.ReasonSuspended, soon: metav1.ConditionFalse},
+		{name: "a suspended key that has expired is Expired",
+			spec: authv1alpha1.ApiKeySpec{Suspended: true, ExpiresAt: at(-time.Second)}, record: first,
+			phase: authv1alpha1.PhaseExpired, ready: authv1alpha1.ReasonExpired, soon: metav1.ConditionFalse},
+		{name: "a suspended key that is revoked is Revoked",
+			spec: authv1alpha1.ApiKeySpec{Suspended: true, Revoked: true}, record: first,
+			phase: authv1alpha1.PhaseRevoked, ready: authv1alpha1.ReasonRevoked, soon: metav1.ConditionFalse},
+		{name: "a key within the warning of its expiry is ExpiringSoon, and looked at again at expiry",
+			spec: authv1alpha1.ApiKeySpec{ExpiresAt: at(3 * 24 * time.Hour)}, record: first,
+			phase: authv1alpha1.PhaseActive, ready: authv1alpha1.ReasonActive, soon: metav1.ConditionTrue, dueIn: 3 * 24 * time.Hour},
+		{name: "a key further from its expiry is not, and is looked at again when the warning starts",
+			spec: authv1alpha1.ApiKeySpec{ExpiresAt: at(week + time.Hour)}, record: first,
+			phase: authv1alpha1.PhaseActive, ready: authv1alpha1.ReasonActive, soon: metav1.ConditionFalse, dueIn: time.Hour},
+		{name: "the warning is the manager's setting",
+			spec: authv1alpha1.ApiKeySpec{ExpiresAt: at(3 * time.Hour)}, record: first, warning: time.Hour,
+			phase: authv1alpha1.PhaseActive, ready: authv1alpha1.ReasonActive, soon: metav1.ConditionFalse, dueIn: 2 * time.Hour},
+		{name: "a suspended key warns too: resumed, it would expire",
+			spec: authv1alpha1.ApiKeySpec{Suspended: true, ExpiresAt: at(time.Hour)}, record: first,
+			phase: authv1alpha1.PhaseSuspended, ready: authv1alpha1.ReasonSuspended, soon: metav1.ConditionTrue, dueIn: time.Hour},
+		{name: "a key rotated on schedule before its expiry does not warn yet",
+			spec: authv1alpha1.ApiKeySpec{ExpiresAt: at(3 * time.Hour), Rotation: every(3 * time.Hour)}, record: first,
+			phase: authv1alpha1.PhaseActive, ready: authv1alpha1.ReasonActive, soon: metav1.ConditionFalse, dueIn: time.Hour},
+		{name: "a key that expires before its next scheduled rotation warns",
+			spec: authv1alpha1.ApiKeySpec{ExpiresAt: at(30 * time.Minute), Rotation: every(3 * time.Hour)}, record: first,
+			phase: authv1alpha1.PhaseActive, ready: authv1alpha1.ReasonActive, soon: metav1.ConditionTrue, dueIn: 30 * time.Minute},
+		{name: "an expired key no longer warns, and is not rotated",
+			spec: authv1alpha1.ApiKeySpec{ExpiresAt: at(-time.Second), Rotation: every(time.Hour)}, record: first,
+			phase: authv1alpha1.PhaseExpired, ready: authv1alpha1.ReasonExpired, soon: metav1.ConditionFalse,
+			check: func(t *testing.T, st authv1alpha1.ApiKeyStatus) {
+				if st.NextRotationAt != nil {
+					t.Errorf("nextRotationAt = %v", st.NextRotationAt)
+				}
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			record := tt.record
+			st, next := computeStatus(observation{
+				key: keyFixture(tt.spec, authv1alpha1.ApiKeyStatus{}), record: &record, previous: tt.previous,
+				secret: secretDelivered, now: statusNow, secretCheckInterval: time.Minute, expiryWarning: tt.warning,
+			})
+			if st.Phase != tt.phase {
+				t.Errorf("phase = %s, want %s", st.Phase, tt.phase)
+			}
+			if c := meta.FindStatusCondition(st.Conditions, authv1alpha1.ConditionReady); c == nil || c.Reason != tt.ready {
+				t.Errorf("Ready = %+v, want reason %s", c, tt.ready)
+			}
+			if c := meta.FindStatusCondition(st.Conditions, authv1alpha1.ConditionExpiringSoon); c == nil || c.Status != tt.soon {
+				t.Errorf("ExpiringSoon = %+v, want %s", c, tt.soon)
+			}
+			if next.dueIn != tt.dueIn {
+				t.Errorf("looked at again in %v, want %v", next.dueIn, tt.dueIn)
+			}
+			if tt.check != nil {
+				tt.check(t, st)
+			}
+		})
+	}
+}
+
+func TestLifecycleEvents(t *testing.T) {
+	status := func(spec authv1alpha1.ApiKeySpec) authv1alpha1.ApiKeyStatus {
+		st, _ := computeStatus(observation{key: keyFixture(spec, authv1alpha1.ApiKeyStatus{}), record: recordFixture(nil),
+			secret: secretDelivered, now: statusNow, secretCheckInterval: time.Minute})
+		return st
+	}
+	soon := &metav1.Time{Time: statusNow.Add(time.Hour)}
+	active := status(authv1alpha1.ApiKeySpec{})
+	suspended := status(authv1alpha1.ApiKeySpec{Suspended: true})
+	expiring := status(authv1alpha1.ApiKeySpec{ExpiresAt: soon})
+	tests := []struct {
+		name       string
+		prev, next authv1alpha1.ApiKeyStatus
+		want       string
+	}{
+		{"suspending says so", active, suspended, EventKeySuspended},
+		{"resuming says so", suspended, active, EventKeyResumed},
+		{"the expiry warning is a Warning when it starts", active, expiring, EventKeyExpiringSoon},
+		{"and only then", expiring, expiring, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			evs := statusEvents(&tt.prev, &tt.next)
+			switch {
+			case tt.want == "" && len(evs) != 0:
+				t.Fatalf("events %+v, want none", evs)
+			case tt.want != "" && (len(evs) != 1 || evs[0].reason != tt.want):
+				t.Fatalf("events %+v, want %s", evs, tt.want)
+			}
+		})
+	}
 }

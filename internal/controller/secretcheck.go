@@ -67,19 +67,19 @@ func (c *secretChecks) take() bool {
 }
 
 // requeueAfter is how soon a key is reconciled again: at its next check's
-// slot, or at its expiry if that comes first; 0 if only a change brings
-// it back.
+// slot, or at the instant its status is due to change if that comes
+// first; 0 if only a change brings it back.
 func (c *secretChecks) requeueAfter(next lookAgain) time.Duration {
 	if !next.scheduled {
 		return 0
 	}
-	if next.expiresIn > 0 && next.expiresIn <= next.checkAfter {
-		// The pass at expiry takes a slot then.
-		return next.expiresIn
+	if next.dueIn > 0 && next.dueIn <= next.checkAfter {
+		// The pass then takes a slot then.
+		return next.dueIn
 	}
 	slot := c.slot(next.checkAfter)
-	if next.expiresIn > 0 {
-		return min(slot, next.expiresIn)
+	if next.dueIn > 0 {
+		return min(slot, next.dueIn)
 	}
 	return slot
 }

@@ -261,10 +261,10 @@ func TestSecretCheckSlots(t *testing.T) {
 			[]lookAgain{{scheduled: true, checkAfter: time.Minute}, {scheduled: true}},
 			[]time.Duration{time.Minute, time.Minute + time.Second}},
 		{"a key that expires before its check is looked at at its expiry, and takes no slot",
-			[]lookAgain{{scheduled: true, checkAfter: time.Minute, expiresIn: 10 * time.Second}, {scheduled: true, checkAfter: time.Minute}},
+			[]lookAgain{{scheduled: true, checkAfter: time.Minute, dueIn: 10 * time.Second}, {scheduled: true, checkAfter: time.Minute}},
 			[]time.Duration{10 * time.Second, time.Minute}},
 		{"a key whose slot comes after its expiry is looked at at its expiry",
-			[]lookAgain{{scheduled: true, checkAfter: time.Minute}, {scheduled: true, checkAfter: time.Minute, expiresIn: time.Minute + time.Second/2}},
+			[]lookAgain{{scheduled: true, checkAfter: time.Minute}, {scheduled: true, checkAfter: time.Minute, dueIn: time.Minute + time.Second/2}},
 			[]time.Duration{time.Minute, time.Minute + time.Second/2}},
 	}
 	for _, tt := range tests {

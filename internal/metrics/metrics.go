@@ -11,6 +11,7 @@
 //	latchkey_usage_ledger_writes_total         counter    result             usage/store
 //	latchkey_serving_connections               gauge      listener           serving
 //	latchkey_serving_connections_refused_total counter    listener, cap      serving
+//	latchkey_keys_expiring_soon                gauge      namespace          controller (ExpiringSoon keys)
 //
 // Label values:
 //
@@ -22,6 +23,8 @@
 //	          ledger writes: written, conflict, failed
 //	listener  verification, admission
 //	cap       per_address, total, rate
+//	namespace the namespaces holding a key whose ExpiringSoon is True (a
+//	          namespace's series goes with its last such key)
 //
 // The operator creates one Metrics and gives it to each component, which
 // records through its methods; gauges read the component holding the value.
@@ -181,4 +184,32 @@ func (m *Metrics) ReadConnections(listener string, open func() int) {
 
 func gauge(o prometheus.GaugeOpts, f func() int) prometheus.GaugeFunc {
 	return prometheus.NewGaugeFunc(o, func() float64 { return float64(f()) })
+}
+
+// ReadKeysExpiringSoon registers the gauge of the keys whose ExpiringSoon
+// condition is True, by namespace, read from counts at each scrape.
+func (m *Metrics) ReadKeysExpiringSoon(counts func() map[string]int) {
+	if m != nil {
+		m.reg.MustRegister(&byNamespace{
+			desc: prometheus.NewDesc("latchkey_keys_expiring_soon",
+				"ApiKeys whose ExpiringSoon condition is True (within --expiry-warning of spec.expiresAt), by namespace.",
+				[]string{"namespace"}, nil),
+			counts: counts,
+		})
+	}
+}
+
+// byNamespace is a gauge with a series per namespace that counts reports,
+// and none for the others.
+type byNamespace struct {
+	desc   *prometheus.Desc
+	counts func() map[string]int
+}
+
+func (c *byNamespace) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *byNamespace) Collect(ch chan<- prometheus.Metric) {
+	for ns, n := range c.counts() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), ns)
+	}
 }

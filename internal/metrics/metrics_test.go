@@ -23,6 +23,7 @@ func TestEveryMetricIsExportedWithItsLabels(t *testing.T) {
 	m.ReadRefusalsHeld(func() int { return 0 })
 	m.ReadConnections("verification", func() int { return 2 })
 	m.ReadConnections("admission", func() int { return 0 })
+	m.ReadKeysExpiringSoon(func() map[string]int { return map[string]int{"tenant": 2} })
 
 	families, err := reg.Gather()
 	if err != nil {
@@ -48,6 +49,7 @@ func TestEveryMetricIsExportedWithItsLabels(t *testing.T) {
 		"latchkey_usage_ledger_writes_total":         "result",
 		"latchkey_serving_connections":               "listener",
 		"latchkey_serving_connections_refused_total": "cap,listener",
+		"latchkey_keys_expiring_soon":                "namespace",
 	}
 	for name, labels := range want {
 		if l, ok := got[name]; !ok || l != labels {

@@ -55,6 +55,9 @@ type Options struct {
 	// ServiceAccount is the manager's, namespace:name; empty means the
 	// installed default.
 	ServiceAccount string
+	// ExpiryWarning is how long before spec.expiresAt a key is
+	// ExpiringSoon; 0 means controller.DefaultExpiryWarning.
+	ExpiryWarning time.Duration
 
 	// Webhooks registers the admission webhook (off for `make run`).
 	Webhooks         bool
@@ -113,6 +116,7 @@ func DefaultOptions() Options {
 		MaxDeletedRecordsPerTenant: controller.DefaultMaxDeletedRecordsPerTenant,
 		SecretCheckInterval:        controller.DefaultSecretCheckInterval,
 		SecretChecksPerSecond:      controller.DefaultSecretChecksPerSecond,
+		ExpiryWarning:              controller.DefaultExpiryWarning,
 		Webhooks:                   true,
 		FenceTTL:                   verifier.DefaultFenceTTL,
 		MaxFences:                  verifier.DefaultMaxFences,
@@ -139,7 +143,7 @@ type Operator struct {
 
 // Setup adds everything Latchkey runs to mgr.
 func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
-	if err := (&controller.ApiKeyReconciler{
+	apiKeys := &controller.ApiKeyReconciler{
 		Client:                mgr.GetClient(),
 		APIReader:             mgr.GetAPIReader(),
 		Recorder:              mgr.GetEventRecorder("latchkey"),
@@ -148,7 +152,9 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 		SecretCheckInterval:   o.SecretCheckInterval,
 		SecretChecksPerSecond: o.SecretChecksPerSecond,
 		ServiceAccount:        o.ServiceAccount,
-	}).SetupWithManager(mgr, o.MaxConcurrentReconciles); err != nil {
+		ExpiryWarning:         o.ExpiryWarning,
+	}
+	if err := apiKeys.SetupWithManager(mgr, o.MaxConcurrentReconciles); err != nil {
 		return nil, fmt.Errorf("apikey controller: %w", err)
 	}
 	if err := (&controller.ApiKeyRecordReconciler{
@@ -175,6 +181,7 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 	}
 	m := metrics.New(o.Registry)
 	m.ReadIndex(v.Size, v.Fences)
+	m.ReadKeysExpiringSoon(apiKeys.ExpiringSoonByNamespace)
 	if s, ok := mgr.GetWebhookServer().(*serving.Server); ok {
 		s.UseMetrics(m)
 	}
