@@ -10,6 +10,7 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -17,6 +18,7 @@ import (
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/operator"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
+	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
 
 // TestRevocationIsImmediate revokes (and deletes) keys while several
@@ -26,8 +28,59 @@ import (
 // the admission call (and fenced the key) and for a second verifier fed
 // only by its watch, standing for a replica that did not.
 //
-//	go test -run RevocationIsImmediate -v ./test/integration/ | grep FIGURE
+//	go test -run 'RevocationIsImmediate|TakenAway' -v ./test/integration/ | grep FIGURE
 func TestRevocationIsImmediate(t *testing.T) {
+	ctx := context.Background()
+	takeAwayTrials(t, "revocation", authv1alpha1.ApiKeySpec{}, func(i int, key *authv1alpha1.ApiKey) {
+		if i%2 == 0 {
+			revoke(t, key)
+		} else {
+			NewWithT(t).Expect(env.Client.Delete(ctx, key)).To(Succeed())
+		}
+	}, authorize, func(id verifier.Identity, err error) bool { return err != nil })
+}
+
+// TestSuspensionScopeRemovalAndZeroGraceRotationAreImmediate: what else
+// takes a key away — suspension, removing a scope a route requires, a
+// rotation with a grace period of 0s — holds to the same promise.
+func TestSuspensionScopeRemovalAndZeroGraceRotationAreImmediate(t *testing.T) {
+	patch := func(t *testing.T, key *authv1alpha1.ApiKey, change func(*authv1alpha1.ApiKey)) {
+		t.Helper()
+		base := key.DeepCopy()
+		change(key)
+		NewWithT(t).Expect(env.Client.Patch(context.Background(), key, client.MergeFrom(base))).To(Succeed())
+	}
+	refused := func(_ verifier.Identity, err error) bool { return err != nil }
+	t.Run("suspension", func(t *testing.T) {
+		takeAwayTrials(t, "suspension", authv1alpha1.ApiKeySpec{}, func(_ int, key *authv1alpha1.ApiKey) {
+			patch(t, key, func(k *authv1alpha1.ApiKey) { k.Spec.Suspended = true })
+		}, authorize, refused)
+	})
+	t.Run("scope removal", func(t *testing.T) {
+		takeAwayTrials(t, "scope removal", authv1alpha1.ApiKeySpec{Scopes: []string{"read", "write"}}, func(_ int, key *authv1alpha1.ApiKey) {
+			patch(t, key, func(k *authv1alpha1.ApiKey) { k.Spec.Scopes = []string{"read"} })
+		}, func(t testing.TB, raw string) int {
+			return authorizeWith(t, raw, http.Header{protocol.HeaderScopeRequired: {"write"}})
+		}, func(id verifier.Identity, err error) bool { return err != nil || !id.HasScope("write") })
+	})
+	t.Run("rotation with a grace period of 0s", func(t *testing.T) {
+		takeAwayTrials(t, "0s rotation", authv1alpha1.ApiKeySpec{}, func(_ int, key *authv1alpha1.ApiKey) {
+			// Later than the mint, which metav1.Time records to the second.
+			at := metav1.NewTime(time.Now().Truncate(time.Second).Add(time.Second))
+			patch(t, key, func(k *authv1alpha1.ApiKey) {
+				k.Spec.Rotation = &authv1alpha1.RotationSpec{RequestedAt: &at, GracePeriod: &metav1.Duration{}}
+			})
+		}, authorize, refused)
+	})
+}
+
+// takeAwayTrials mints a key per trial with spec, has four goroutines
+// call it while takeAway changes it through the API, and fails if any
+// call that started after the change returned succeeded. refused says
+// whether a verifier fed only by its watch has caught up.
+func takeAwayTrials(t *testing.T, what string, spec authv1alpha1.ApiKeySpec, takeAway func(i int, key *authv1alpha1.ApiKey),
+	call func(t testing.TB, raw string) int, refused func(verifier.Identity, error) bool) {
+	t.Helper()
 	ns := env.Namespace(t)
 	ctx := context.Background()
 
@@ -50,15 +103,16 @@ func TestRevocationIsImmediate(t *testing.T) {
 	fencing, watching := make([]time.Duration, 0, trials), make([]time.Duration, 0, trials)
 	for i := range trials {
 		name := fmt.Sprintf("k%02d", i)
-		key, raw := mint(t, ns, name, authv1alpha1.ApiKeySpec{})
-		NewWithT(t).Eventually(func() error { _, err := replica.Verify(raw); return err }).Should(Succeed())
+		key, raw := mint(t, ns, name, spec)
+		NewWithT(t).Eventually(func() bool { return refused(replica.Verify(raw)) }).Should(BeFalse())
+		NewWithT(t).Expect(call(t, raw)).To(Equal(http.StatusOK))
 
-		type call struct {
+		type result struct {
 			start  time.Time
 			status int
 		}
 		var mu sync.Mutex
-		var calls []call
+		var calls []result
 		var wg sync.WaitGroup
 		quit := make(chan struct{})
 		for range hammers {
@@ -70,36 +124,29 @@ func TestRevocationIsImmediate(t *testing.T) {
 					default:
 					}
 					start := time.Now()
-					status := authorize(t, raw)
+					status := call(t, raw)
 					mu.Lock()
-					calls = append(calls, call{start, status})
+					calls = append(calls, result{start, status})
 					mu.Unlock()
 				}
 			})
 		}
 		time.Sleep(5 * time.Millisecond)
-		if i%2 == 0 {
-			revoke(t, key)
-		} else {
-			NewWithT(t).Expect(env.Client.Delete(ctx, key)).To(Succeed())
-		}
+		takeAway(i, key)
 		returned := time.Now()
 		// One request that surely starts after the call returned, however
 		// the hammering goroutines are scheduled.
-		status := authorize(t, raw)
+		status := call(t, raw)
 		mu.Lock()
-		calls = append(calls, call{returned.Add(time.Nanosecond), status})
+		calls = append(calls, result{returned.Add(time.Nanosecond), status})
 		mu.Unlock()
-		for {
-			if _, err := replica.Verify(raw); err != nil {
-				watching = append(watching, time.Since(returned))
-				break
-			}
+		for !refused(replica.Verify(raw)) {
 			if time.Since(returned) > 10*time.Second {
 				t.Fatalf("the watching verifier still accepts %s after 10s", name)
 			}
 			time.Sleep(50 * time.Microsecond)
 		}
+		watching = append(watching, time.Since(returned))
 		time.Sleep(10 * time.Millisecond)
 		close(quit)
 		wg.Wait()
@@ -110,7 +157,7 @@ func TestRevocationIsImmediate(t *testing.T) {
 				continue
 			}
 			if c.status == http.StatusOK {
-				t.Fatalf("%s: a request started %v after the revocation returned was accepted", name, c.start.Sub(returned))
+				t.Fatalf("%s: a request started %v after the %s returned was accepted", name, c.start.Sub(returned), what)
 			}
 			if d := c.start.Sub(returned); firstRefusal < 0 || d < firstRefusal {
 				firstRefusal = d
@@ -119,12 +166,12 @@ func TestRevocationIsImmediate(t *testing.T) {
 		// The first request that started after the call returned was refused:
 		// the fencing replica's propagation time is zero by construction.
 		if firstRefusal < 0 {
-			t.Fatalf("%s: no request started after the revocation returned", name)
+			t.Fatalf("%s: no request started after the %s returned", name, what)
 		}
 		fencing = append(fencing, 0)
 	}
-	t.Logf("FIGURE revocation propagation over %d trials (%d goroutines hammering): fencing replica %s; watch-only replica %s",
-		trials, hammers, spread(fencing), spread(watching))
+	t.Logf("FIGURE %s propagation over %d trials (%d goroutines hammering): fencing replica %s; watch-only replica %s",
+		what, trials, hammers, spread(fencing), spread(watching))
 }
 
 // spread formats median, p90 and max of durations.

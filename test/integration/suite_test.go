@@ -96,7 +96,16 @@ func revoke(t testing.TB, key *authv1alpha1.ApiKey) {
 // authorize calls /authorize with the key and returns the status code.
 func authorize(t testing.TB, raw string) int {
 	t.Helper()
+	return authorizeWith(t, raw, nil)
+}
+
+// authorizeWith is authorize with more headers.
+func authorizeWith(t testing.TB, raw string, h http.Header) int {
+	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, endpoint+"/authorize", nil)
+	for k, vs := range h {
+		req.Header[k] = vs
+	}
 	req.Header.Set("Authorization", "Bearer "+raw)
 	resp, err := httpsClient.Do(req)
 	if err != nil {
