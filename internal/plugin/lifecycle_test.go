@@ -3,6 +3,8 @@ package plugin
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -127,13 +129,14 @@ func TestSuspendResume(t *testing.T) {
 	}
 }
 
-// list warns of a key that expires soon, and shows scopes with -o wide.
+// list warns of a key that expires soon and shows scopes with -o wide;
+// whoami shows them too.
 func TestListExpiresSoonAndScopes(t *testing.T) {
 	ns := lk.Namespace(t)
 	now := time.Now()
 	in3d := metav1.NewTime(now.Add(3*24*time.Hour + time.Hour))
 	in30d := metav1.NewTime(now.Add(30 * 24 * time.Hour))
-	lk.Mint(t, ns, "soon", authv1alpha1.ApiKeySpec{ExpiresAt: &in3d, Scopes: []string{"orders:read", "orders:write"}})
+	_, soonRaw := lk.Mint(t, ns, "soon", authv1alpha1.ApiKeySpec{ExpiresAt: &in3d, Scopes: []string{"orders:read", "orders:write"}})
 	lk.Mint(t, ns, "later", authv1alpha1.ApiKeySpec{ExpiresAt: &in30d})
 
 	out, err := run(t, now, "", "list", "-n", ns)
@@ -147,6 +150,14 @@ func TestListExpiresSoonAndScopes(t *testing.T) {
 	out, err = run(t, now, "", "list", "-n", ns, "-o", "wide")
 	if err != nil || !strings.Contains(out, "SCOPES") || !strings.Contains(out, "orders:read,orders:write") {
 		t.Fatalf("list -o wide: %v\n%s", err, out)
+	}
+
+	caFile := filepath.Join(t.TempDir(), "ca.crt")
+	_ = os.WriteFile(caFile, lk.WebhookCA, 0o600)
+	t.Setenv("LATCHKEY_API_KEY", soonRaw)
+	out, err = run(t, now, "", "whoami", "--endpoint", lk.Endpoint, "--ca-file", caFile)
+	if err != nil || !strings.Contains(out, "Scopes:   orders:read, orders:write") {
+		t.Fatalf("whoami: %v\n%s", err, redact(out, soonRaw))
 	}
 }
 

@@ -128,8 +128,12 @@ func printWhoAmI(w io.Writer, who protocol.WhoAmI) {
 	if who.ExpiresAt != nil {
 		expires = who.ExpiresAt.UTC().Format(time.RFC3339)
 	}
-	fmt.Fprintf(w, "Tenant:   %s\nKey:      %s (%s)\nCreated:  %s\nExpires:  %s\n",
-		who.Tenant, who.KeyName, who.KeyHint, who.CreatedAt.UTC().Format(time.RFC3339), expires)
+	scopes := "none"
+	if len(who.Scopes) > 0 {
+		scopes = strings.Join(who.Scopes, ", ")
+	}
+	fmt.Fprintf(w, "Tenant:   %s\nKey:      %s (%s)\nCreated:  %s\nExpires:  %s\nScopes:   %s\n",
+		who.Tenant, who.KeyName, who.KeyHint, who.CreatedAt.UTC().Format(time.RFC3339), expires, scopes)
 }
 
 // endpoint finds Latchkey's endpoints and the CA of their certificate
