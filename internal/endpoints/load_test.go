@@ -26,9 +26,7 @@ import (
 // keys over keep-alive TLS connections, alternating round by round with a
 // ceiling: a bare net/http handler on the same TLS setup doing the same
 // hash lookup on a map. It prints req/s, p50 and p99 for both and their
-// ratios, as medians of the rounds, at 8 and 32 connections; and, in the
-// same rounds, /authorize as Envoy's HTTP ext_authz asks it (a sub-path,
-// the key in X-API-Key), with its ratio to /authorize.
+// ratios, as medians of the rounds, at 8 and 32 connections.
 //
 //	go test -run '^$' -bench LoadAuthorize -benchtime 1x ./internal/endpoints/
 func BenchmarkLoadAuthorize(b *testing.B) {
@@ -65,17 +63,14 @@ func BenchmarkLoadAuthorize(b *testing.B) {
 
 	for range b.N {
 		for _, conns := range []int{8, 32} {
-			var results [3][]loadResult
+			var results [2][]loadResult
 			for range rounds {
-				results[0] = append(results[0], load(b, ceiling, ceiling.URL, conns, raws, roundTime, bearer))
-				results[1] = append(results[1], load(b, real, real.URL+protocol.PathAuthorize, conns, raws, roundTime, bearer))
-				results[2] = append(results[2], load(b, real, real.URL+protocol.PathAuthorize+"/api/v1/things?page=2", conns, raws, roundTime, apiKey))
+				results[0] = append(results[0], load(b, ceiling, ceiling.URL, conns, raws, roundTime))
+				results[1] = append(results[1], load(b, real, real.URL+protocol.PathAuthorize, conns, raws, roundTime))
 			}
-			c, l, x := median(results[0]), median(results[1]), median(results[2])
+			c, l := median(results[0]), median(results[1])
 			b.Logf("FIGURE %2d connections, 10,000 keys, median of %d rounds: ceiling %6.0f req/s p50 %v p99 %v | /authorize %6.0f req/s p50 %v p99 %v | ratio req/s %.2f, p99 %.2f",
 				conns, rounds, c.rps, c.p50, c.p99, l.rps, l.p50, l.p99, l.rps/c.rps, float64(l.p99)/float64(c.p99))
-			b.Logf("FIGURE %2d connections: /authorize/api/v1/things with X-API-Key %6.0f req/s p50 %v p99 %v | ratio to /authorize req/s %.2f, p99 %.2f",
-				conns, x.rps, x.p50, x.p99, x.rps/l.rps, float64(x.p99)/float64(l.p99))
 			b.ReportMetric(l.rps/c.rps, fmt.Sprintf("rps-ratio-%dconns", conns))
 			b.ReportMetric(float64(l.p99)/float64(c.p99), fmt.Sprintf("p99-ratio-%dconns", conns))
 		}
@@ -87,13 +82,8 @@ type loadResult struct {
 	p50, p99 time.Duration
 }
 
-// bearer and apiKey present a key as Authorization: Bearer and as X-API-Key.
-func bearer(h http.Header, raw string) { h.Set("Authorization", "Bearer "+raw) }
-func apiKey(h http.Header, raw string) { h.Set(protocol.HeaderAPIKey, raw) }
-
-// load runs conns keep-alive connections against url for d, presenting
-// keys with present, and measures.
-func load(b *testing.B, srv *httptest.Server, url string, conns int, raws []string, d time.Duration, present func(http.Header, string)) loadResult {
+// load runs conns keep-alive connections against url for d and measures.
+func load(b *testing.B, srv *httptest.Server, url string, conns int, raws []string, d time.Duration) loadResult {
 	client := srv.Client()
 	tr := client.Transport.(*http.Transport)
 	tr.MaxIdleConnsPerHost, tr.MaxConnsPerHost = conns, conns
@@ -107,7 +97,7 @@ func load(b *testing.B, srv *httptest.Server, url string, conns int, raws []stri
 			lat := make([]time.Duration, 0, 4096)
 			for time.Since(start) < d {
 				req, _ := http.NewRequest(http.MethodGet, url, nil)
-				present(req.Header, raws[rand.IntN(len(raws))])
+				req.Header.Set("Authorization", "Bearer "+raws[rand.IntN(len(raws))])
 				t0 := time.Now()
 				resp, err := client.Do(req)
 				if err != nil {
