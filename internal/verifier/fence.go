@@ -65,7 +65,10 @@ func TakenAway(old, updated *authv1alpha1.ApiKey) Stop {
 	var s Stop
 	s.Revoked = updated.Spec.Revoked && !old.Spec.Revoked
 	s.Suspended = updated.Spec.Suspended && !old.Spec.Suspended
-	if r := updated.RotationRequested(); updated.GracePeriod() == 0 && r.After(old.RotationRequested()) {
+	// A new request with no grace, or the grace of a request already made
+	// cut to none: either way the keys it supersedes stop now.
+	if r := updated.RotationRequested(); !r.IsZero() && updated.GracePeriod() == 0 &&
+		(r.After(old.RotationRequested()) || old.GracePeriod() != 0) {
 		s.RotationRequested = r
 	}
 	for _, scope := range old.Spec.Scopes {

@@ -306,6 +306,12 @@ func TestTakenAway(t *testing.T) {
 		}), Stop{}},
 		{"a scope removed", key(func(s *authv1alpha1.ApiKeySpec) { s.Scopes = []string{"b", "c"} }), Stop{Scopes: []string{"a"}}},
 	}
+	t.Run("a grace period cut to 0s", func(t *testing.T) {
+		old := key(func(s *authv1alpha1.ApiKeySpec) { s.Rotation = rotation(at, time.Hour) })
+		if got := TakenAway(old, key(func(s *authv1alpha1.ApiKeySpec) { s.Rotation = rotation(at, 0) })); !got.RotationRequested.Equal(at) {
+			t.Fatalf("TakenAway = %+v", got)
+		}
+	})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := TakenAway(key(nil), tt.updated); !reflect.DeepEqual(got, tt.want) {
