@@ -181,7 +181,7 @@ func (o *Options) printRotated(output string, key *authv1alpha1.ApiKey, raw stri
 	}
 	until := previous.ValidUntil.Time
 	_, err := fmt.Fprintf(o.Streams.Out, "The previous key (%s) keeps working until %s (for %s). Pods that mount the Secret see the new key within about a minute.\n",
-		previous.KeyHint, until.UTC().Format(time.RFC3339), roughly(until.Sub(o.Clock.Now())))
+		previous.KeyHint, until.UTC().Format(time.RFC3339), roughly(until.Sub(o.Clock.Now()).Round(time.Minute)))
 	return err
 }
 
