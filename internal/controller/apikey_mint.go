@@ -101,7 +101,7 @@ func (r *ApiKeyReconciler) ensureRotated(ctx context.Context, key *authv1alpha1.
 	}
 	state := secretStateOf(secret, key, current)
 	if state == secretChanged {
-		if err := r.confirmChanged(ctx, key, secret); err != nil {
+		if err := r.confirmChanged(ctx, key, current, secret); err != nil {
 			return current, replaced, secretUnchecked, err
 		}
 	}
@@ -119,8 +119,9 @@ func (r *ApiKeyReconciler) ensureRotated(ctx context.Context, key *authv1alpha1.
 // confirmChanged makes sure that the Secret holding another key than the
 // current one is not a newer key of this ApiKey the cache has not seen yet
 // (records are named by hash): that would be reported as a changed Secret,
-// and never rotated again. The pass is then retried, with the cache caught up.
-func (r *ApiKeyReconciler) confirmChanged(ctx context.Context, key *authv1alpha1.ApiKey, secret *corev1.Secret) error {
+// and never rotated again. The pass is then retried, with the cache caught
+// up. An older key of this ApiKey put back into the Secret is a change.
+func (r *ApiKeyReconciler) confirmChanged(ctx context.Context, key *authv1alpha1.ApiKey, current *authv1alpha1.ApiKeyRecord, secret *corev1.Secret) error {
 	rec := &authv1alpha1.ApiKeyRecord{}
 	err := r.APIReader.Get(ctx, types.NamespacedName{Name: keys.Hash(string(secret.Data[authv1alpha1.SecretKeyAPIKey]))}, rec)
 	switch {
@@ -128,7 +129,7 @@ func (r *ApiKeyReconciler) confirmChanged(ctx context.Context, key *authv1alpha1
 		return nil
 	case err != nil:
 		return fmt.Errorf("looking up the key in secret %s: %w", secret.Name, err)
-	case rec.Spec.KeyUID == string(key.UID):
+	case rec.Spec.KeyUID == string(key.UID) && (rec.Spec.Pending || rec.Spec.Rotation > current.Spec.Rotation):
 		return fmt.Errorf("record %s of the key in secret %s is not in the cache yet", rec.Name, secret.Name)
 	}
 	return nil

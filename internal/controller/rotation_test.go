@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/keys"
@@ -357,4 +359,48 @@ func TestExpiryWarning(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(soon()).To(Equal(metav1.ConditionFalse))
 	g.Expect(r.ExpiringSoonByNamespace()).To(BeEmpty(), "a namespace's series goes with its last expiring key")
+}
+
+// TestRotationWaitsForACacheBehind: a pass whose cache has not seen the
+// newest key yet finds the Secret holding it, and retries rather than
+// report the Secret changed; an older key of the ApiKey put back in the
+// Secret is reported changed.
+func TestRotationWaitsForACacheBehind(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := env.Namespace(t)
+	clk := clocktesting.NewFakeClock(time.Now())
+	nn, oldRaw := mintDirect(g, clk, ns, "k", authv1alpha1.ApiKeySpec{})
+	requestRotation(g, nn, rotationRequest(), time.Hour)
+	_, err := reconcileUntilQuiet(directReconciler(env.Client, clk), nn, 1)
+	g.Expect(err).NotTo(HaveOccurred())
+	before := getKey(g, ns, "k").Status
+
+	direct, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
+	g.Expect(err).NotTo(HaveOccurred())
+	behind := interceptor.NewClient(direct, interceptor.Funcs{
+		List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
+			if err := c.List(ctx, list, opts...); err != nil {
+				return err
+			}
+			if recs, ok := list.(*authv1alpha1.ApiKeyRecordList); ok {
+				recs.Items = slices.DeleteFunc(recs.Items, func(r authv1alpha1.ApiKeyRecord) bool { return r.Spec.Rotation > 0 })
+			}
+			return nil
+		},
+	})
+	_, err = directReconciler(behind, clk).Reconcile(ctx, ctrl.Request{NamespacedName: nn})
+	g.Expect(err).To(MatchError(ContainSubstring("not in the cache yet")))
+	g.Expect(getKey(g, ns, "k").Status.Conditions).To(Equal(before.Conditions), "status is not written from a cache behind")
+
+	secret := getSecret(g, ns, "k")
+	base := secret.DeepCopy()
+	secret.Data[authv1alpha1.SecretKeyAPIKey] = []byte(oldRaw)
+	g.Expect(env.Client.Patch(ctx, secret, client.MergeFrom(base))).To(Succeed())
+	_, err = reconcileUntilQuiet(directReconciler(env.Client, clk), nn, 1)
+	g.Expect(err).NotTo(HaveOccurred())
+	key := getKey(g, ns, "k")
+	g.Expect(key.Status.Rotation).To(Equal(int32(1)))
+	g.Expect(key.Status.Conditions).To(ContainElement(And(
+		HaveField("Type", authv1alpha1.ConditionKeyDelivered), HaveField("Reason", authv1alpha1.ReasonSecretChanged))))
 }
