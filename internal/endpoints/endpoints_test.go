@@ -20,7 +20,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
 
-	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/keys"
 	"github.com/latchkey-dev/latchkey/internal/metrics"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
@@ -67,39 +66,8 @@ type rig struct {
 func newRig(t *testing.T, s *Server) *rig {
 	t.Helper()
 	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC))
-	v := verifier.New(clk, time.Minute)
-	r := &rig{uses: &usesSeen{}}
-	for i, name := range []string{"active", "revoked", "expired"} {
-		raw, err := keys.Generate(rand.Reader, keys.Prefixed)
-		if err != nil {
-			t.Fatal(err)
-		}
-		uid := fmt.Sprintf("uid-%d", i)
-		key := &authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant-a", Name: name, UID: "key-" + typesUID(uid)},
-			Spec: authv1alpha1.ApiKeySpec{Scopes: []string{"read", "write"}}}
-		rec := &authv1alpha1.ApiKeyRecord{
-			ObjectMeta: metav1.ObjectMeta{Name: uid, UID: typesUID(uid), CreationTimestamp: metav1.NewTime(clk.Now())},
-			Spec: authv1alpha1.ApiKeyRecordSpec{Hash: keys.Hash(raw), Tenant: "tenant-a", KeyName: name,
-				KeyUID: string(key.UID), Hint: keys.Hint(raw), Format: authv1alpha1.FormatPrefixed},
-		}
-		switch name {
-		case "revoked":
-			key.Spec.Revoked = true
-		case "expired":
-			at := metav1.NewTime(clk.Now().Add(-time.Second))
-			key.Spec.ExpiresAt = &at
-		}
-		v.SetKey(key)
-		v.SetRecord(rec)
-		switch name {
-		case "active":
-			r.active = raw
-		case "revoked":
-			r.revoked = raw
-		case "expired":
-			r.expired = raw
-		}
-	}
+	v, raws := verifiertest.Named(t, clk, "active", "revoked", "expired")
+	r := &rig{uses: &usesSeen{}, active: raws["active"], revoked: raws["revoked"], expired: raws["expired"]}
 	s.Verifier, s.Clock, s.Activity = v, clk, r.uses
 	s.Metrics = metrics.New(prometheus.NewRegistry())
 	mux := http.NewServeMux()

@@ -2,7 +2,6 @@ package extauthz
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
 	"slices"
 	"strings"
@@ -15,15 +14,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/encoding/protojson"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
 
-	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/endpoints"
-	"github.com/latchkey-dev/latchkey/internal/keys"
 	"github.com/latchkey-dev/latchkey/internal/metrics"
-	"github.com/latchkey-dev/latchkey/internal/verifier"
+	"github.com/latchkey-dev/latchkey/internal/verifier/verifiertest"
 	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
 
@@ -43,35 +38,8 @@ func newFixture(t *testing.T, o Options) (*Server, *fixture) {
 func newFixtureReading(t *testing.T, o Options, places endpoints.KeyPlaces) (*Server, *fixture) {
 	t.Helper()
 	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC))
-	v := verifier.New(clk, time.Minute)
-	f := &fixture{raw: map[string]string{}}
-	for i, name := range []string{"active", "revoked", "expired", "other"} {
-		raw, err := keys.Generate(rand.Reader, keys.Prefixed)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tenant := "tenant-a"
-		if name == "other" {
-			tenant = "tenant-b"
-		}
-		key := &authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: tenant, Name: name, UID: types.UID(fmt.Sprintf("key-%d", i))}}
-		switch name {
-		case "active":
-			key.Spec.Scopes = []string{"read", "write"}
-		case "revoked":
-			key.Spec.Revoked = true
-		case "expired":
-			at := metav1.NewTime(clk.Now().Add(-time.Second))
-			key.Spec.ExpiresAt = &at
-		}
-		v.SetKey(key)
-		v.SetRecord(&authv1alpha1.ApiKeyRecord{
-			ObjectMeta: metav1.ObjectMeta{Name: keys.Hash(raw), UID: types.UID(fmt.Sprintf("rec-%d", i))},
-			Spec: authv1alpha1.ApiKeyRecordSpec{Hash: keys.Hash(raw), Tenant: tenant, KeyName: name,
-				KeyUID: string(key.UID), Hint: keys.Hint(raw), Format: authv1alpha1.FormatPrefixed},
-		})
-		f.raw[name] = raw
-	}
+	v, raws := verifiertest.Named(t, clk, "active", "revoked", "expired", "other")
+	f := &fixture{raw: raws}
 	f.e = &endpoints.Server{
 		Keys: places, Verifier: v, Clock: clk, Metrics: metrics.New(prometheus.NewRegistry()),
 		Limiter: endpoints.NewFailureLimiter(1, 5, nil),

@@ -1,5 +1,6 @@
-// Package verifiertest fills a verifier with many keys, for benchmarks and
-// load runs, and spoils keys for tests.
+// Package verifiertest fills a verifier with keys — a few named ones for
+// tests of the endpoints, many for benchmarks and load runs — and spoils
+// keys for tests.
 package verifiertest
 
 import (
@@ -40,6 +41,45 @@ func Populated(tb testing.TB, n int) (*verifier.Verifier, []string) {
 				Hint: keys.Hint(raw), Format: authv1alpha1.FormatPrefixed,
 			},
 		})
+	}
+	return v, raws
+}
+
+// Named returns a verifier at clk holding one Prefixed key per name, all of
+// tenant-a except "other" (tenant-b): "revoked" is revoked, "expired"
+// expired a second before clk's now, "active" has the scopes read and
+// write, any other name is a plain valid key; and the raw keys by name. The
+// i-th key's ApiKey has the UID key-uid-<i>.
+func Named(tb testing.TB, clk clock.PassiveClock, names ...string) (*verifier.Verifier, map[string]string) {
+	tb.Helper()
+	v := verifier.New(clk, time.Minute)
+	raws := make(map[string]string, len(names))
+	for i, name := range names {
+		raw, err := keys.Generate(rand.Reader, keys.Prefixed)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tenant := "tenant-a"
+		if name == "other" {
+			tenant = "tenant-b"
+		}
+		key := &authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: tenant, Name: name, UID: types.UID(fmt.Sprintf("key-uid-%d", i))}}
+		switch name {
+		case "active":
+			key.Spec.Scopes = []string{"read", "write"}
+		case "revoked":
+			key.Spec.Revoked = true
+		case "expired":
+			at := metav1.NewTime(clk.Now().Add(-time.Second))
+			key.Spec.ExpiresAt = &at
+		}
+		v.SetKey(key)
+		v.SetRecord(&authv1alpha1.ApiKeyRecord{
+			ObjectMeta: metav1.ObjectMeta{Name: keys.Hash(raw), UID: types.UID(fmt.Sprintf("rec-uid-%d", i)), CreationTimestamp: metav1.NewTime(clk.Now())},
+			Spec: authv1alpha1.ApiKeyRecordSpec{Hash: keys.Hash(raw), Tenant: tenant, KeyName: name,
+				KeyUID: string(key.UID), Hint: keys.Hint(raw), Format: authv1alpha1.FormatPrefixed},
+		})
+		raws[name] = raw
 	}
 	return v, raws
 }
