@@ -17,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/latchkey-dev/latchkey/internal/keys"
@@ -86,8 +85,6 @@ func newRig(t *testing.T, s *Server) *rig {
 	})
 	return r
 }
-
-func typesUID(s string) types.UID { return types.UID(s) }
 
 func (r *rig) do(t *testing.T, method, path string, body io.Reader, header http.Header) (*http.Response, string) {
 	t.Helper()
