@@ -277,6 +277,13 @@ func TestKeyFileFollowsARotation(t *testing.T) {
 	if second == first || keys.Hint(second) != reporter.Status.KeyHint {
 		t.Fatalf("after the rotation the Secret holds %s, the status names %s", keys.Hint(second), reporter.Status.KeyHint)
 	}
+	// The operator's index learns of the new key from its watch, a moment
+	// after the status: kubelet's minute covers that in a cluster.
+	for deadline := time.Now().Add(10 * time.Second); env.Verifies(second) != nil; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the new key is never accepted")
+		}
+	}
 	vol.write(data)
 	rec.until(t, call, keys.Hint(second))
 	for _, s := range rec.all() {
