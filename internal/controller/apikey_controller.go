@@ -148,13 +148,6 @@ func (r *ApiKeyReconciler) ExpiringSoonByNamespace() map[string]int {
 	return r.expiring.byNamespace()
 }
 
-func (r *ApiKeyReconciler) expiryWarning() time.Duration {
-	if r.ExpiryWarning <= 0 {
-		return DefaultExpiryWarning
-	}
-	return r.ExpiryWarning
-}
-
 func (r *ApiKeyReconciler) reconcileDelete(ctx context.Context, key *authv1alpha1.ApiKey) error {
 	if !controllerutil.ContainsFinalizer(key, authv1alpha1.Finalizer) {
 		return nil
@@ -180,7 +173,7 @@ func (r *ApiKeyReconciler) reconcileDelete(ctx context.Context, key *authv1alpha
 func (r *ApiKeyReconciler) reconcileNormal(ctx context.Context, key *authv1alpha1.ApiKey) (observation, error) {
 	checks := r.secretChecks()
 	o := observation{key: key, now: r.Clock.Now(), secretCheckInterval: checks.interval,
-		serviceAccount: r.ServiceAccount, expiryWarning: r.expiryWarning()}
+		serviceAccount: r.ServiceAccount, expiryWarning: r.ExpiryWarning}
 	records, err := r.keyRecords(ctx, key)
 	if err != nil {
 		return o, err

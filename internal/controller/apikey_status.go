@@ -46,7 +46,8 @@ type observation struct {
 	previous []authv1alpha1.ApiKeyRecord
 	secret   secretState
 	now      time.Time
-	// expiryWarning is how long before its expiry a key is ExpiringSoon.
+	// expiryWarning is how long before its expiry a key is ExpiringSoon;
+	// 0 means DefaultExpiryWarning.
 	expiryWarning time.Duration
 	// secretCheckInterval is the least wait between two checks of the
 	// key's Secret.
@@ -192,17 +193,17 @@ func (b *statusBuilder) delivery(o observation, next *lookAgain) (final bool) {
 			fmt.Sprintf("Key delivered to Secret %q", secretName))
 	case secretMissing:
 		b.set(authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretMissing,
-			fmt.Sprintf("Secret %q was deleted; the key still works. If its holder lost it, revoke this ApiKey and create a new one", secretName))
+			fmt.Sprintf("Secret %q was deleted; the key still works. If its holder lost it, revoke this ApiKey and create a new one", secretName)+rotationWaits(o))
 	case secretChanged:
 		b.set(authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretChanged,
-			fmt.Sprintf("Secret %q no longer holds the key Latchkey delivered (%s); that key still works, and the value now in the Secret authenticates nothing. If the delivered key is lost, revoke this ApiKey and create a new one", secretName, b.st.KeyHint))
+			fmt.Sprintf("Secret %q no longer holds the key Latchkey delivered (%s); that key still works, and the value now in the Secret authenticates nothing. If the delivered key is lost, revoke this ApiKey and create a new one", secretName, b.st.KeyHint)+rotationWaits(o))
 	case secretNotOwned:
 		if o.record == nil {
 			b.nameTaken(secretName)
 			return true
 		}
 		b.set(authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretNotOwned,
-			fmt.Sprintf("Secret %q was replaced by one Latchkey did not create; the key still works", secretName))
+			fmt.Sprintf("Secret %q was replaced by one Latchkey did not create; the key still works", secretName)+rotationWaits(o))
 	case secretAccessDenied:
 		if b.accessDenied(o) {
 			next.checkAfter = min(authv1alpha1.KeyDeliveryRetry, next.checkAfter)
@@ -210,6 +211,19 @@ func (b *statusBuilder) delivery(o observation, next *lookAgain) (final bool) {
 		}
 	}
 	return false
+}
+
+// rotationWaits says, when a rotation is due, that it waits for the
+// Secret: a new key is written only into the ApiKey's own Secret, holding
+// the key Latchkey delivered.
+func rotationWaits(o observation) string {
+	if o.record == nil {
+		return ""
+	}
+	if _, due := rotationDue(o.key, o.record, o.now); !due {
+		return ""
+	}
+	return ". The rotation requested waits: Latchkey writes a new key only into the Secret it created, while it holds the current key"
 }
 
 // nameTaken fails a key not minted yet whose Secret's name is another's.

@@ -296,7 +296,12 @@ func TestRotationNeverWritesASecretItDoesNotHold(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(string(getSecret(g, ns, "k").Data[authv1alpha1.SecretKeyAPIKey])).To(Equal("someone else's value"))
 	g.Expect(recordsOf(g, ns, "k")).To(HaveLen(1))
-	g.Expect(getKey(g, ns, "k").Status.Rotation).To(BeZero())
+	key := getKey(g, ns, "k")
+	g.Expect(key.Status.Rotation).To(BeZero())
+	g.Expect(key.Status.Conditions).To(ContainElement(And(
+		HaveField("Type", authv1alpha1.ConditionKeyDelivered),
+		HaveField("Reason", authv1alpha1.ReasonSecretChanged),
+		HaveField("Message", ContainSubstring("The rotation requested waits")))))
 }
 
 // TestExpiryWarning: ExpiringSoon turns True within the warning, with one
