@@ -106,7 +106,7 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	start := s.e.Clock.Now()
 	defer func() { s.e.Metrics.Answered(Endpoint, s.e.Clock.Since(start)) }()
 	attrs := req.GetAttributes()
-	headers := attrs.GetRequest().GetHttp().GetHeaders()
+	headers := requestHeaders(attrs.GetRequest().GetHttp())
 	token, found, err := s.e.Keys.Key(func(i int) string {
 		if i == 0 {
 			return headers[headerAuthorization]
@@ -144,6 +144,28 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 		}
 		return s.refused[verifier.ErrMalformed], nil
 	}
+}
+
+// requestHeaders are the request's headers as Envoy sends them: in
+// headers, or, when Envoy is set to encode_raw_headers, in header_map, whose
+// repeated names are joined with commas as Envoy joins them in headers.
+func requestHeaders(h *authv3.AttributeContext_HttpRequest) map[string]string {
+	if m := h.GetHeaderMap().GetHeaders(); len(h.GetHeaders()) == 0 && len(m) > 0 {
+		headers := make(map[string]string, len(m))
+		for _, hv := range m {
+			v := hv.GetValue()
+			if raw := hv.GetRawValue(); len(raw) > 0 {
+				v = string(raw)
+			}
+			name := strings.ToLower(hv.GetKey())
+			if prev, ok := headers[name]; ok {
+				v = prev + "," + v
+			}
+			headers[name] = v
+		}
+		return headers
+	}
+	return h.GetHeaders()
 }
 
 // from lists the headers the key came in, and whether it came in the

@@ -29,9 +29,9 @@ type fixture struct {
 	raw map[string]string
 }
 
-func newFixture(t *testing.T, o Options) (*Server, *fixture) {
+func newFixture(t *testing.T) (*Server, *fixture) {
 	t.Helper()
-	return newFixtureReading(t, o, endpoints.KeyPlaces{})
+	return newFixtureReading(t, Options{}, endpoints.KeyPlaces{})
 }
 
 // newFixtureReading is newFixture with keys read from places.
@@ -93,7 +93,7 @@ func flatten(r *authv3.CheckResponse) answer {
 }
 
 func TestCheckAnswers(t *testing.T) {
-	s, f := newFixture(t, Options{})
+	s, f := newFixture(t)
 	bearer := func(name string) string { return protocol.Bearer(f.raw[name]) }
 	pin := map[string]string{protocol.ContextExtensionTenantRequired: "tenant-a"}
 	for _, c := range []struct {
@@ -158,11 +158,32 @@ func TestCheckAnswers(t *testing.T) {
 	}
 }
 
+// TestRawHeaders: with encode_raw_headers, Envoy sends the headers in
+// header_map, values as raw bytes; the key is read from there as well, and
+// a header twice is joined as Envoy joins it.
+func TestRawHeaders(t *testing.T) {
+	s, f := newFixture(t)
+	req := request("192.0.2.1", nil, nil)
+	req.Attributes.Request.Http.HeaderMap = &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+		{Key: "x-api-key", RawValue: []byte(f.raw["active"])}, {Key: "accept", Value: "*/*"},
+	}}
+	resp, _ := s.Check(context.Background(), req)
+	if a := flatten(resp); a.status != 200 || len(a.remove) != 1 || a.remove[0] != "x-api-key" {
+		t.Errorf("a key in header_map: status %d, headers_to_remove %v", a.status, a.remove)
+	}
+	req.Attributes.Request.Http.HeaderMap.Headers = append(req.Attributes.Request.Http.HeaderMap.Headers,
+		&corev3.HeaderValue{Key: "X-API-Key", RawValue: []byte(f.raw["active"])})
+	resp, _ = s.Check(context.Background(), req)
+	if a := flatten(resp); a.status != 401 {
+		t.Errorf("x-api-key twice in header_map: status %d, want 401 (not one key)", a.status)
+	}
+}
+
 // TestScopesAnswered: an OK names the key's scopes in a header that
 // replaces the client's and in dynamic metadata; a refusal for a scope
 // says insufficient_scope.
 func TestScopesAnswered(t *testing.T) {
-	s, f := newFixture(t, Options{})
+	s, f := newFixture(t)
 	resp, _ := s.Check(context.Background(), request("192.0.2.1", map[string]string{"x-api-key": f.raw["active"], "x-latchkey-scopes": "admin"}, nil))
 	if a := flatten(resp); a.headers["x-latchkey-scopes"] != "read,write" || a.metadata[protocol.MetadataScopes] != "read,write" {
 		t.Errorf("scopes: headers %v, metadata %v", a.headers, a.metadata)
@@ -223,7 +244,7 @@ func TestQueryParameter(t *testing.T) {
 // charged to the address Envoy names, while a valid key from the same
 // client and a wrong one from another are answered as usual.
 func TestFloodIsLimited(t *testing.T) {
-	s, f := newFixture(t, Options{})
+	s, f := newFixture(t)
 	wrong := map[string]string{"authorization": protocol.Bearer("lk_wrong")}
 	var last answer
 	for range 10 {
