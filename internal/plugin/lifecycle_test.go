@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -44,7 +45,7 @@ func usable(t *testing.T, raw string) {
 }
 
 // ciKey is the ApiKey "ci" in ns, as it is now.
-func ciKey(t *testing.T, ns string) *authv1alpha1.ApiKey {
+func ciKey(t testing.TB, ns string) *authv1alpha1.ApiKey {
 	t.Helper()
 	k := &authv1alpha1.ApiKey{}
 	if err := lk.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "ci"}, k); err != nil {
@@ -196,5 +197,33 @@ func TestListColours(t *testing.T) {
 			name = "list-wide-colour.txt"
 		}
 		golden(t, name, out.String())
+	}
+}
+
+// BenchmarkRotate runs `kubectl latchkey rotate` 20 times against the real
+// operator and prints the time from the command's start to the new key
+// authenticating (the operator's own verifier, as every endpoint asks it),
+// median and max.
+//
+//	go test -run '^$' -bench Rotate -benchtime 1x ./internal/plugin/
+func BenchmarkRotate(b *testing.B) {
+	ns := lk.Namespace(b)
+	lk.Mint(b, ns, "ci", authv1alpha1.ApiKeySpec{})
+	for range b.N {
+		took := make([]time.Duration, 0, 20)
+		for range cap(took) {
+			start := time.Now()
+			if _, err := run(b, time.Now(), "", "rotate", "ci", "--grace", "1m", "-n", ns, "-o", "json"); err != nil {
+				b.Fatal(err)
+			}
+			raw := lk.RawKey(b, ciKey(b, ns))
+			for lk.Verifies(raw) != nil {
+				time.Sleep(time.Millisecond)
+			}
+			took = append(took, time.Since(start))
+		}
+		slices.Sort(took)
+		b.Logf("FIGURE kubectl latchkey rotate to the new key authenticating, %d rotations: median %v, max %v",
+			len(took), took[len(took)/2].Round(time.Millisecond), took[len(took)-1].Round(time.Millisecond))
 	}
 }

@@ -49,7 +49,7 @@ func TestMain(m *testing.M) {
 }
 
 // run runs the plugin with args in namespace ns at the clock's time, with stdin as input.
-func run(t *testing.T, now time.Time, stdin string, args ...string) (string, error) {
+func run(t testing.TB, now time.Time, stdin string, args ...string) (string, error) {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	o := &Options{
