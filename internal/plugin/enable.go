@@ -14,7 +14,7 @@ import (
 )
 
 // newEnable opts a namespace in to key delivery: a RoleBinding that lets
-// the manager get and create Secrets there, and nowhere else.
+// the manager get, create and patch Secrets there, and nowhere else.
 func newEnable(o *Options) *cobra.Command {
 	var serviceAccount string
 	var timeout time.Duration
@@ -22,7 +22,7 @@ func newEnable(o *Options) *cobra.Command {
 		Use:   "enable",
 		Short: "Let Latchkey deliver keys to Secrets in a namespace",
 		Long: `Let Latchkey deliver keys in a namespace: binds the latchkey-key-delivery
-ClusterRole (get and create Secrets; never list or watch) to the manager's
+ClusterRole (get, create and, to rotate a key, patch Secrets; never list or watch) to the manager's
 ServiceAccount there. Latchkey holds no Secret access anywhere else.
 Undo with: kubectl delete rolebinding latchkey-key-delivery -n NAMESPACE`,
 		Example: `  kubectl latchkey enable -n payments`,
@@ -57,7 +57,7 @@ Undo with: kubectl delete rolebinding latchkey-key-delivery -n NAMESPACE`,
 			case err != nil:
 				return fmt.Errorf("creating RoleBinding %s: %w", rb.Name, err)
 			}
-			fmt.Fprintf(o.Streams.Out, "Latchkey may now deliver keys in %s: RoleBinding %s lets %s get and create Secrets there. Keys waiting there are minted within %s.\n",
+			fmt.Fprintf(o.Streams.Out, "Latchkey may now deliver keys in %s: RoleBinding %s lets %s get, create and patch Secrets there. Keys waiting there are minted within %s.\n",
 				ns, rb.Name, serviceAccount, authv1alpha1.KeyDeliveryRetry)
 			return nil
 		},
