@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -133,9 +134,20 @@ func (o *Options) rotated(ctx context.Context, c client.Client, key *authv1alpha
 	spin := newSpinner(o, fmt.Sprintf("Waiting for the new key of %s/%s", key.Namespace, key.Name))
 	defer spin.stop()
 	want := workingPhase(key)
+	var blocked error
 	err := waitFor(ctx, c, key, "rotated", func(k *authv1alpha1.ApiKey) bool {
-		return k.Status.Rotation > before && k.Status.ObservedGeneration == k.Generation && k.Status.Phase == want
+		if k.Status.ObservedGeneration != k.Generation {
+			return false
+		}
+		if k.Status.Rotation > before {
+			return k.Status.Phase == want
+		}
+		blocked = rotationBlocked(k)
+		return blocked != nil
 	})
+	if err == nil {
+		err = blocked
+	}
 	if err != nil {
 		return "", err
 	}
@@ -150,6 +162,21 @@ func (o *Options) rotated(ctx context.Context, c client.Client, key *authv1alpha
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// rotationBlocked is why the operator, having seen the request, cannot
+// rotate key: it writes a new key only into the Secret it created while
+// that holds the current key, and says so in KeyDelivered.
+func rotationBlocked(key *authv1alpha1.ApiKey) error {
+	cond := meta.FindStatusCondition(key.Status.Conditions, authv1alpha1.ConditionKeyDelivered)
+	if cond == nil || cond.Status != metav1.ConditionFalse {
+		return nil
+	}
+	switch cond.Reason {
+	case authv1alpha1.ReasonSecretMissing, authv1alpha1.ReasonSecretChanged, authv1alpha1.ReasonSecretNotOwned:
+		return fmt.Errorf("the key cannot be rotated now (%s): %s", cond.Reason, cond.Message)
+	}
+	return nil
 }
 
 // workingPhase is the phase a key that works, or would but for

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
@@ -102,6 +103,15 @@ func TestRotate(t *testing.T) {
 		t.Fatalf("the key a 0s rotation replaced still works")
 	}
 	usable(t, third)
+
+	// A Secret gone: the operator will not rotate into another, and rotate
+	// says why rather than waiting out its timeout.
+	if err := lk.Client.Delete(context.Background(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ci"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := run(t, time.Now(), "", "rotate", "ci", "-n", ns); err == nil || !strings.Contains(err.Error(), "cannot be rotated now (SecretMissing)") {
+		t.Fatalf("rotating a key whose Secret is gone: %v", err)
+	}
 }
 
 func TestSuspendResume(t *testing.T) {
