@@ -36,8 +36,10 @@ var (
 	headerAPIKey        = strings.ToLower(protocol.HeaderAPIKey)
 	headerTenant        = strings.ToLower(protocol.HeaderTenant)
 	headerKey           = strings.ToLower(protocol.HeaderKey)
+	headerScopes        = strings.ToLower(protocol.HeaderScopes)
 	keyHeaders          = []string{headerAuthorization, headerAPIKey}
-	identityHeaders     = []string{headerTenant, headerKey}
+	// All three, so that Latchkey's answer replaces what a client sent.
+	identityHeaders = []string{headerTenant, headerKey, headerScopes}
 )
 
 // The labels a configuration's first line starts with ("# Envoy: …"),

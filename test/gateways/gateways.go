@@ -149,7 +149,8 @@ func Check(t *testing.T, lk *inprocess.Latchkey, start Start, o Options) {
 	base := start(t, NewUpstream(t), ns)
 	caller := Client(t, o.Caller)
 
-	_, valid := lk.Mint(t, ns, "valid", authv1alpha1.ApiKeySpec{})
+	const scopes = "read,write"
+	_, valid := lk.Mint(t, ns, "valid", authv1alpha1.ApiKeySpec{Scopes: strings.Split(scopes, ",")})
 	revoked, revokedRaw := lk.Mint(t, ns, "revoked", authv1alpha1.ApiKeySpec{})
 	patched := revoked.DeepCopy()
 	patched.Spec.Revoked = true
@@ -166,6 +167,7 @@ func Check(t *testing.T, lk *inprocess.Latchkey, start Start, o Options) {
 		protocol.HeaderTenant:         {other},
 		protocol.HeaderKey:            {other + "/theirs"},
 		protocol.HeaderTenantRequired: {other},
+		protocol.HeaderScopes:         {"admin"},
 	}
 	tests := []struct {
 		name   string
@@ -175,20 +177,21 @@ func Check(t *testing.T, lk *inprocess.Latchkey, start Start, o Options) {
 		status int
 		tenant string
 		key    string
+		scopes string
 	}{
-		{"a valid key reaches the service with its tenant and name", apiPath, presented{bearer: valid}, nil, 200, ns, ns + "/valid"},
-		{"a valid key in X-API-Key reaches the service without it", apiPath, presented{apiKey: valid}, nil, 200, ns, ns + "/valid"},
-		{"a client's own X-Latchkey-* headers never reach the service", apiPath, presented{bearer: valid}, forged, 200, ns, ns + "/valid"},
-		{"no key is refused", apiPath, presented{}, nil, 401, "", ""},
-		{"no key with forged headers is refused", apiPath, presented{}, forged, 401, "", ""},
-		{"a wrong key is refused", apiPath, presented{bearer: wrong}, nil, 401, "", ""},
-		{"a wrong key in X-API-Key is refused", apiPath, presented{apiKey: wrong}, nil, 401, "", ""},
-		{"a revoked key is refused", apiPath, presented{bearer: revokedRaw}, nil, 401, "", ""},
-		{"another tenant's key passes where no tenant is pinned", apiPath, presented{bearer: theirs}, nil, 200, other, other + "/theirs"},
-		{"another tenant's key is forbidden where the tenant is pinned", pinnedPath, presented{bearer: theirs}, nil, 403, "", ""},
-		{"another tenant's key in X-API-Key is forbidden where the tenant is pinned", pinnedPath, presented{apiKey: theirs}, nil, 403, "", ""},
-		{"a client cannot repin a pinned route to its own tenant", pinnedPath, presented{bearer: theirs}, forged, 403, "", ""},
-		{"the pinned tenant's own key passes", pinnedPath, presented{bearer: valid}, forged, 200, ns, ns + "/valid"},
+		{"a valid key reaches the service with its tenant and name", apiPath, presented{bearer: valid}, nil, 200, ns, ns + "/valid", scopes},
+		{"a valid key in X-API-Key reaches the service without it", apiPath, presented{apiKey: valid}, nil, 200, ns, ns + "/valid", scopes},
+		{"a client's own X-Latchkey-* headers never reach the service", apiPath, presented{bearer: valid}, forged, 200, ns, ns + "/valid", scopes},
+		{"no key is refused", apiPath, presented{}, nil, 401, "", "", ""},
+		{"no key with forged headers is refused", apiPath, presented{}, forged, 401, "", "", ""},
+		{"a wrong key is refused", apiPath, presented{bearer: wrong}, nil, 401, "", "", ""},
+		{"a wrong key in X-API-Key is refused", apiPath, presented{apiKey: wrong}, nil, 401, "", "", ""},
+		{"a revoked key is refused", apiPath, presented{bearer: revokedRaw}, nil, 401, "", "", ""},
+		{"another tenant's key passes where no tenant is pinned", apiPath, presented{bearer: theirs}, forged, 200, other, other + "/theirs", ""},
+		{"another tenant's key is forbidden where the tenant is pinned", pinnedPath, presented{bearer: theirs}, nil, 403, "", "", ""},
+		{"another tenant's key in X-API-Key is forbidden where the tenant is pinned", pinnedPath, presented{apiKey: theirs}, nil, 403, "", "", ""},
+		{"a client cannot repin a pinned route to its own tenant", pinnedPath, presented{bearer: theirs}, forged, 403, "", "", ""},
+		{"the pinned tenant's own key passes", pinnedPath, presented{bearer: valid}, forged, 200, ns, ns + "/valid", scopes},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -198,8 +201,18 @@ func Check(t *testing.T, lk *inprocess.Latchkey, start Start, o Options) {
 			if a.status != http.StatusOK {
 				return
 			}
-			g.Expect(a.seen).To(gomega.Equal(map[string][]string{protocol.HeaderTenant: {tt.tenant}, protocol.HeaderKey: {tt.key}}),
-				"the service sees only the tenant and key Latchkey named, and not the key itself")
+			want := map[string][]string{protocol.HeaderTenant: {tt.tenant}, protocol.HeaderKey: {tt.key}}
+			// A key without scopes: the header is Latchkey's empty one, or
+			// none (nginx sends no header for an empty value) — never the
+			// client's.
+			switch _, sent := a.seen[protocol.HeaderScopes]; {
+			case tt.scopes != "":
+				want[protocol.HeaderScopes] = []string{tt.scopes}
+			case sent:
+				want[protocol.HeaderScopes] = []string{""}
+			}
+			g.Expect(a.seen).To(gomega.Equal(want),
+				"the service sees only the tenant, key and scopes Latchkey named, and not the key itself")
 		})
 	}
 	t.Run("a key is refused from the instant it expires", func(t *testing.T) {
