@@ -202,10 +202,10 @@ func (s *Server) TokenReview(w http.ResponseWriter, r *http.Request) {
 		if s.Activity != nil {
 			s.Activity.Allowed(id)
 		}
-		groups := make([]string, 0, 2+len(id.Scopes))
+		groups := make([]string, 0, 2+2*len(id.Scopes))
 		groups = append(groups, protocol.GroupAuthenticated, protocol.TenantGroup(id.Tenant))
 		for _, scope := range id.Scopes {
-			groups = append(groups, protocol.ScopeGroup(scope))
+			groups = append(groups, protocol.ScopeGroup(scope), protocol.TenantScopeGroup(id.Tenant, scope))
 		}
 		review.Status = authnv1.TokenReviewStatus{
 			Authenticated: true,

@@ -160,7 +160,7 @@ func TestTokenReview(t *testing.T) {
 			if tt.authenticated {
 				u := got.Status.User
 				if u.Username != "latchkey:tenant-a:active" || u.UID != "key-uid-0" ||
-					fmt.Sprint(u.Groups) != "[latchkey:authenticated latchkey:tenant:tenant-a latchkey:scope:read latchkey:scope:write]" ||
+					fmt.Sprint(u.Groups) != "[latchkey:authenticated latchkey:tenant:tenant-a latchkey:scope:read latchkey:tenant:tenant-a:scope:read latchkey:scope:write latchkey:tenant:tenant-a:scope:write]" ||
 					fmt.Sprint(u.Extra[protocol.ExtraKeyHint]) != "["+keys.Hint(r.active)+"]" {
 					t.Fatalf("user = %+v", u)
 				}

@@ -77,8 +77,16 @@ func ParseUsername(username string) (tenant, name string, ok bool) {
 // TenantGroup is the group of every key of tenant.
 func TenantGroup(tenant string) string { return GroupTenantPrefix + tenant }
 
-// ScopeGroup is the group of every key that has scope.
+// ScopeGroup is the group of every key that has scope, of any tenant.
 func ScopeGroup(scope string) string { return GroupScopePrefix + scope }
+
+// TenantScopeGroup is the group of tenant's keys that have scope: what a
+// RoleBinding grants to when the tenant matters, since any tenant may give
+// its keys any scope. Tenants are Kubernetes names, which hold no colon, so
+// no scope name makes another tenant's group.
+func TenantScopeGroup(tenant, scope string) string {
+	return GroupTenantPrefix + tenant + ":scope:" + scope
+}
 
 // InsufficientScope is the WWW-Authenticate header of a 403 for a key that
 // lacks a scope the route requires (RFC 6750 §3.1), naming the scopes.

@@ -55,8 +55,10 @@ func TestSuspendAndResume(t *testing.T) {
 
 // TestScopes gives a key scopes: /authorize names them and refuses a route
 // that requires another, /whoami lists them, and kube-apiserver, through
-// /tokenreview, puts the key in the group latchkey:scope:<scope>, so that a
-// RoleBinding grants per scope; removing the scope removes the grant.
+// /tokenreview, puts the key in the groups latchkey:scope:<scope> and
+// latchkey:tenant:<tenant>:scope:<scope>, so that a RoleBinding grants per
+// scope, of one tenant; removing the scope removes the grant, and another
+// tenant's key with the same scope gets none.
 func TestScopes(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
@@ -88,7 +90,7 @@ func TestScopes(t *testing.T) {
 	binding := &rbacv1.RoleBinding{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "scope-reads-configmaps"},
 		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: protocol.ScopeGroup("configmaps.read")}},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: protocol.TenantScopeGroup(ns, "configmaps.read")}},
 	}
 	g.Expect(env.Client.Create(ctx, role)).To(Succeed())
 	g.Expect(env.Client.Create(ctx, binding)).To(Succeed())
@@ -96,6 +98,10 @@ func TestScopes(t *testing.T) {
 		_, _, err := env.KubectlWithToken(raw, "get", "configmaps", "-n", ns)
 		return err
 	}).WithTimeout(10 * time.Second).Should(Succeed())
+	_, intruder := mint(t, env.Namespace(t), "intruder", authv1alpha1.ApiKeySpec{Scopes: []string{"configmaps.read"}})
+	_, errOut, err := env.KubectlWithToken(intruder, "get", "configmaps", "-n", ns)
+	g.Expect(err).To(HaveOccurred(), "another tenant's key with the same scope")
+	g.Expect(errOut).To(ContainSubstring("Forbidden"))
 
 	base := key.DeepCopy()
 	key.Spec.Scopes = []string{"deploy"}
