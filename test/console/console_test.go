@@ -216,7 +216,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	ns := lk.Namespace(t)
 	expires := metav1.NewTime(time.Now().Add(90 * 24 * time.Hour).Truncate(time.Second))
 	_, reporter := lk.Mint(t, ns, "reporter", authv1alpha1.ApiKeySpec{Description: "Usage reporter", ExpiresAt: &expires})
-	lk.Mint(t, ns, "other", authv1alpha1.ApiKeySpec{Description: "Partner integration"})
+	lk.Mint(t, ns, "other", authv1alpha1.ApiKeySpec{Description: "Partner integration", Scopes: []string{"orders:read", "orders:write"}})
 
 	// Today: 3 succeeded, 1 failed, 1 in flight; yesterday: 2 succeeded.
 	now := time.Now().UTC()

@@ -7,7 +7,7 @@ const $ = (id) => document.getElementById(id);
 const POLL_MS = 2000;
 const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 
-const state = { ns: '', page: 'keys', timer: 0, busy: false };
+const state = { ns: '', page: 'keys', timer: 0, busy: false, shownKeys: '', shownUsage: '' };
 
 async function api(method, path, body) {
   const res = await fetch(path, {
@@ -68,12 +68,17 @@ async function loadKeys() {
   try {
     v = await api('GET', nsPath('/apikeys'));
   } catch (e) {
+    state.shownKeys = '';
     showError(e.message);
     $('keys').replaceChildren();
     $('create').hidden = true;
     return;
   }
   showError('');
+  // Redraw only what changed: a redraw would take the focus from a button.
+  const seen = JSON.stringify(v);
+  if (seen === state.shownKeys) return;
+  state.shownKeys = seen;
   $('active-count').textContent = `Active keys: ${v.active}`;
   $('create').hidden = !v.canCreate;
   $('notice').textContent = v.notice || '';
@@ -90,6 +95,7 @@ async function loadKeys() {
     }
     const name = el('td', { class: 'name' }, el('strong', {}, k.name));
     if (k.description) name.append(el('div', { class: 'desc' }, k.description));
+    if (k.scopes) name.append(el('div', { class: 'scopes', 'aria-label': 'Scopes' }, ...k.scopes.map((sc) => el('span', { class: 'scope' }, sc))));
     return el('tr', { 'data-key': k.name },
       name,
       el('td', {}, el('code', { class: 'hint' }, k.keyHint || '—')),
@@ -298,10 +304,14 @@ async function loadUsage() {
   try {
     v = await api('GET', nsPath('/usage'));
   } catch (e) {
+    state.shownUsage = '';
     showError(e.message);
     return;
   }
   showError('');
+  const seen = JSON.stringify(v);
+  if (seen === state.shownUsage) return;
+  state.shownUsage = seen;
   const s = v.status || {};
   const days = s.days || [];
   $('window').textContent = `last ${v.windowDays || 30} days`;
