@@ -8,9 +8,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/console"
@@ -37,7 +37,7 @@ stop the console with Ctrl-C.`,
 				return err
 			}
 			srv, err := console.Listen(address, console.Config{
-				Client: c, Actions: consoleActions{o}, Namespace: ns, Clock: o.Clock, Log: log.FromContext(cmd.Context()),
+				Client: c, Actions: consoleActions{o}, Namespace: ns, Clock: o.Clock, Log: logr.FromContextOrDiscard(cmd.Context()),
 			})
 			if err != nil {
 				return err
