@@ -193,7 +193,12 @@ type createdView struct {
 type createRequest struct {
 	Name        string `json:"name"`
 	Description string `json:"description"`
+	// ExpiresInDays, when set, expires the key that many days from now.
+	ExpiresInDays int `json:"expiresInDays"`
 }
+
+// maxExpiryDays bounds how far ahead the page may set an expiry.
+const maxExpiryDays = 3650
 
 func (s *Server) createKey(w http.ResponseWriter, r *http.Request) {
 	ns := r.PathValue("ns")
@@ -206,10 +211,18 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) {
 		answer(w, http.StatusBadRequest, problem{Message: msg})
 		return
 	}
+	if req.ExpiresInDays < 0 || req.ExpiresInDays > maxExpiryDays {
+		answer(w, http.StatusBadRequest, problem{Message: fmt.Sprintf("an expiry is 1 to %d days ahead, or none", maxExpiryDays)})
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), apiTimeout)
 	defer cancel()
 	key := &authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: req.Name}}
 	key.Spec.Description = strings.TrimSpace(req.Description)
+	if req.ExpiresInDays > 0 {
+		at := metav1.NewTime(s.cfg.Clock.Now().Add(time.Duration(req.ExpiresInDays) * 24 * time.Hour).Truncate(time.Second))
+		key.Spec.ExpiresAt = &at
+	}
 	raw, err := s.cfg.Actions.Create(ctx, s.cfg.Client, key)
 	if err != nil {
 		fail(w, "creating "+req.Name, err)

@@ -56,7 +56,7 @@ async function main() {
 
     // Open the printed link: it trades the token for a cookie and the
     // token leaves the address bar.
-    const { url } = await ask('start-admin');
+    const { url, empty } = await ask('start-admin');
     const asked = Date.now();
     await page.goto(url);
     const loaded = Date.now() - asked;
@@ -75,6 +75,7 @@ async function main() {
     check((await text(page, '#create-error')).startsWith('Use a Kubernetes name'), 'an invalid name was not refused on the page');
     await page.fill('#create-name', 'ci-pipeline');
     await page.fill('#create-description', 'GitHub Actions CI');
+    await page.selectOption('#create-expires', '90');
     await page.press('#create-description', 'Enter');
     await page.locator('#secret-dialog[open]').waitFor(T);
     check(await seen(page, 'Creating API key…'), 'the page never said Creating API key…');
@@ -95,6 +96,8 @@ async function main() {
     check((await text(page, `${row('other')} td:nth-child(4)`)) === 'Never', 'an unused key does not say Never');
     await page.waitForFunction((s) => /^\d{4}-\d\d-\d\d \d\d:\d\d$/.test(document.querySelector(s).textContent), `${row('reporter')} td:nth-child(4)`, T);
     await waitText(page, '#active-count', 'Active keys: 3');
+    const in90 = await page.evaluate(() => new Date(Date.now() + 90 * 864e5).toISOString().slice(0, 10));
+    check((await text(page, `${row('ci-pipeline')} td:nth-child(6)`)) === in90, 'the key does not expire in 90 days');
 
     step('revoke from the page');
     await page.click('button[aria-label="Revoke ci-pipeline"]');
@@ -151,6 +154,15 @@ async function main() {
     await page.focus(`#chart g.bar[data-date="${date}"]`);
     const focused = await text(page, '#tooltip');
     await ask('tooltip', { tooltip, focused });
+
+    step('the namespace picker, and a tenant with no executions');
+    await page.selectOption('#namespace', empty);
+    await page.locator('#usage-empty:not([hidden])').waitFor(T);
+    check((await text(page, '#usage-empty')).startsWith('No executions reported yet — see Reporting executions'), 'no empty state');
+    check(await page.locator('#chart').isHidden(), 'an empty tenant shows a chart');
+    await page.click('#nav-keys');
+    await page.locator('#keys-empty:not([hidden])').waitFor(T);
+    await waitText(page, '#active-count', 'Active keys: 0');
     check(problems.length === 0, problems.join('; '));
     await page.close();
 

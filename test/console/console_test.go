@@ -213,7 +213,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	node := browser(t)
 	g := NewWithT(t)
 	ctx := context.Background()
-	ns := lk.Namespace(t)
+	ns, empty := lk.Namespace(t), lk.Namespace(t)
 	expires := metav1.NewTime(time.Now().Add(90 * 24 * time.Hour).Truncate(time.Second))
 	_, reporter := lk.Mint(t, ns, "reporter", authv1alpha1.ApiKeySpec{Description: "Usage reporter", ExpiresAt: &expires})
 	lk.Mint(t, ns, "other", authv1alpha1.ApiKeySpec{Description: "Partner integration", Scopes: []string{"orders:read", "orders:write"}})
@@ -272,7 +272,7 @@ func TestConsoleInABrowser(t *testing.T) {
 		switch q.Ask {
 		case "start-admin":
 			admin = startConsole(t, lk.Config, ns)
-			a["url"] = admin.url
+			a["url"], a["empty"] = admin.url, empty
 		case "interactive":
 			interactive, loaded = time.Since(admin.started), time.Duration(q.Loaded)*time.Millisecond
 		case "authorize":

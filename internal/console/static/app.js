@@ -137,7 +137,7 @@ async function submitCreate(ev) {
   $('create-submit').textContent = 'Creating API key…';
   setStatus('Creating API key…');
   try {
-    const v = await api('POST', nsPath('/apikeys'), { name, description: $('create-description').value });
+    const v = await api('POST', nsPath('/apikeys'), { name, description: $('create-description').value, expiresInDays: Number($('create-expires').value) });
     $('create-dialog').close();
     showSecret(v.name, v.key, '');
     setStatus(`Created ${v.name}.`);
