@@ -163,3 +163,12 @@ func TestRefusalsAreReadable(t *testing.T) {
 		t.Errorf("a refusal reads %d %q", rec.Code, msg)
 	}
 }
+
+func TestListenOnlyOnLoopback(t *testing.T) {
+	for _, addr := range []string{"0.0.0.0:0", "192.0.2.1:0", "[::]:0", "example.com:0", "nonsense"} {
+		if s, err := Listen(addr, Config{}); err == nil {
+			_ = s.ln.Close()
+			t.Errorf("Listen(%q) served", addr)
+		}
+	}
+}
