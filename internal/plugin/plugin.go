@@ -1,6 +1,6 @@
 // Package plugin is `kubectl latchkey`: create, list, rotate, suspend,
 // resume, revoke and check API keys, and look at a tenant's usage, from a
-// terminal.
+// terminal or, with console, in a browser.
 package plugin
 
 import (
@@ -64,7 +64,7 @@ Secret and whose SHA-256 hash it keeps. The namespace is the tenant.`,
 	root.SetIn(o.Streams.In)
 	root.SetOut(o.Streams.Out)
 	root.SetErr(o.Streams.ErrOut)
-	root.AddCommand(newCreate(o), newList(o), newRotate(o), newSuspend(o), newResume(o), newRevoke(o), newEnable(o), newWhoAmI(o), newUsage(o), newScan(o), newUninstall(o))
+	root.AddCommand(newCreate(o), newList(o), newRotate(o), newSuspend(o), newResume(o), newRevoke(o), newEnable(o), newWhoAmI(o), newUsage(o), newScan(o), newUninstall(o), NewConsole(o))
 	return root
 }
 
