@@ -1,6 +1,7 @@
 package v1alpha1
 
 import (
+	"slices"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -305,31 +306,16 @@ func (k *ApiKey) RotationRequested() time.Time {
 }
 
 // Supersedes says whether the key's rotation request replaces the key of
-// record: the request is later than both the instant the record was
-// minted and the request it answered. The one rule for the controller,
+// record (ApiKeyRecord.SupersededAt). The one rule for the controller,
 // which mints on it, and the verifier, which with a grace period of 0s
 // refuses the record on it before any new key exists.
 func (k *ApiKey) Supersedes(record *ApiKeyRecord) bool {
 	requested := k.RotationRequested()
-	if requested.IsZero() {
-		return false
-	}
-	minted := record.CreationTimestamp.Time
-	if a := record.Spec.RequestedAt; a != nil && a.After(minted) {
-		minted = a.Time
-	}
-	return requested.After(minted)
+	return !requested.IsZero() && record.SupersededAt(requested)
 }
 
 // HasScope says whether the key has scope.
-func (k *ApiKey) HasScope(scope string) bool {
-	for _, s := range k.Spec.Scopes {
-		if s == scope {
-			return true
-		}
-	}
-	return false
-}
+func (k *ApiKey) HasScope(scope string) bool { return slices.Contains(k.Spec.Scopes, scope) }
 
 // ApiKeyList is a list of ApiKeys.
 // +kubebuilder:object:root=true

@@ -1,6 +1,8 @@
 package v1alpha1
 
 import (
+	"time"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -155,6 +157,22 @@ type ApiKeyRecord struct {
 	// status is how the key has been used.
 	// +optional
 	Status ApiKeyRecordStatus `json:"status,omitempty"`
+}
+
+// Minted is when the record's key counts as minted: its creation, or the
+// rotation request it answered if that is later (kubectl's clock may be
+// ahead of the API server's).
+func (r *ApiKeyRecord) Minted() time.Time {
+	if a := r.Spec.RequestedAt; a != nil && a.After(r.CreationTimestamp.Time) {
+		return a.Time
+	}
+	return r.CreationTimestamp.Time
+}
+
+// SupersededAt says whether a rotation requested at requested replaces the
+// record's key: the request is later than the instant it was minted.
+func (r *ApiKeyRecord) SupersededAt(requested time.Time) bool {
+	return requested.After(r.Minted())
 }
 
 // ApiKeyRecordList is a list of ApiKeyRecords.

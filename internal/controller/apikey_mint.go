@@ -181,11 +181,7 @@ func nextRotation(key *authv1alpha1.ApiKey, current *authv1alpha1.ApiKeyRecord) 
 	if key.Spec.Rotation == nil || key.Spec.Rotation.Every == nil || current == nil {
 		return time.Time{}, false
 	}
-	minted := current.CreationTimestamp.Time
-	if at := current.Spec.RequestedAt; at != nil && at.After(minted) {
-		minted = at.Time
-	}
-	return minted.Add(key.Spec.Rotation.Every.Duration), true
+	return current.Minted().Add(key.Spec.Rotation.Every.Duration), true
 }
 
 // recordSet is an ApiKey's records sorted out: the current one (the

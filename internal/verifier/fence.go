@@ -100,6 +100,19 @@ func (s Stop) seenIn(k *authv1alpha1.ApiKey) bool {
 	return true
 }
 
+// covers says whether s stops everything o stops.
+func (s Stop) covers(o Stop) bool {
+	if (o.Revoked && !s.Revoked) || (o.Suspended && !s.Suspended) || o.RotationRequested.After(s.RotationRequested) {
+		return false
+	}
+	for _, scope := range o.Scopes {
+		if !slices.Contains(s.Scopes, scope) {
+			return false
+		}
+	}
+	return true
+}
+
 // merge is a fence that stops what both s and o stop.
 func (s Stop) merge(o Stop) Stop {
 	s.Revoked = s.Revoked || o.Revoked
@@ -119,9 +132,14 @@ func (s Stop) merge(o Stop) Stop {
 
 // fence is one key held off, and the check that may lift it.
 type fence struct {
-	uid   types.UID
-	key   types.NamespacedName
-	stop  Stop
+	uid  types.UID
+	key  types.NamespacedName
+	stop Stop
+	// gen is the generation of the ApiKey the change was made to: only a
+	// later one can show the change, so that a lagging watch's older
+	// object that happens to look the same (suspended, resumed, suspended
+	// again) never lifts the fence.
+	gen   int64
 	until time.Time
 	// check is when the API server is asked whether the change is real.
 	check time.Time
@@ -170,17 +188,24 @@ func (t *fenceTable) add(key *authv1alpha1.ApiKey, stop Stop) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.expireLocked(now)
-	if f, ok := t.byUID[key.UID]; ok {
-		f.stop = f.stop.merge(stop)
+	gen := key.Generation
+	held, ok := t.byUID[key.UID]
+	switch {
+	case ok && held.stop.covers(stop):
 		return nil
-	}
-	if len(t.byUID) >= t.max {
+	case ok:
+		// Something new is taken away: a fence of its own for both, with
+		// its own TTL and check, so that the confirmation of the first
+		// change (which may never land) cannot lift the second's. The old
+		// fence's places in the rings are skipped when they come up.
+		stop, gen = held.stop.merge(stop), max(gen, held.gen)
+	case len(t.byUID) >= t.max:
 		return ErrTooManyFences{Max: t.max}
 	}
 	if t.order.len() >= 2*t.max {
 		t.compactLocked()
 	}
-	f := &fence{uid: key.UID, key: types.NamespacedName{Namespace: key.Namespace, Name: key.Name}, stop: stop,
+	f := &fence{uid: key.UID, key: types.NamespacedName{Namespace: key.Namespace, Name: key.Name}, stop: stop, gen: gen,
 		until: now.Add(t.ttl), check: now.Add(t.confirmAfter)}
 	t.byUID[f.uid] = f
 	t.held.Store(int64(len(t.byUID)))
@@ -212,15 +237,16 @@ func (t *fenceTable) holds(uid types.UID, now time.Time) Stop {
 	return f.stop
 }
 
-// dropSeen lifts uid's fence once k shows everything it stops: the change
-// is seen, and the index decides from it. Its places in the rings are
+// dropSeen lifts uid's fence once k, newer than the object the change was
+// made to (or being deleted, which is for good), shows everything it
+// stops: the change is seen, and the index decides from it. Its places in the rings are
 // skipped when they come up.
 func (t *fenceTable) dropSeen(k *authv1alpha1.ApiKey) {
 	if t.held.Load() == 0 {
 		return
 	}
 	t.mu.Lock()
-	if f, ok := t.byUID[k.UID]; ok && f.stop.seenIn(k) {
+	if f, ok := t.byUID[k.UID]; ok && (k.Generation > f.gen || !k.DeletionTimestamp.IsZero()) && f.stop.seenIn(k) {
 		delete(t.byUID, k.UID)
 		t.held.Store(int64(len(t.byUID)))
 	}

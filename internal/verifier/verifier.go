@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
@@ -101,12 +100,11 @@ func New(clk clock.PassiveClock, fenceTTL time.Duration, opts ...Option) *Verifi
 		opt(&o)
 	}
 	return &Verifier{
-		log:    ctrllog.Log.WithName("verifier"),
-		clock:  clk,
-		fences: newFenceTable(clk, fenceTTL, o.confirmAfter, o.maxFences),
-		byHash: map[[32]byte]*authv1alpha1.ApiKeyRecord{},
-		keys:   map[types.UID]*authv1alpha1.ApiKey{},
-
+		log:        ctrllog.Log.WithName("verifier"),
+		clock:      clk,
+		fences:     newFenceTable(clk, fenceTTL, o.confirmAfter, o.maxFences),
+		byHash:     map[[32]byte]*authv1alpha1.ApiKeyRecord{},
+		keys:       map[types.UID]*authv1alpha1.ApiKey{},
 		scopeLists: map[types.UID]string{},
 		synced:     func() bool { return false },
 	}
@@ -142,7 +140,13 @@ func (v *Verifier) Resolve(raw string) (id Identity, tenant string, err error) {
 	}
 	keyUID := types.UID(rec.Spec.KeyUID)
 	key, ok := v.keys[keyUID]
-	if !ok || rec.Spec.Revoked || key.Spec.Revoked || !key.DeletionTimestamp.IsZero() {
+	if !ok || key.Spec.Revoked || !key.DeletionTimestamp.IsZero() {
+		return Identity{}, rec.Spec.Tenant, ErrRevoked
+	}
+	if rec.Spec.Revoked {
+		if rec.Spec.RevocationReason == authv1alpha1.RevocationRotated {
+			return Identity{}, rec.Spec.Tenant, ErrRotated
+		}
 		return Identity{}, rec.Spec.Tenant, ErrRevoked
 	}
 	fenced := v.fences.holds(keyUID, now)
@@ -153,7 +157,7 @@ func (v *Verifier) Resolve(raw string) (id Identity, tenant string, err error) {
 		return Identity{}, rec.Spec.Tenant, ErrSuspended
 	case rec.Spec.ValidUntil != nil && !now.Before(rec.Spec.ValidUntil.Time),
 		key.GracePeriod() == 0 && key.Supersedes(rec),
-		!fenced.RotationRequested.IsZero() && supersededAt(rec, fenced.RotationRequested):
+		!fenced.RotationRequested.IsZero() && rec.SupersededAt(fenced.RotationRequested):
 		return Identity{}, rec.Spec.Tenant, ErrRotated
 	}
 	expiresAt := rec.Spec.ExpiresAt
@@ -182,13 +186,6 @@ func (v *Verifier) Resolve(raw string) (id Identity, tenant string, err error) {
 		id.ScopeList = strings.Join(id.Scopes, ",")
 	}
 	return id, id.Tenant, nil
-}
-
-// supersededAt says whether a rotation requested at requested replaces
-// rec, as ApiKey.Supersedes decides for the request in a key's spec.
-func supersededAt(rec *authv1alpha1.ApiKeyRecord, requested time.Time) bool {
-	k := authv1alpha1.ApiKey{Spec: authv1alpha1.ApiKeySpec{Rotation: &authv1alpha1.RotationSpec{RequestedAt: &metav1.Time{Time: requested}}}}
-	return k.Supersedes(rec)
 }
 
 // Fence stops what stop takes away from the key until fenceTTL passes,
@@ -237,11 +234,10 @@ func (v *Verifier) SetRecord(r *authv1alpha1.ApiKeyRecord) {
 			"heldByTenant", held.Spec.Tenant, "heldByKeyName", held.Spec.KeyName)
 		return
 	}
+	// A revoked record lifts no fence: a key's records are revoked one by
+	// one, and the others, in their grace period, must stay fenced until
+	// the ApiKey itself shows the revocation.
 	v.byHash[hash] = r
-	if r.Spec.Revoked && r.Spec.RevocationReason != authv1alpha1.RevocationRotated {
-		// Its ApiKey is revoked or gone: nothing of it authenticates again.
-		v.fences.drop(types.UID(r.Spec.KeyUID))
-	}
 }
 
 // RemoveRecord drops a record from the index; a refused duplicate held

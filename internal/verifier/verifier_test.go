@@ -50,6 +50,7 @@ func newFixture(t *testing.T) *fixture {
 // index keeps the objects it is given.
 func (f *fixture) withKey(change func(*authv1alpha1.ApiKey)) *authv1alpha1.ApiKey {
 	k := f.key.DeepCopy()
+	k.Generation++
 	change(k)
 	return k
 }
@@ -145,6 +146,11 @@ func TestVerify(t *testing.T) {
 		{"a rotation requested before the key was minted does not replace it", func(f *fixture) {
 			f.v.SetKey(f.withKey(func(k *authv1alpha1.ApiKey) { k.Spec.Rotation = rotation(f.clk.Now().Add(-time.Second), 0) }))
 		}, nil, nil},
+		{"a record revoked when its grace period ended says it was rotated", func(f *fixture) {
+			r := f.rec.DeepCopy()
+			r.Spec.Revoked, r.Spec.RevocationReason = true, authv1alpha1.RevocationRotated
+			f.v.SetRecord(r)
+		}, nil, ErrRotated},
 		{"a record past its validUntil fails", func(f *fixture) {
 			r := f.rec.DeepCopy()
 			until := metav1.NewTime(f.clk.Now())
@@ -197,9 +203,7 @@ func TestFencesAreDroppedOnceTheRevocationIsSeen(t *testing.T) {
 	if f.v.Fences() != 1 {
 		t.Fatalf("%d fences", f.v.Fences())
 	}
-	k := f.key.DeepCopy()
-	k.Spec.Revoked = true
-	f.v.SetKey(k)
+	f.v.SetKey(f.withKey(func(k *authv1alpha1.ApiKey) { k.Spec.Revoked = true }))
 	if f.v.Fences() != 0 {
 		t.Fatal("the fence outlived the revocation it stood for")
 	}
@@ -318,5 +322,62 @@ func TestTakenAway(t *testing.T) {
 				t.Fatalf("TakenAway = %+v, want %+v", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestFenceLiftedOnlyByANewerObject: a lagging watch that delivers an older
+// object which happens to show the change (suspended, resumed, suspended
+// again) does not lift the fence of the latest change.
+func TestFenceLiftedOnlyByANewerObject(t *testing.T) {
+	f := newFixture(t)
+	f.key.Generation = 3 // suspended at 2, resumed at 3
+	f.v.SetKey(f.key)
+	_ = f.v.Fence(context.Background(), f.key, Stop{Suspended: true})
+	stale := f.key.DeepCopy()
+	stale.Generation, stale.Spec.Suspended = 2, true
+	f.v.SetKey(stale)
+	resumed := f.key.DeepCopy()
+	f.v.SetKey(resumed) // the watch catches up to 3, the resume
+	if _, err := f.v.Verify(f.raw); !errors.Is(err, ErrSuspended) {
+		t.Fatalf("a stale object lifted the fence: Verify = %v", err)
+	}
+	f.v.SetKey(f.withKey(func(k *authv1alpha1.ApiKey) { k.Spec.Suspended = true }))
+	if f.v.Fences() != 0 {
+		t.Fatal("the object that shows the change did not lift the fence")
+	}
+}
+
+// TestASecondChangeGetsAFenceOfItsOwn: a change fenced while another's
+// fence holds is confirmed and timed on its own, so that the first
+// change's lapse cannot lift it.
+func TestASecondChangeGetsAFenceOfItsOwn(t *testing.T) {
+	f := newFixture(t)
+	_ = f.v.Fence(context.Background(), f.key, Stop{Scopes: []string{"write"}})
+	f.clk.Step(9 * time.Second) // the fixture's TTL is 10 s
+	_ = f.v.Fence(context.Background(), f.key, Stop{Suspended: true})
+	f.clk.Step(2 * time.Second)
+	if _, err := f.v.Verify(f.raw); !errors.Is(err, ErrSuspended) {
+		t.Fatalf("the second change's fence lapsed with the first's: Verify = %v", err)
+	}
+}
+
+// TestARevokedRecordLiftsNoFence: the records of a revoked key are revoked
+// one by one; the first one seen revoked leaves the others fenced until the
+// ApiKey shows the revocation.
+func TestARevokedRecordLiftsNoFence(t *testing.T) {
+	f := newFixture(t)
+	raw2, _ := keys.Generate(rand.Reader, keys.Prefixed)
+	current := &authv1alpha1.ApiKeyRecord{
+		ObjectMeta: metav1.ObjectMeta{Name: keys.Hash(raw2), UID: "rec-2", CreationTimestamp: metav1.NewTime(f.clk.Now())},
+		Spec: authv1alpha1.ApiKeyRecordSpec{Hash: keys.Hash(raw2), Tenant: "tenant-a", KeyName: "ci", KeyUID: "uid-1",
+			Hint: keys.Hint(raw2), Format: authv1alpha1.FormatPrefixed, Rotation: 1},
+	}
+	f.v.SetRecord(current)
+	_ = f.v.Fence(context.Background(), f.key, Stop{Revoked: true})
+	revoked := current.DeepCopy()
+	revoked.Spec.Revoked, revoked.Spec.RevocationReason = true, authv1alpha1.RevocationRevoked
+	f.v.SetRecord(revoked)
+	if _, err := f.v.Verify(f.raw); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("the previous key, in its grace period, authenticates after the revocation: %v", err)
 	}
 }
