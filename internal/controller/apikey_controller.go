@@ -183,6 +183,9 @@ func (r *ApiKeyReconciler) reconcileNormal(ctx context.Context, key *authv1alpha
 	if key.Spec.Revoked {
 		return o, r.revokeRecords(ctx, records, authv1alpha1.RevocationRevoked)
 	}
+	if err := r.endAtOnce(ctx, key, o.record, o.now); err != nil {
+		return o, err
+	}
 
 	// A pass no change caused (its status is of this generation: a requeue,
 	// a resync) reads the Secret only within the shared budget; a create or
@@ -249,6 +252,31 @@ func revokeRecord(ctx context.Context, c client.Client, clk clock.PassiveClock, 
 		return fmt.Errorf("revoking record %s: %w", record.Name, err)
 	}
 	log.FromContext(ctx).Info("Revoked record", "record", klog.KObj(record), "reason", reason)
+	return nil
+}
+
+// endAtOnce gives the current key a validUntil when a rotation with a
+// grace period of 0s replaces it, before the new key is minted: the
+// verifier refuses it from the spec already, but only for as long as the
+// spec says 0s, and a validUntil is never extended, so a grace period
+// raised afterwards, a reverted spec or a rotation that cannot be made
+// (its Secret gone) never brings the key back.
+func (r *ApiKeyReconciler) endAtOnce(ctx context.Context, key *authv1alpha1.ApiKey, current *authv1alpha1.ApiKeyRecord, now time.Time) error {
+	if current == nil || key.GracePeriod() != 0 || !key.Supersedes(current) {
+		return nil
+	}
+	until := key.RotationRequested()
+	if now.Before(until) {
+		until = now
+	}
+	if v := current.Spec.ValidUntil; v != nil && !until.Before(v.Time) {
+		return nil
+	}
+	base := current.DeepCopy()
+	current.Spec.ValidUntil = &metav1.Time{Time: until}
+	if err := r.Client.Patch(ctx, current, client.MergeFrom(base)); err != nil {
+		return fmt.Errorf("ending record %s for a rotation with no grace period: %w", current.Name, err)
+	}
 	return nil
 }
 

@@ -149,7 +149,9 @@ func TestRotationWrites(t *testing.T) {
 	g.Expect(counted.writes).To(Equal(writesPerRotation))
 	rotating := counted.writes
 	checkRotated(g, nn, oldRaw, requested, time.Minute)
-	g.Expect(res.RequeueAfter).To(BeNumerically("<=", time.Minute+2*time.Second), "looked at again when the grace period ends")
+	// The new key's creation is the API server's clock, clk the test's.
+	until := getKey(g, ns, "k").Status.PreviousKeys[0].ValidUntil.Time
+	g.Expect(res.RequeueAfter).To(BeNumerically("<=", until.Sub(clk.Now())+time.Second), "looked at again when the grace period ends")
 
 	res, err = r.Reconcile(ctx, ctrl.Request{NamespacedName: nn})
 	g.Expect(err).NotTo(HaveOccurred())
@@ -172,7 +174,6 @@ func TestRotationWrites(t *testing.T) {
 			g.Expect(rec.Spec.Revoked).To(BeFalse())
 		}
 	}
-	_ = res
 }
 
 // TestRotationGraceZero: a grace period of 0s ends the previous key in the
@@ -192,6 +193,34 @@ func TestRotationGraceZero(t *testing.T) {
 	for _, rec := range recordsOf(g, ns, "k") {
 		g.Expect(rec.Spec.Revoked).To(Equal(rec.Spec.Hash == keys.Hash(oldRaw)))
 	}
+}
+
+// TestRotationGraceZeroSticks: a 0s rotation that cannot be made (its
+// Secret is gone) still ends the current key, for good: raising the grace
+// period afterwards does not bring it back.
+func TestRotationGraceZeroSticks(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := env.Namespace(t)
+	clk := clocktesting.NewFakeClock(time.Now())
+	nn, _ := mintDirect(g, clk, ns, "k", authv1alpha1.ApiKeySpec{})
+	g.Expect(env.Client.Delete(ctx, getSecret(g, ns, "k"))).To(Succeed())
+	requested := rotationRequest()
+	requestRotation(g, nn, requested, 0)
+	clk.SetTime(requested.Add(time.Second))
+	_, err := reconcileUntilQuiet(directReconciler(env.Client, clk), nn, 1)
+	g.Expect(err).NotTo(HaveOccurred())
+	recs := recordsOf(g, ns, "k")
+	g.Expect(recs).To(HaveLen(1), "no Secret, no new key")
+	g.Expect(recs[0].Spec.ValidUntil).NotTo(BeNil())
+	g.Expect(recs[0].Spec.ValidUntil.Time).To(BeTemporally("<=", requested))
+
+	requestRotation(g, nn, requested, time.Hour)
+	_, err = reconcileUntilQuiet(directReconciler(env.Client, clk), nn, 1)
+	g.Expect(err).NotTo(HaveOccurred())
+	recs = recordsOf(g, ns, "k")
+	g.Expect(recs[0].Spec.ValidUntil).NotTo(BeNil())
+	g.Expect(recs[0].Spec.ValidUntil.Time).To(BeTemporally("<=", requested), "a validUntil is never extended")
 }
 
 // TestAtMostEightPreviousKeys rotates nine times within the grace period:
