@@ -180,6 +180,11 @@ type Server struct {
 	o Options
 
 	verification, admission *http.ServeMux
+	// subtrees are the verification listener's paths that end in a slash,
+	// served for every path under them as it was sent: http.ServeMux would
+	// redirect one it does not find clean (a "//" or a "..", which Envoy's
+	// HTTP ext_authz passes on from the original request) instead.
+	subtrees []subtree
 
 	mu        sync.Mutex
 	hasHooks  bool
@@ -256,6 +261,32 @@ func (s *Server) Register(path string, hook http.Handler) {
 		return
 	}
 	s.verification.Handle(path, hook)
+	if len(path) > 1 && strings.HasSuffix(path, "/") {
+		s.subtrees = append(s.subtrees, subtree{path, hook})
+	}
+}
+
+// A subtree is a path prefix and what serves it.
+type subtree struct {
+	prefix string
+	h      http.Handler
+}
+
+// servingSubtrees serves a request under one of subtrees as it was sent,
+// and any other through next.
+func servingSubtrees(next http.Handler, subtrees []subtree) http.Handler {
+	if len(subtrees) == 0 {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, st := range subtrees {
+			if strings.HasPrefix(r.URL.Path, st.prefix) {
+				st.h.ServeHTTP(w, r)
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // WebhookMux is the verification listener's mux. Handlers added to it
@@ -328,15 +359,17 @@ type served struct {
 	limits Limits
 	mux    *http.ServeMux
 	exempt []netip.Prefix
+	// subtrees are served before the mux (Server.subtrees).
+	subtrees []subtree
 }
 
 // toServe lists the listeners to open: the admission listener only when an
 // admission webhook is registered, as Options promise.
 func (s *Server) toServe(base *tls.Config, logger logr.Logger) ([]served, error) {
-	verification := served{listenerVerification, s.o.VerificationPort, base, s.o.Verification, s.verification, s.o.UncappedAddresses}
 	s.mu.Lock()
-	hasHooks := s.hasHooks
+	hasHooks, subtrees := s.hasHooks, slices.Clone(s.subtrees)
 	s.mu.Unlock()
+	verification := served{listenerVerification, s.o.VerificationPort, base, s.o.Verification, s.verification, s.o.UncappedAddresses, subtrees}
 	if !hasHooks {
 		return []served{verification}, nil
 	}
@@ -349,7 +382,7 @@ func (s *Server) toServe(base *tls.Config, logger logr.Logger) ([]served, error)
 			"its port can fence keys for --fence-ttl. Give kube-apiserver a client certificate for it " +
 			"(AdmissionConfiguration) and set --admission-client-ca, or at least keep the shipped NetworkPolicy.")
 	}
-	return []served{verification, {listenerAdmission, s.o.AdmissionPort, admissionTLS, s.o.Admission, s.admission, nil}}, nil
+	return []served{verification, {listenerAdmission, s.o.AdmissionPort, admissionTLS, s.o.Admission, s.admission, nil, nil}}, nil
 }
 
 // opened is a listener and the server that serves it.
@@ -387,6 +420,7 @@ func newHTTPServer(ctx context.Context, logger logr.Logger, sv served) *http.Ser
 	if sv.limits.UnknownPathHold > 0 {
 		handler = holdUnknown(sv.mux, sv.limits.UnknownPathHold, sv.limits.MaxHeldUnknown)
 	}
+	handler = servingSubtrees(handler, sv.subtrees)
 	if sv.limits.MaxBodyBytes > 0 {
 		handler = limitBody(handler, sv.limits.MaxBodyBytes)
 	}

@@ -75,6 +75,7 @@ func start(t *testing.T, tune func(*Options)) *fixture {
 		_, _ = fmt.Fprintf(w, "%s %d", r.URL.Path, len(b))
 	})
 	s.Register("/authorize", echo)
+	s.Register("/authorize/", echo)
 	s.Register("/validate-auth-latchkey-dev-v1alpha1-apikey", echo)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -395,5 +396,27 @@ func TestUnknownPathsPastTheHeldBoundCloseTheConnection(t *testing.T) {
 	}
 	if resp.StatusCode != http.StatusNotFound || !resp.Close {
 		t.Fatalf("answered %d, close %v; want 404 closing the connection", resp.StatusCode, resp.Close)
+	}
+}
+
+// TestSubtreesAreServedAsSent: every path under a subtree is served as the
+// client sent it — Envoy's HTTP ext_authz passes on the original path,
+// which may hold "//" or ".." — rather than redirected to a clean one, as
+// http.ServeMux would.
+func TestSubtreesAreServedAsSent(t *testing.T) {
+	f := start(t, nil)
+	for _, path := range []string{"/authorize/api//things", "/authorize/./x", "/authorize/a/../b", "/authorize/"} {
+		c := f.dialTLS(t, "127.0.0.1", f.verify)
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || string(b) != path+" 0" {
+			t.Errorf("%s: %d %q, want it served as sent", path, resp.StatusCode, b)
+		}
 	}
 }
