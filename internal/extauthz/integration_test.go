@@ -120,7 +120,8 @@ func TestCheckAgainstTheOperator(t *testing.T) {
 			if got["x-latchkey-tenant"] != ns || got["x-latchkey-key"] != ns+"/active" {
 				t.Errorf("key in %s: headers overwritten with %v", header, got)
 			}
-			if !slices.Equal(ok.GetHeadersToRemove(), []string{header}) {
+			// The key's header, and the client's x-latchkey-scopes: the key has none.
+			if !slices.Equal(ok.GetHeadersToRemove(), []string{header, "x-latchkey-scopes"}) {
 				t.Errorf("key in %s: headers_to_remove %v", header, ok.GetHeadersToRemove())
 			}
 		}
@@ -226,7 +227,7 @@ func grpcurl(t *testing.T, lk *inprocess.Latchkey, tenant, raw string) {
 		got[h.Header.Key] = h.Header.Value + " " + h.AppendAction
 	}
 	if resp.Status.Code != 0 || got["x-latchkey-tenant"] != tenant+" OVERWRITE_IF_EXISTS_OR_ADD" ||
-		!slices.Equal(resp.OkResponse.HeadersToRemove, []string{"x-api-key"}) || resp.DynamicMetadata[protocol.MetadataTenant] != tenant {
+		!slices.Equal(resp.OkResponse.HeadersToRemove, []string{"x-api-key", "x-latchkey-scopes"}) || resp.DynamicMetadata[protocol.MetadataTenant] != tenant {
 		t.Errorf("grpcurl's Check:\n%s", out)
 	}
 	if out := run(strings.Replace(string(req), raw, "lk_wrong", 1), "-protoset", protoset, "-d", "@", addr, "envoy.service.auth.v3.Authorization/Check"); !strings.Contains(out, `"code": "Unauthorized"`) {

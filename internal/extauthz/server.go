@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -210,15 +211,20 @@ func client(ctx context.Context, attrs *authv3.AttributeContext) netip.Addr {
 // client sent, and in dynamic metadata, and the key's headers removed.
 func (s *Server) allowed(id verifier.Identity, found endpoints.Found) *authv3.CheckResponse {
 	key := id.Tenant + "/" + id.KeyName
-	ok := &authv3.OkHttpResponse{Headers: []*corev3.HeaderValueOption{
-		header(headerTenant, id.Tenant), header(headerKey, key), header(headerScopes, id.ScopeList),
-	}}
+	ok := &authv3.OkHttpResponse{Headers: []*corev3.HeaderValueOption{header(headerTenant, id.Tenant), header(headerKey, key)}}
 	if !s.keep {
 		var inQuery bool
 		ok.HeadersToRemove, inQuery = s.from(found)
 		if inQuery {
 			ok.QueryParametersToRemove = s.query
 		}
+	}
+	if id.ScopeList != "" {
+		ok.Headers = append(ok.Headers, header(headerScopes, id.ScopeList))
+	} else {
+		// Envoy drops a header option with an empty value rather than
+		// overwrite: a key without scopes has a client's header removed.
+		ok.HeadersToRemove = append(slices.Clip(ok.HeadersToRemove), headerScopes)
 	}
 	return &authv3.CheckResponse{
 		Status:       &rpcstatus.Status{Code: int32(codes.OK)},

@@ -188,6 +188,10 @@ func TestScopesAnswered(t *testing.T) {
 	if a := flatten(resp); a.headers["x-latchkey-scopes"] != "read,write" || a.metadata[protocol.MetadataScopes] != "read,write" {
 		t.Errorf("scopes: headers %v, metadata %v", a.headers, a.metadata)
 	}
+	resp, _ = s.Check(context.Background(), request("192.0.2.1", map[string]string{"x-api-key": f.raw["other"], "x-latchkey-scopes": "admin"}, nil))
+	if a := flatten(resp); a.headers["x-latchkey-scopes"] != "" || !slices.Contains(a.remove, "x-latchkey-scopes") {
+		t.Errorf("a key without scopes: headers %v, headers_to_remove %v; want the client's x-latchkey-scopes removed", a.headers, a.remove)
+	}
 	resp, _ = s.Check(context.Background(), request("192.0.2.1", map[string]string{"x-api-key": f.raw["active"]},
 		map[string]string{protocol.ContextExtensionScopesRequired: "admin"}))
 	if a := flatten(resp); !strings.HasPrefix(a.headers["www-authenticate"], `Bearer error="insufficient_scope"`) {
