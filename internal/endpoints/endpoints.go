@@ -125,12 +125,12 @@ func (s *Server) WhoAmI(w http.ResponseWriter, r *http.Request) {
 // wants of it, and answers 400, 401, 403 or 429 itself when the request is
 // refused.
 func (s *Server) verifyKey(w http.ResponseWriter, r *http.Request, endpoint string, want Want) (verifier.Identity, bool) {
-	token, _, err := s.Keys.FromRequest(r)
+	addr, direct := s.Limiter.ClientAddr(r)
+	token, _, err := s.Keys.FromRequest(r, !direct)
 	if err != nil {
 		s.badRequest(w, endpoint, err.Error())
 		return verifier.Identity{}, false
 	}
-	addr, direct := s.Limiter.ClientAddr(r)
 	d := s.Check(endpoint, token, addr, want)
 	switch d.Verdict {
 	case Allowed:

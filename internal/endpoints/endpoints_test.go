@@ -361,7 +361,15 @@ func TestKeyQueryParameter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := newRig(t, &Server{Keys: places})
+	// The test's client, 127.0.0.1, is a trusted proxy: a URI it names is
+	// read.
+	proxy := NewFailureLimiter(100, 100, []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")})
+	r := newRig(t, &Server{Keys: places, Limiter: proxy})
+	direct := newRig(t, &Server{Keys: places})
+	resp, _ := direct.do(t, http.MethodGet, "/authorize", nil, http.Header{"X-Forwarded-Uri": {"/api?api_key=" + direct.active}})
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("a URI named by a client, not a trusted proxy, was read: %d", resp.StatusCode)
+	}
 	tests := []struct {
 		name   string
 		path   func() string
@@ -382,6 +390,8 @@ func TestKeyQueryParameter(t *testing.T) {
 		}, http.StatusBadRequest},
 		{"two different values", func() string { return "/authorize?api_key=" + r.active + "&api_key=" + r.revoked }, func() http.Header { return nil }, http.StatusBadRequest},
 		{"badly escaped", func() string { return "/authorize?api_key=%zz" + r.active }, func() http.Header { return nil }, http.StatusBadRequest},
+		{"another key under the escaped name", func() string { return "/authorize?api_key=" + r.active + "&api%5Fkey=" + r.revoked },
+			func() http.Header { return nil }, http.StatusBadRequest},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -422,7 +432,7 @@ func TestReadingAKeyNeverAllocates(t *testing.T) {
 		r.Header.Set("Authorization", "Bearer "+raw)
 		r.Header.Set("X-Token", raw)
 		if n := testing.AllocsPerRun(100, func() {
-			if token, _, err := places.FromRequest(r); err != nil || token != raw {
+			if token, _, err := places.FromRequest(r, true); err != nil || token != raw {
 				t.Fatal("the key was not read")
 			}
 		}); n != 0 {

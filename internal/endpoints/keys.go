@@ -124,11 +124,12 @@ func (p KeyPlaces) Key(header func(i int) string, query string) (token string, f
 
 // FromRequest reads r's key: its headers, and the query of r's own URL
 // (Envoy's HTTP ext_authz asks for the original path under /authorize/)
-// or else of the URI a forward-auth proxy names (X-Forwarded-Uri, which
-// Traefik and Caddy send, or nginx's customary X-Original-URI). A header
-// sent twice is a 400, as Authorization is: proxies differ in which of two
-// they pass on.
-func (p KeyPlaces) FromRequest(r *http.Request) (string, Found, error) {
+// or else, when r comes from a trusted proxy, of the URI it names
+// (X-Forwarded-Uri, which Traefik and Caddy set, or nginx's customary
+// X-Original-URI): from anyone else, that header is only what the client
+// wrote. A header sent twice is a 400, as Authorization is: proxies differ
+// in which of two they pass on.
+func (p KeyPlaces) FromRequest(r *http.Request, proxied bool) (string, Found, error) {
 	p = p.orDefault()
 	var twice string
 	token, found, err := p.Key(func(i int) string {
@@ -144,7 +145,7 @@ func (p KeyPlaces) FromRequest(r *http.Request) (string, Found, error) {
 			return ""
 		}
 		return v[0]
-	}, requestQuery(r, p.query))
+	}, requestQuery(r, p.query, proxied))
 	if twice != "" {
 		return "", 0, errors.New("more than one " + twice + " header")
 	}
@@ -153,11 +154,11 @@ func (p KeyPlaces) FromRequest(r *http.Request) (string, Found, error) {
 
 // requestQuery is the query the key parameter is read from, when one is
 // read at all.
-func requestQuery(r *http.Request, param string) string {
+func requestQuery(r *http.Request, param string, proxied bool) string {
 	if param == "" {
 		return ""
 	}
-	if r.URL.RawQuery != "" {
+	if r.URL.RawQuery != "" || !proxied {
 		return r.URL.RawQuery
 	}
 	for _, h := range []string{"X-Forwarded-Uri", "X-Original-Uri"} {
@@ -185,6 +186,13 @@ func queryValue(query, param string) (string, error) {
 		var kv string
 		kv, query, _ = strings.Cut(query, "&")
 		k, v, _ := strings.Cut(kv, "=")
+		if strings.ContainsAny(k, "%+") {
+			// An escaped name is the parameter to whoever decodes it, the
+			// upstream among them, though Envoy removes only the plain one.
+			if u, err := url.QueryUnescape(k); err == nil {
+				k = u
+			}
+		}
 		if k != param {
 			continue
 		}
