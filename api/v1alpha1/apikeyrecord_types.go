@@ -28,6 +28,8 @@ const (
 // +kubebuilder:validation:XValidation:rule="!self.revoked || has(self.revokedAt)",message="revokedAt is required when revoked is true",fieldPath=".revokedAt",reason=FieldValueRequired
 // +kubebuilder:validation:XValidation:rule="!(has(self.pending) && self.pending) || (has(oldSelf.pending) && oldSelf.pending)",message="pending cannot be set again: a delivered key's record stays delivered",fieldPath=".pending",reason=FieldValueForbidden
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.validUntil) || (has(self.validUntil) && self.validUntil <= oldSelf.validUntil)",message="validUntil can only move earlier: a replaced key's grace period is never extended",fieldPath=".validUntil",reason=FieldValueForbidden
+// +kubebuilder:validation:XValidation:rule="has(self.rotation) == has(oldSelf.rotation)",message="rotation is immutable",fieldPath=".rotation",reason=FieldValueForbidden
+// +kubebuilder:validation:XValidation:rule="has(self.requestedAt) == has(oldSelf.requestedAt)",message="requestedAt is immutable",fieldPath=".requestedAt",reason=FieldValueForbidden
 type ApiKeyRecordSpec struct {
 	// hash is the lowercase hex SHA-256 of the raw key.
 	// +required
@@ -93,7 +95,9 @@ type ApiKeyRecordSpec struct {
 	RevocationReason string `json:"revocationReason,omitempty"`
 
 	// rotation is the key's rotation number: 0 for an ApiKey's first key,
-	// one more for each key a rotation minted.
+	// one more for each key a rotation minted. Neither it nor requestedAt
+	// may be set, changed or removed once the record exists (the rules on
+	// the fields hold changes, those on the spec their presence).
 	// +optional
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="rotation is immutable",reason=FieldValueForbidden

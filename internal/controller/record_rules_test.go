@@ -39,6 +39,12 @@ func TestRecordRulesHeldByTheAPIServer(t *testing.T) {
 		{"making a delivered record pending again is refused", false,
 			func(r *authv1alpha1.ApiKeyRecord) { r.Spec.Pending = true },
 			[]string{"spec.pending", "a delivered key's record stays delivered"}},
+		{"giving a first key a rotation number is refused", false,
+			func(r *authv1alpha1.ApiKeyRecord) { r.Spec.Rotation = 3 },
+			[]string{"spec.rotation", "rotation is immutable"}},
+		{"giving a first key a rotation request is refused", false,
+			func(r *authv1alpha1.ApiKeyRecord) { r.Spec.RequestedAt = &metav1.Time{Time: time.Now()} },
+			[]string{"spec.requestedAt", "requestedAt is immutable"}},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -69,6 +75,28 @@ func ruleRecord(value string) *authv1alpha1.ApiKeyRecord {
 			Hint: "lk_abcde…wxyz", Format: authv1alpha1.FormatPrefixed,
 		},
 	}
+}
+
+// TestGracePeriodsAreNeverExtended: a replaced key's validUntil can move
+// earlier, never later.
+func TestGracePeriodsAreNeverExtended(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	rec := ruleRecord(t.Name())
+	until := metav1.NewTime(time.Now().Add(time.Hour).Truncate(time.Second))
+	rec.Spec.ValidUntil = &until
+	g.Expect(env.Client.Create(ctx, rec)).To(Succeed())
+	t.Cleanup(func() { _ = env.Client.Delete(ctx, rec) })
+	base := rec.DeepCopy()
+	later := metav1.NewTime(until.Add(time.Hour))
+	rec.Spec.ValidUntil = &later
+	err := env.Client.Patch(ctx, rec, client.MergeFrom(base))
+	g.Expect(apierrors.IsInvalid(err)).To(BeTrue(), "got %v", err)
+	g.Expect(err.Error()).To(And(ContainSubstring("spec.validUntil"), ContainSubstring("never extended")))
+	rec = base.DeepCopy()
+	earlier := metav1.NewTime(until.Add(-time.Minute))
+	rec.Spec.ValidUntil = &earlier
+	g.Expect(env.Client.Patch(ctx, rec, client.MergeFrom(base))).To(Succeed())
 }
 
 // TestOneRecordPerKeyValue: whoever writes records, the API server keeps
