@@ -28,7 +28,7 @@ import (
 // the admission call (and fenced the key) and for a second verifier fed
 // only by its watch, standing for a replica that did not.
 //
-//	go test -run 'RevocationIsImmediate|TakenAway' -v ./test/integration/ | grep FIGURE
+//	go test -run 'RevocationIsImmediate|AreImmediate' -v ./test/integration/ | grep FIGURE
 func TestRevocationIsImmediate(t *testing.T) {
 	ctx := context.Background()
 	takeAwayTrials(t, "revocation", authv1alpha1.ApiKeySpec{}, func(i int, key *authv1alpha1.ApiKey) {

@@ -146,6 +146,6 @@ func TestRotationLatency(t *testing.T) {
 		took = append(took, time.Since(start))
 	}
 	slices.Sort(took)
-	t.Logf("rotation to new key authenticating, %d rotations: median %v, min %v, max %v",
+	t.Logf("FIGURE rotation (requestedAt set) to the new key authenticating, %d rotations: median %v, min %v, max %v",
 		rotations, took[rotations/2], took[0], took[rotations-1])
 }
