@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -36,7 +37,14 @@ const (
 	actionRotate  = "rotate"
 	actionSuspend = "suspend"
 	actionResume  = "resume"
+	actionScopes  = "scopes"
 )
+
+// The API's bounds on spec.scopes, checked here too so that the page's
+// request is refused with a reason before it reaches the API server.
+const maxScopes = 16
+
+var scopeName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.:]*[a-z0-9])?$`)
 
 // keyView is one row of the API Keys table.
 type keyView struct {
@@ -112,7 +120,7 @@ func (s *Server) listKeys(w http.ResponseWriter, r *http.Request) {
 	case !v.CanCreate:
 		v.Notice = "You cannot create API keys in " + ns + ": creating one needs create on apikeys.auth.latchkey.dev and get on secrets (to show the key once)."
 	case !v.CanChange:
-		v.Notice = "You cannot revoke, rotate or suspend API keys in " + ns + ": that needs patch on apikeys.auth.latchkey.dev."
+		v.Notice = "You cannot revoke, rotate, suspend or change the scopes of API keys in " + ns + ": that needs patch on apikeys.auth.latchkey.dev."
 	}
 	slices.SortFunc(list.Items, func(a, b authv1alpha1.ApiKey) int {
 		if c := b.CreationTimestamp.Compare(a.CreationTimestamp.Time); c != 0 {
@@ -156,11 +164,11 @@ func (s *Server) row(k *authv1alpha1.ApiKey, now time.Time, canChange bool) keyV
 	}
 	switch state {
 	case authv1alpha1.PhaseActive:
-		row.Actions = []string{actionRotate, actionSuspend, actionRevoke}
+		row.Actions = []string{actionRotate, actionSuspend, actionScopes, actionRevoke}
 	case authv1alpha1.PhaseSuspended:
-		row.Actions = []string{actionResume, actionRevoke}
+		row.Actions = []string{actionResume, actionScopes, actionRevoke}
 	case authv1alpha1.PhasePending, authv1alpha1.PhaseFailed:
-		row.Actions = []string{actionRevoke}
+		row.Actions = []string{actionScopes, actionRevoke}
 	}
 	return row
 }
@@ -194,7 +202,23 @@ type createRequest struct {
 	Name        string `json:"name"`
 	Description string `json:"description"`
 	// ExpiresInDays, when set, expires the key that many days from now.
-	ExpiresInDays int `json:"expiresInDays"`
+	ExpiresInDays int      `json:"expiresInDays"`
+	Scopes        []string `json:"scopes"`
+}
+
+// scopesRequest is the Scopes dialog's list: it replaces the key's.
+type scopesRequest struct {
+	Scopes []string `json:"scopes"`
+}
+
+// readRequest decodes the page's JSON body into v, answering 400 when it
+// is not the page's.
+func readRequest(w http.ResponseWriter, r *http.Request, v any) bool {
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<14)).Decode(v); err != nil {
+		answer(w, http.StatusBadRequest, problem{Message: "the request is not the page's: " + err.Error()})
+		return false
+	}
+	return true
 }
 
 // maxExpiryDays bounds how far ahead the page may set an expiry.
@@ -203,11 +227,14 @@ const maxExpiryDays = 3650
 func (s *Server) createKey(w http.ResponseWriter, r *http.Request) {
 	ns := r.PathValue("ns")
 	var req createRequest
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<14)).Decode(&req); err != nil {
-		answer(w, http.StatusBadRequest, problem{Message: "the request is not the page's: " + err.Error()})
+	if !readRequest(w, r, &req) {
 		return
 	}
-	if msg := nameProblem(req.Name); msg != "" {
+	msg := nameProblem(req.Name)
+	if msg == "" {
+		msg = scopesProblem(req.Scopes)
+	}
+	if msg != "" {
 		answer(w, http.StatusBadRequest, problem{Message: msg})
 		return
 	}
@@ -219,6 +246,7 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	key := &authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: req.Name}}
 	key.Spec.Description = strings.TrimSpace(req.Description)
+	key.Spec.Scopes = req.Scopes
 	if req.ExpiresInDays > 0 {
 		at := metav1.NewTime(s.cfg.Clock.Now().Add(time.Duration(req.ExpiresInDays) * 24 * time.Hour).Truncate(time.Second))
 		key.Spec.ExpiresAt = &at
@@ -246,6 +274,26 @@ func nameProblem(name string) string {
 	return ""
 }
 
+// scopesProblem says what is wrong with a list of scopes, as the API
+// server's schema would.
+func scopesProblem(scopes []string) string {
+	if len(scopes) > maxScopes {
+		return fmt.Sprintf("a key has at most %d scopes", maxScopes)
+	}
+	for i, sc := range scopes {
+		if len(sc) > maxNameLength {
+			return fmt.Sprintf("the scope %q is longer than %d characters", sc, maxNameLength)
+		}
+		if !scopeName.MatchString(sc) {
+			return fmt.Sprintf("the scope %q is not a scope name: lowercase letters, digits, \"-\", \".\" and \":\", starting and ending with a letter or digit", sc)
+		}
+		if slices.Contains(scopes[:i], sc) {
+			return fmt.Sprintf("the scope %q is listed twice", sc)
+		}
+	}
+	return ""
+}
+
 // changedView is a key after a change; Key is set once, after a rotation.
 type changedView struct {
 	Name string `json:"name"`
@@ -254,6 +302,16 @@ type changedView struct {
 
 func (s *Server) changeKey(w http.ResponseWriter, r *http.Request) {
 	ns, name, action := r.PathValue("ns"), r.PathValue("name"), r.PathValue("action")
+	var scopes scopesRequest
+	if action == actionScopes {
+		if !readRequest(w, r, &scopes) {
+			return
+		}
+		if msg := scopesProblem(scopes.Scopes); msg != "" {
+			answer(w, http.StatusBadRequest, problem{Message: msg})
+			return
+		}
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), apiTimeout)
 	defer cancel()
 	key := &authv1alpha1.ApiKey{}
@@ -270,6 +328,12 @@ func (s *Server) changeKey(w http.ResponseWriter, r *http.Request) {
 		v.Key, err = s.cfg.Actions.Rotate(ctx, s.cfg.Client, key)
 	case actionSuspend, actionResume:
 		err = s.cfg.Actions.Suspend(ctx, s.cfg.Client, key, action == actionSuspend)
+	case actionScopes:
+		// A merge patch replaces the whole list, so that a scope the user
+		// removed is gone: the verifier refuses it from then on.
+		base := key.DeepCopy()
+		key.Spec.Scopes = scopes.Scopes
+		err = s.cfg.Client.Patch(ctx, key, client.MergeFrom(base))
 	default:
 		answer(w, http.StatusNotFound, problem{Message: "no action " + action})
 		return

@@ -23,11 +23,16 @@ import (
 	"github.com/latchkey-dev/latchkey/internal/scheme"
 )
 
-// fakeActions records what the page asked for.
-type fakeActions struct{ created []string }
+// fakeActions records what the page asked for: the names created and the
+// scopes they were created with.
+type fakeActions struct {
+	created []string
+	scopes  [][]string
+}
 
 func (f *fakeActions) Create(_ context.Context, _ client.Client, key *authv1alpha1.ApiKey) (string, error) {
 	f.created = append(f.created, key.Name)
+	f.scopes = append(f.scopes, key.Spec.Scopes)
 	key.Status.KeyHint = "lk_abcde…wxyz"
 	return "lk_abcdefghijklmnopqrstuvwxyz", nil
 }
@@ -91,8 +96,8 @@ func TestListOffersWhatRBACAllows(t *testing.T) {
 		create, change      bool
 		liveActions, notice string
 	}{
-		{[]string{"create/apikeys", "get/secrets", "patch/apikeys"}, true, true, "rotate suspend revoke", ""},
-		{[]string{"create/apikeys", "patch/apikeys"}, false, true, "rotate suspend revoke", "You cannot create API keys"},
+		{[]string{"create/apikeys", "get/secrets", "patch/apikeys"}, true, true, "rotate suspend scopes revoke", ""},
+		{[]string{"create/apikeys", "patch/apikeys"}, false, true, "rotate suspend scopes revoke", "You cannot create API keys"},
 		{nil, false, false, "", "You can view the API keys of team but not create or change them"},
 	} {
 		_, do := serve(t, c, tc.allowed...)
@@ -144,6 +149,65 @@ func TestCreateShowsTheKeyOnceAndChecksTheName(t *testing.T) {
 	}
 	if cc := rec.Header().Get("Cache-Control"); cc != "no-store" {
 		t.Errorf("the answer carrying the key has Cache-Control %q", cc)
+	}
+}
+
+func TestScopesAreCheckedAndReplaced(t *testing.T) {
+	c := fake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(
+		&authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "live"},
+			Spec: authv1alpha1.ApiKeySpec{Scopes: []string{"orders:read"}}},
+	).Build()
+	actions, do := serve(t, c)
+	for body, reason := range map[string]string{
+		`["Orders"]`:                          `the scope "Orders" is not a scope name`,
+		`["orders:"]`:                         `the scope "orders:" is not a scope name`,
+		`[""]`:                                `the scope "" is not a scope name`,
+		`["a","a"]`:                           `the scope "a" is listed twice`,
+		`["` + strings.Repeat("a", 64) + `"]`: "is longer than 63 characters",
+		`["a","b","c","d","e","f","g","h","i","j","k","l","m","n","o","p","q"]`: "a key has at most 16 scopes",
+	} {
+		for what, send := range map[string]func() (*httptest.ResponseRecorder, map[string]any){
+			"create": func() (*httptest.ResponseRecorder, map[string]any) {
+				return do(http.MethodPost, "/api/namespaces/team/apikeys", `{"name":"ci","scopes":`+body+`}`)
+			},
+			"change": func() (*httptest.ResponseRecorder, map[string]any) {
+				return do(http.MethodPost, "/api/namespaces/team/apikeys/live/scopes", `{"scopes":`+body+`}`)
+			},
+		} {
+			rec, v := send()
+			if msg, _ := v["message"].(string); rec.Code != http.StatusBadRequest || !strings.Contains(msg, reason) {
+				t.Errorf("%s with scopes %s: %d %q, want 400 saying %q", what, body, rec.Code, msg, reason)
+			}
+		}
+	}
+	if len(actions.created) != 0 {
+		t.Fatalf("keys with invalid scopes were created: %v", actions.created)
+	}
+	scopesOf := func() []string {
+		key := &authv1alpha1.ApiKey{}
+		if err := c.Get(context.Background(), client.ObjectKey{Namespace: "team", Name: "live"}, key); err != nil {
+			t.Fatal(err)
+		}
+		return key.Spec.Scopes
+	}
+	if got := scopesOf(); strings.Join(got, ",") != "orders:read" {
+		t.Fatalf("a refused change changed the scopes to %v", got)
+	}
+	for _, want := range []string{"orders:read,orders:write", "orders:read", ""} {
+		list, _ := json.Marshal(strings.FieldsFunc(want, func(r rune) bool { return r == ',' }))
+		rec, _ := do(http.MethodPost, "/api/namespaces/team/apikeys/live/scopes", `{"scopes":`+string(list)+`}`)
+		if rec.Code != http.StatusOK {
+			t.Fatalf("scopes %s: %d %s", list, rec.Code, rec.Body)
+		}
+		if got := strings.Join(scopesOf(), ","); got != want {
+			t.Errorf("after %s the key has scopes %q", list, got)
+		}
+	}
+	if rec, _ := do(http.MethodPost, "/api/namespaces/team/apikeys", `{"name":"ci","scopes":["orders:read"]}`); rec.Code != http.StatusCreated {
+		t.Errorf("create with a valid scope: %d %s", rec.Code, rec.Body)
+	}
+	if len(actions.scopes) != 1 || strings.Join(actions.scopes[0], ",") != "orders:read" {
+		t.Errorf("the key was created with scopes %v", actions.scopes)
 	}
 }
 

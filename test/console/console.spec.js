@@ -133,8 +133,6 @@ async function main() {
     await page.click('#confirm-ok');
     await waitText(page, `${row('reporter')} .badge`, 'Active');
     await waitText(page, '#active-count', 'Active keys: 1');
-    await page.mouse.move(0, 0);
-    if (shots) await page.screenshot({ path: path.join(shots, 'console-keys.png') });
 
     step('usage');
     await page.click('#nav-usage');
@@ -154,6 +152,45 @@ async function main() {
     await page.focus(`#chart g.bar[data-date="${date}"]`);
     const focused = await text(page, '#tooltip');
     await ask('tooltip', { tooltip, focused });
+
+    step('scopes: given at create, edited in their dialog, enforced at /authorize');
+    await page.click('#nav-keys');
+    await page.click('#create');
+    await page.fill('#create-name', 'orders-app');
+    await page.fill('#create-scopes', 'Orders:Read');
+    await page.press('#create-scopes', 'Enter');
+    check((await text(page, '#create-error')).startsWith('The scope “Orders:Read” is not a scope name'), 'an invalid scope was not refused on the page');
+    await page.fill('#create-scopes', 'orders:read');
+    await page.press('#create-scopes', 'Enter');
+    await page.locator('#secret-dialog[open]').waitFor(T);
+    const scoped = await text(page, '#secret-value');
+    await page.click('#secret-done');
+    const scopesOf = `${row('orders-app')} .scopes`;
+    await waitText(page, scopesOf, 'orders:read');
+    const { status: unscoped } = await ask('authorize', { key: scoped, scope: 'orders:write' });
+    check(unscoped === 403, `a key without orders:write was answered ${unscoped} for a route requiring it`);
+    await page.click('button[aria-label="Scopes orders-app"]');
+    check((await text(page, '#confirm-title')) === 'Scopes of orders-app', 'the Scopes dialog does not name the key');
+    check(await page.inputValue('#confirm-scopes') === 'orders:read', 'the Scopes dialog does not show the current scopes');
+    await page.fill('#confirm-scopes', 'orders:read orders:read');
+    await page.click('#confirm-ok');
+    check((await text(page, '#confirm-error')) === 'The scope “orders:read” is listed twice.', 'a duplicate scope was not refused on the page');
+    await page.fill('#confirm-scopes', 'orders:read,orders:write');
+    await page.click('#confirm-ok');
+    await waitText(page, scopesOf, 'orders:readorders:write');
+    check(await seen(page, 'Saving scopes…'), 'the page never said Saving scopes…');
+    const { status: added } = await ask('authorize', { key: scoped, scope: 'orders:write' });
+    check(added === 200, `the key given orders:write was answered ${added} for a route requiring it`);
+    await page.click('button[aria-label="Scopes orders-app"]');
+    check(await page.inputValue('#confirm-scopes') === 'orders:read, orders:write', 'the Scopes dialog does not show both scopes');
+    await page.fill('#confirm-scopes', 'orders:read');
+    await page.press('#confirm-scopes', 'Enter');
+    await waitText(page, scopesOf, 'orders:read');
+    const { status: removed } = await ask('authorize', { key: scoped, scope: 'orders:write' });
+    check(removed === 403, `the key whose orders:write was removed was answered ${removed} for a route requiring it`);
+    await page.mouse.move(0, 0);
+    if (shots) await page.screenshot({ path: path.join(shots, 'console-keys.png') });
+    await page.click('#nav-usage');
 
     step('the namespace picker, and a tenant with no executions');
     await page.selectOption('#namespace', empty);

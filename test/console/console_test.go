@@ -148,10 +148,14 @@ func browser(t *testing.T) (node string) {
 	return node
 }
 
-// authorize is /authorize's answer to raw.
-func authorize(raw string) (int, error) {
+// authorize is /authorize's answer to raw, for a route that requires
+// scope when it is set.
+func authorize(raw, scope string) (int, error) {
 	req, _ := http.NewRequest(http.MethodGet, lk.Endpoint+"/authorize", nil)
 	req.Header.Set("Authorization", "Bearer "+raw)
+	if scope != "" {
+		req.Header.Set(protocol.HeaderScopeRequired, scope)
+	}
 	resp, err := lk.HTTPClient.Do(req)
 	if err != nil {
 		return 0, err
@@ -260,8 +264,8 @@ func TestConsoleInABrowser(t *testing.T) {
 	lines := bufio.NewScanner(fromScript)
 	for lines.Scan() {
 		var q struct {
-			Ask, Key, Name, Tooltip, Focused, Notice string
-			Cards                                    map[string]string
+			Ask, Key, Scope, Name, Tooltip, Focused, Notice string
+			Cards                                           map[string]string
 			// Loaded is how long the page took to load, in milliseconds.
 			Loaded int64
 		}
@@ -277,7 +281,7 @@ func TestConsoleInABrowser(t *testing.T) {
 			interactive, loaded = time.Since(admin.started), time.Duration(q.Loaded)*time.Millisecond
 		case "authorize":
 			raws = append(raws, q.Key)
-			status, err := authorize(q.Key)
+			status, err := authorize(q.Key, q.Scope)
 			g.Expect(err).NotTo(HaveOccurred())
 			a["status"] = status
 		case "revoke":
@@ -319,7 +323,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	}
 	t.Log(stderr.String())
 	g.Expect(err).NotTo(HaveOccurred(), "the browser script failed")
-	g.Expect(raws).To(HaveLen(3), "the script checked the created key before and after revoking it, and the rotated key")
+	g.Expect(raws).To(HaveLen(6), "the script checked the created key before and after revoking it, the rotated key, and the scoped key three times")
 	t.Logf("kubectl latchkey console to an interactive API Keys page (Create key and the rows shown): %s, of which loading the page in the browser %s",
 		interactive.Round(time.Millisecond), loaded)
 

@@ -6,6 +6,8 @@
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 2000;
 const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+// SCOPE and the bounds in scopesProblem are the API's for spec.scopes.
+const SCOPE = /^[a-z0-9]([-a-z0-9.:]*[a-z0-9])?$/;
 
 const state = { ns: '', page: 'keys', timer: 0, busy: false, shownKeys: '', shownUsage: '' };
 
@@ -58,6 +60,10 @@ const ACTIONS = {
     text: (n) => `Requests carrying ${n} are refused until it is resumed. Unlike revoking, this can be undone.` },
   resume: { done: 'Resumed', label: 'Resume', title: (n) => `Resume ${n}?`, ok: 'Resume key', doing: 'Resuming key…',
     text: (n) => `The same key ${n} works again.` },
+  // scopes asks for the new list in the dialog and sends it as the body.
+  scopes: { done: 'Saved the scopes of', label: 'Scopes', title: (n) => `Scopes of ${n}`, ok: 'Save scopes', doing: 'Saving scopes…',
+    text: (n) => `Routes that require a scope refuse ${n} without it. A scope removed here is refused from the moment it is saved.`,
+    field: true },
 };
 
 function setStatus(msg) { $('status').textContent = msg || ''; }
@@ -90,7 +96,8 @@ async function loadKeys() {
     if (k.expiresIn) expires.append(' ', el('span', { class: 'warn' }, `expires in ${k.expiresIn}`));
     const actions = el('td', { class: 'actions' });
     for (const a of k.actions) {
-      const b = el('button', { type: 'button', class: a === 'revoke' ? 'danger ghost' : 'ghost', 'aria-label': `${ACTIONS[a].label} ${k.name}`, 'data-action': a, 'data-name': k.name }, ACTIONS[a].label);
+      const b = el('button', { type: 'button', class: a === 'revoke' ? 'danger ghost' : 'ghost', 'aria-label': `${ACTIONS[a].label} ${k.name}`,
+        'data-action': a, 'data-name': k.name, 'data-scopes': (k.scopes || []).join(', ') }, ACTIONS[a].label);
       actions.append(b);
     }
     const name = el('td', { class: 'name' }, el('strong', {}, k.name));
@@ -124,20 +131,40 @@ function nameProblem(name) {
   return '';
 }
 
+const parseScopes = (s) => s.split(/[\s,]+/).filter(Boolean);
+
+function scopesProblem(scopes) {
+  if (scopes.length > 16) return 'A key has at most 16 scopes.';
+  for (const [i, sc] of scopes.entries()) {
+    if (sc.length > 63) return `The scope “${sc}” is longer than 63 characters.`;
+    if (!SCOPE.test(sc)) return `The scope “${sc}” is not a scope name: use lowercase letters, digits, “-”, “.” and “:”, starting and ending with a letter or digit.`;
+    if (scopes.indexOf(sc) < i) return `The scope “${sc}” is listed twice.`;
+  }
+  return '';
+}
+
+// invalid shows problem under input, or clears it, and says whether there was one.
+function invalid(input, error, problem) {
+  $(error).textContent = problem;
+  $(input).setAttribute('aria-invalid', problem ? 'true' : 'false');
+  if (problem) $(input).focus();
+  return Boolean(problem);
+}
+
 async function submitCreate(ev) {
   ev.preventDefault();
   if (state.busy) return;
   const name = $('create-name').value.trim();
-  const problem = nameProblem(name);
-  $('create-error').textContent = problem;
-  $('create-name').setAttribute('aria-invalid', problem ? 'true' : 'false');
-  if (problem) { $('create-name').focus(); return; }
+  const scopes = parseScopes($('create-scopes').value);
+  $('create-scopes').setAttribute('aria-invalid', 'false');
+  if (invalid('create-name', 'create-error', nameProblem(name))) return;
+  if (invalid('create-scopes', 'create-error', scopesProblem(scopes))) return;
   state.busy = true;
   $('create-submit').disabled = true;
   $('create-submit').textContent = 'Creating API key…';
   setStatus('Creating API key…');
   try {
-    const v = await api('POST', nsPath('/apikeys'), { name, description: $('create-description').value, expiresInDays: Number($('create-expires').value) });
+    const v = await api('POST', nsPath('/apikeys'), { name, description: $('create-description').value, expiresInDays: Number($('create-expires').value), scopes });
     $('create-dialog').close();
     showSecret(v.name, v.key, '');
     setStatus(`Created ${v.name}.`);
@@ -182,11 +209,14 @@ function closeSecret() {
   if ($('secret-dialog').open) $('secret-dialog').close();
 }
 
-function openConfirm(action, name) {
+function openConfirm(action, name, scopes) {
   const a = ACTIONS[action];
   $('confirm-title').textContent = a.title(name);
   $('confirm-text').textContent = a.text(name);
   $('confirm-error').textContent = '';
+  $('confirm-field').hidden = !a.field;
+  $('confirm-scopes').value = scopes || '';
+  $('confirm-scopes').setAttribute('aria-invalid', 'false');
   const ok = $('confirm-ok');
   ok.textContent = a.ok;
   ok.disabled = false;
@@ -194,7 +224,7 @@ function openConfirm(action, name) {
   ok.dataset.action = action;
   ok.dataset.name = name;
   $('confirm-dialog').showModal();
-  ok.focus();
+  (a.field ? $('confirm-scopes') : ok).focus();
 }
 
 async function confirmAction() {
@@ -202,12 +232,18 @@ async function confirmAction() {
   const { action, name } = ok.dataset;
   const a = ACTIONS[action];
   if (state.busy) return;
+  let body;
+  if (a.field) {
+    const scopes = parseScopes($('confirm-scopes').value);
+    if (invalid('confirm-scopes', 'confirm-error', scopesProblem(scopes))) return;
+    body = { scopes };
+  }
   state.busy = true;
   ok.disabled = true;
   ok.textContent = a.doing;
   setStatus(a.doing);
   try {
-    const v = await api('POST', nsPath(`/apikeys/${encodeURIComponent(name)}/${action}`));
+    const v = await api('POST', nsPath(`/apikeys/${encodeURIComponent(name)}/${action}`), body);
     $('confirm-dialog').close();
     setStatus(`${a.done} ${name}.`);
     if (v.key) showSecret(name, v.key, 'The previous key keeps working for its grace period.');
@@ -359,6 +395,9 @@ async function start() {
   $('create').addEventListener('click', openCreate);
   $('create-form').addEventListener('submit', submitCreate);
   $('create-name').addEventListener('input', () => { $('create-error').textContent = ''; });
+  $('create-scopes').addEventListener('input', () => { $('create-error').textContent = ''; });
+  $('confirm-scopes').addEventListener('input', () => { $('confirm-error').textContent = ''; });
+  $('confirm-scopes').addEventListener('keydown', (ev) => { if (ev.key === 'Enter') { ev.preventDefault(); confirmAction(); } });
   $('copy').addEventListener('click', copySecret);
   $('secret-done').addEventListener('click', closeSecret);
   $('secret-dialog').addEventListener('close', closeSecret);
@@ -366,7 +405,7 @@ async function start() {
   for (const b of document.querySelectorAll('dialog .cancel')) b.addEventListener('click', () => b.closest('dialog').close());
   $('keys').addEventListener('click', (ev) => {
     const b = ev.target.closest('button[data-action]');
-    if (b) openConfirm(b.dataset.action, b.dataset.name);
+    if (b) openConfirm(b.dataset.action, b.dataset.name, b.dataset.scopes);
   });
   const chart = $('chart');
   const over = (ev) => { const g = ev.target.closest('g.bar'); if (g) showTooltip(g); };
