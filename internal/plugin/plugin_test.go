@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/pem"
 	"flag"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -38,14 +37,7 @@ var (
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	var err error
-	if lk, err = inprocess.Start(context.Background(), inprocess.Options{}); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	_ = lk.Stop()
-	os.Exit(code)
+	inprocess.Main(m, inprocess.Options{}, func(l *inprocess.Latchkey) { lk = l })
 }
 
 // run runs the plugin with args in namespace ns at the clock's time, with stdin as input.

@@ -43,18 +43,10 @@ import (
 var lk *inprocess.Latchkey
 
 func TestMain(m *testing.M) {
-	var err error
-	lk, err = inprocess.Start(context.Background(), inprocess.Options{Tune: func(o *operator.Options) {
+	inprocess.Main(m, inprocess.Options{Tune: func(o *operator.Options) {
 		// Last use is written within a second, so that the list shows it.
 		o.LastUsedInterval = time.Second
-	}})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	_ = lk.Stop()
-	os.Exit(code)
+	}}, func(l *inprocess.Latchkey) { lk = l })
 }
 
 // syncBuffer is a command's output, read while the command runs.

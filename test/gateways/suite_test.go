@@ -1,8 +1,6 @@
 package gateways
 
 import (
-	"context"
-	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -32,21 +30,13 @@ var lk *inprocess.Latchkey
 // addresses, so that a flood from one leaves another alone.
 func TestMain(m *testing.M) {
 	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.ErrorLevel)))
-	var err error
-	lk, err = inprocess.Start(context.Background(), inprocess.Options{
+	inprocess.Main(m, inprocess.Options{
 		Logger: ctrl.Log,
 		Tune: func(o *operator.Options) {
 			o.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 			o.ClientAddressHeader = "X-Forwarded-For"
 		},
-	})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	_ = lk.Stop()
-	os.Exit(code)
+	}, func(l *inprocess.Latchkey) { lk = l })
 }
 
 // missing skips a test whose gateway this machine lacks, except in CI,

@@ -131,7 +131,8 @@ func TestProtocolAgreement(t *testing.T) {
 		g.Expect(out.String()).To(Equal("Tenant:   " + ns + "\n" +
 			"Key:      " + key.Name + " (" + key.Status.KeyHint + ")\n" +
 			"Created:  " + who.CreatedAt.UTC().Format(time.RFC3339) + "\n" +
-			"Expires:  " + expires.UTC().Format(time.RFC3339) + "\n"))
+			"Expires:  " + expires.UTC().Format(time.RFC3339) + "\n" +
+			"Scopes:   none\n"))
 	})
 
 	t.Run("the server and the middleware read the same bearer headers", func(t *testing.T) {

@@ -5,7 +5,6 @@ package integration
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"os"
 	"testing"
@@ -40,8 +39,7 @@ var (
 // cmd/main.go sets it up.
 func TestMain(m *testing.M) {
 	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapLevelError)))
-	var err error
-	lk, err = inprocess.Start(context.Background(), inprocess.Options{
+	inprocess.Main(m, inprocess.Options{
 		TokenWebhook: true,
 		Logger:       ctrl.Log,
 		Tune: func(o *operator.Options) {
@@ -50,16 +48,10 @@ func TestMain(m *testing.M) {
 			// Every test calls from 127.0.0.1: a limit this high only stops floods.
 			o.FailedAuthRate, o.FailedAuthBurst = 1000, 1000
 		},
+	}, func(l *inprocess.Latchkey) {
+		lk, env = l, l.Env
+		useOperator()
 	})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	env = lk.Env
-	useOperator()
-	code := m.Run()
-	_ = lk.Stop()
-	os.Exit(code)
 }
 
 // useOperator points the tests at the running operator.

@@ -7,7 +7,9 @@ package inprocess
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"os"
 	"testing"
 
 	"github.com/go-logr/logr"
@@ -54,6 +56,24 @@ func Start(ctx context.Context, o Options) (*Latchkey, error) {
 		return nil, err
 	}
 	return lk, nil
+}
+
+// Main is a TestMain for a package whose tests talk to the operator, as
+// testenv.Main is for one that needs only a control plane: it starts one
+// with o, hands it to use, runs the tests, stops it and exits with their
+// code.
+func Main(m *testing.M, o Options, use func(*Latchkey)) {
+	lk, err := Start(context.Background(), o)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	use(lk)
+	code := m.Run()
+	if err := lk.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+	}
+	os.Exit(code)
 }
 
 // StartOperator starts the operator again after StopOperator, as a
