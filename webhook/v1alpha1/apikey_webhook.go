@@ -42,8 +42,20 @@ type ApiKeyValidator struct {
 
 // +kubebuilder:webhook:path=/validate-auth-latchkey-dev-v1alpha1-apikey,mutating=false,failurePolicy=fail,sideEffects=NoneOnDryRun,groups=auth.latchkey.dev,resources=apikeys,verbs=create;update;delete,versions=v1alpha1,name=vapikey-v1alpha1.latchkey.dev,admissionReviewVersions=v1,timeoutSeconds=5
 
-// SetupWebhookWithManager registers the validator on the manager's webhook server.
+// IndexSecretName indexes ApiKeys by the Secret they deliver to, so that
+// admitting one reads only those that share its Secret's name rather than
+// copying every ApiKey of its namespace out of the cache: minting N keys
+// in one namespace would otherwise cost O(N²).
+const IndexSecretName = "latchkey.dev/secret-name"
+
+// SetupWebhookWithManager registers the validator on the manager's webhook
+// server, and the index it reads with.
 func (v *ApiKeyValidator) SetupWebhookWithManager(mgr ctrl.Manager) error {
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &authv1alpha1.ApiKey{}, IndexSecretName, func(o client.Object) []string {
+		return []string{o.(*authv1alpha1.ApiKey).SecretName()}
+	}); err != nil {
+		return err
+	}
 	return ctrl.NewWebhookManagedBy(mgr, &authv1alpha1.ApiKey{}).WithValidator(v).Complete()
 }
 
@@ -96,7 +108,7 @@ func (v *ApiKeyValidator) fence(ctx context.Context, key *authv1alpha1.ApiKey, s
 
 func (v *ApiKeyValidator) validateSecretNameUnique(ctx context.Context, key *authv1alpha1.ApiKey) (field.ErrorList, error) {
 	var others authv1alpha1.ApiKeyList
-	if err := v.Reader.List(ctx, &others, client.InNamespace(key.Namespace)); err != nil {
+	if err := v.Reader.List(ctx, &others, client.InNamespace(key.Namespace), client.MatchingFields{IndexSecretName: key.SecretName()}); err != nil {
 		return nil, fmt.Errorf("listing ApiKeys in %s: %w", key.Namespace, err)
 	}
 	for i := range others.Items {
