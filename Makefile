@@ -49,7 +49,7 @@ verify-generated:
 	fi
 
 .PHONY: test
-test: verify-generated vet envtest ## Regenerate (failing if that changes tracked files), run all tests against a real API server, fuzz each parser briefly.
+test: verify-generated vet envtest test-clients ## Regenerate (failing if that changes tracked files), run all tests against a real API server, fuzz each parser briefly.
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test ./... -coverprofile cover.out
 	$(MAKE) --no-print-directory fuzz FUZZTIME=3s
 
@@ -184,6 +184,11 @@ GOLANGCI_LINT_VERSION ?= v2.15.0
 .PHONY: envtest
 envtest: ## Build (or reuse) kube-apiserver, etcd and kubectl for envtest and print their directory.
 	@bash hack/envtest.sh
+
+.PHONY: test-clients
+test-clients: ## Build (or reuse) the real clients the tests drive: Traefik from the Go module proxy, and the console tests' playwright-core when npm is there.
+	@bash hack/traefik.sh >/dev/null
+	@if command -v npm >/dev/null; then npm ci --prefix test/console --no-audit --no-fund --loglevel=error >/dev/null; fi
 
 .PHONY: kustomize
 kustomize: $(KUSTOMIZE)
