@@ -68,7 +68,8 @@ type ApiKeySpec struct {
 	Rotation *RotationSpec `json:"rotation,omitempty"`
 
 	// scopes are what the key may do, for gateways and RBAC to check: up to
-	// 16 lowercase names. TokenReview gives the group latchkey:scope:<scope>
+	// 16 lowercase names. TokenReview gives the groups
+	// latchkey:tenant:<namespace>:scope:<scope> and latchkey:scope:<scope>
 	// per scope, and /authorize refuses a key that lacks a scope the route
 	// requires. Removing a scope takes effect as immediately as revocation.
 	// +optional
@@ -79,6 +80,15 @@ type ApiKeySpec struct {
 	// +kubebuilder:validation:items:Pattern=`^[a-z0-9]([-a-z0-9.:]*[a-z0-9])?$`
 	Scopes []string `json:"scopes,omitempty"`
 }
+
+// The bounds of spec.scopes, for clients that check a list before sending
+// it (the console); the markers above hold the same values, and a test
+// holds the generated CRD to these.
+const (
+	MaxScopes      = 16
+	MaxScopeLength = 63
+	ScopePattern   = `^[a-z0-9]([-a-z0-9.:]*[a-z0-9])?$`
+)
 
 // RotationSpec says when an ApiKey's key is replaced.
 type RotationSpec struct {

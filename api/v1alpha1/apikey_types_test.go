@@ -4,7 +4,11 @@ import (
 	"testing"
 	"time"
 
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/latchkey-dev/latchkey/config/crd"
 )
 
 func TestState(t *testing.T) {
@@ -31,5 +35,25 @@ func TestState(t *testing.T) {
 				t.Fatalf("State = %s, want %s", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestScopeBoundsAreTheCRDs: the constants clients check scopes with are
+// the generated schema's.
+func TestScopeBoundsAreTheCRDs(t *testing.T) {
+	b, err := crd.Bases.ReadFile("bases/auth.latchkey.dev_apikeys.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var def apiextensionsv1.CustomResourceDefinition
+	if err := yaml.Unmarshal(b, &def); err != nil {
+		t.Fatal(err)
+	}
+	scopes := def.Spec.Versions[0].Schema.OpenAPIV3Schema.Properties["spec"].Properties["scopes"]
+	if scopes.MaxItems == nil || *scopes.MaxItems != MaxScopes ||
+		scopes.Items.Schema.MaxLength == nil || *scopes.Items.Schema.MaxLength != MaxScopeLength ||
+		scopes.Items.Schema.Pattern != ScopePattern {
+		t.Fatalf("spec.scopes in the CRD: maxItems %v, items %+v; the constants say %d, %d, %s",
+			scopes.MaxItems, scopes.Items.Schema, MaxScopes, MaxScopeLength, ScopePattern)
 	}
 }

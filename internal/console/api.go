@@ -40,11 +40,9 @@ const (
 	actionScopes  = "scopes"
 )
 
-// The API's bounds on spec.scopes, checked here too so that the page's
-// request is refused with a reason before it reaches the API server.
-const maxScopes = 16
-
-var scopeName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.:]*[a-z0-9])?$`)
+// scopeName is the API's rule for a scope, checked here too so that the
+// page's request is refused with a reason before it reaches the API server.
+var scopeName = regexp.MustCompile(authv1alpha1.ScopePattern)
 
 // keyView is one row of the API Keys table.
 type keyView struct {
@@ -277,12 +275,12 @@ func nameProblem(name string) string {
 // scopesProblem says what is wrong with a list of scopes, as the API
 // server's schema would.
 func scopesProblem(scopes []string) string {
-	if len(scopes) > maxScopes {
-		return fmt.Sprintf("a key has at most %d scopes", maxScopes)
+	if len(scopes) > authv1alpha1.MaxScopes {
+		return fmt.Sprintf("a key has at most %d scopes", authv1alpha1.MaxScopes)
 	}
 	for i, sc := range scopes {
-		if len(sc) > maxNameLength {
-			return fmt.Sprintf("the scope %q is longer than %d characters", sc, maxNameLength)
+		if len(sc) > authv1alpha1.MaxScopeLength {
+			return fmt.Sprintf("the scope %q is longer than %d characters", sc, authv1alpha1.MaxScopeLength)
 		}
 		if !scopeName.MatchString(sc) {
 			return fmt.Sprintf("the scope %q is not a scope name: lowercase letters, digits, \"-\", \".\" and \":\", starting and ending with a letter or digit", sc)
