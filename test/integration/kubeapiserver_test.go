@@ -21,7 +21,6 @@ import (
 // use a Latchkey key as its bearer token.
 func TestKubeAPIServerAuthenticatesKeys(t *testing.T) {
 	g := NewWithT(t)
-	ctx := context.Background()
 	ns, other := env.Namespace(t), env.Namespace(t)
 	key, raw := mint(t, ns, "ci", authv1alpha1.ApiKeySpec{})
 
@@ -45,17 +44,7 @@ func TestKubeAPIServerAuthenticatesKeys(t *testing.T) {
 	g.Expect(u.Extra["latchkey.dev/key-hint"]).To(Equal([]string{key.Status.KeyHint}))
 
 	// A RoleBinding to the tenant's group grants access in its namespace only.
-	role := &rbacv1.Role{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "read-configmaps"},
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "list"}}},
-	}
-	binding := &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "tenant-reads-configmaps"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: "latchkey:tenant:" + ns}},
-	}
-	g.Expect(env.Client.Create(ctx, role)).To(Succeed())
-	g.Expect(env.Client.Create(ctx, binding)).To(Succeed())
+	grantConfigMapReads(t, ns, "latchkey:tenant:"+ns)
 	g.Eventually(func() error {
 		_, _, err := env.KubectlWithToken(raw, "get", "configmaps", "-n", ns)
 		return err
@@ -75,6 +64,23 @@ func TestKubeAPIServerAuthenticatesKeys(t *testing.T) {
 	_, errOut, err = env.KubectlWithToken(raw, "auth", "whoami")
 	g.Expect(err).To(HaveOccurred())
 	g.Expect(strings.Contains(errOut, raw)).To(BeFalse())
+}
+
+// grantConfigMapReads lets group get and list the ConfigMaps of ns.
+func grantConfigMapReads(t *testing.T, ns, group string) {
+	t.Helper()
+	g := NewWithT(t)
+	role := &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "read-configmaps"},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "list"}}},
+	}
+	binding := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "reads-configmaps"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: group}},
+	}
+	g.Expect(env.Client.Create(context.Background(), role)).To(Succeed())
+	g.Expect(env.Client.Create(context.Background(), binding)).To(Succeed())
 }
 
 // Keys are valid for their own audiences only, and kube-apiserver's

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
-	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -83,17 +82,7 @@ func TestScopes(t *testing.T) {
 	_ = resp.Body.Close()
 	g.Expect(who.Scopes).To(Equal([]string{"configmaps.read", "deploy"}))
 
-	role := &rbacv1.Role{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "read-configmaps"},
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "list"}}},
-	}
-	binding := &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "scope-reads-configmaps"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: protocol.TenantScopeGroup(ns, "configmaps.read")}},
-	}
-	g.Expect(env.Client.Create(ctx, role)).To(Succeed())
-	g.Expect(env.Client.Create(ctx, binding)).To(Succeed())
+	grantConfigMapReads(t, ns, protocol.TenantScopeGroup(ns, "configmaps.read"))
 	g.Eventually(func() error {
 		_, _, err := env.KubectlWithToken(raw, "get", "configmaps", "-n", ns)
 		return err
