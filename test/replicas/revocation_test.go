@@ -25,7 +25,7 @@ func TestRevocationOnEveryReplica(t *testing.T) {
 		takeAway func(testing.TB, *authv1alpha1.ApiKey)
 	}{{"revocation", revoke}, {"suspension", suspend}} {
 		t.Run(c.what, func(t *testing.T) {
-			m := measureTakeAways(t, c.what, replicas, c.takeAway)
+			m := measureTakeAways(t, c.what, replicas, hammers, c.takeAway)
 			t.Logf("FIGURE %s on %d replicas over %d trials (%d goroutines hammering each), first refusal answered, from the call's return (negative: before it): %s",
 				c.what, len(replicas), trials, hammers, m.refusals(replicas))
 			t.Logf("FIGURE %s call with %d replicas serving: %s", c.what, len(replicas), spread(m.took))
@@ -34,18 +34,18 @@ func TestRevocationOnEveryReplica(t *testing.T) {
 }
 
 // BenchmarkRevokeLatency measures the revoke call's own latency with 1, 2
-// and 3 replicas serving (the others shut down, their Leases deleted):
-// with nothing calling the keys, and with every serving replica hammered
-// as in TestRevocationOnEveryReplica, whose trials also give when each
-// replica first refused the key.
+// and 3 replicas serving (the others shut down, their Leases deleted), in
+// trials like TestRevocationOnEveryReplica's: with nothing calling the
+// key but one request after the return, and with every serving replica
+// hammered, which also gives when each replica first refused the key.
 //
 //	go test -run '^$' -bench RevokeLatency -benchtime 1x ./test/replicas/
 func BenchmarkRevokeLatency(b *testing.B) {
 	for range b.N {
 		quiet, hammered := map[int][]time.Duration{}, map[int]takeAways{}
 		for n := len(replicas); n >= 1; n-- {
-			quiet[n] = quietRevokes(b, replicas[:n])
-			hammered[n] = measureTakeAways(b, "revocation", replicas[:n], revoke)
+			quiet[n] = measureTakeAways(b, "revocation", replicas[:n], 0, revoke).took
+			hammered[n] = measureTakeAways(b, "revocation", replicas[:n], hammers, revoke)
 			if n > 1 {
 				gone := replicas[n-1]
 				if err := gone.stop(); err != nil {
@@ -72,26 +72,6 @@ func BenchmarkRevokeLatency(b *testing.B) {
 	}
 }
 
-// quietRevokes mints keys usable on every replica of rs, then revokes
-// them one after another with nothing calling them, and returns each
-// call's duration.
-func quietRevokes(tb testing.TB, rs []*replica) []time.Duration {
-	tb.Helper()
-	ns := env.Namespace(tb)
-	keys := make([]*authv1alpha1.ApiKey, 0, trials)
-	for i := range trials {
-		key, _ := mint(tb, ns, fmt.Sprintf("q%02d", i), rs)
-		keys = append(keys, key)
-	}
-	took := make([]time.Duration, 0, trials)
-	for _, key := range keys {
-		start := time.Now()
-		revoke(tb, key)
-		took = append(took, time.Since(start))
-	}
-	return took
-}
-
 // takeAways are the figures of trials: each call's duration and, by
 // replica, when it first refused the key.
 type takeAways struct {
@@ -108,17 +88,17 @@ func (m takeAways) refusals(rs []*replica) string {
 	return strings.Join(parts, "; ")
 }
 
-// measureTakeAways runs the trials against rs: each mints a key, hammers
-// it on every replica of rs while takeAway changes it through the API,
-// and fails if a replica accepts a request that started after the call
-// returned.
-func measureTakeAways(tb testing.TB, what string, rs []*replica, takeAway func(testing.TB, *authv1alpha1.ApiKey)) takeAways {
+// measureTakeAways runs the trials against rs: each mints a key, has per
+// goroutines hammer it on every replica of rs while takeAway changes it
+// through the API, and fails if a replica accepts a request that started
+// after the call returned.
+func measureTakeAways(tb testing.TB, what string, rs []*replica, per int, takeAway func(testing.TB, *authv1alpha1.ApiKey)) takeAways {
 	tb.Helper()
 	ns := env.Namespace(tb)
 	m := takeAways{refused: map[*replica][]time.Duration{}}
 	for i := range trials {
 		key, raw := mint(tb, ns, fmt.Sprintf("k%02d", i), rs)
-		h := hammer(raw, rs, hammers)
+		h := hammer(raw, rs, per)
 		time.Sleep(5 * time.Millisecond)
 		start := time.Now()
 		takeAway(tb, key)
