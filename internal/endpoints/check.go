@@ -29,6 +29,9 @@ const (
 	// LimitedGlobal: every client's budget together is spent; the client
 	// may be within its own, so its answer is never held.
 	LimitedGlobal
+	// Unavailable: this replica may not answer keys now (Decision.Err is
+	// verifier.ErrNotServing); another replica, or a retry, may.
+	Unavailable
 )
 
 // A Decision is what Check decided about one request.
@@ -97,6 +100,12 @@ func (s *Server) Check(endpoint, token string, client netip.Addr, want Want) Dec
 	)
 	if token != "" {
 		id, tenant, err = s.Verifier.Resolve(token)
+	}
+	if err == verifier.ErrNotServing { //nolint:errorlint // Resolve returns it as is
+		// Nothing is known of the key: no tenant's refusal, no failure
+		// charged to the client.
+		s.count(endpoint, "not_serving")
+		return Decision{Verdict: Unavailable, Err: err}
 	}
 	if err != nil {
 		s.denied(tenant)

@@ -145,6 +145,8 @@ func (s *Server) verifyKey(w http.ResponseWriter, r *http.Request, endpoint stri
 			w.Header().Set("Connection", "close")
 		}
 		tooMany(w, d.RetryAfter, "too many failed attempts from this address; retry later")
+	case Unavailable:
+		notServing(w, d.Err)
 	case LimitedGlobal:
 		// The global budget is everyone's: this client may be within its
 		// own, so its connection is neither held nor closed.
@@ -154,6 +156,14 @@ func (s *Server) verifyKey(w http.ResponseWriter, r *http.Request, endpoint stri
 		http.Error(w, d.Err.Error(), http.StatusUnauthorized)
 	}
 	return verifier.Identity{}, false
+}
+
+// notServing answers a request this replica may not answer now: a
+// gateway retries it elsewhere, and kube-apiserver counts it an error, not
+// a refused key.
+func notServing(w http.ResponseWriter, err error) {
+	w.Header().Set("Retry-After", "1")
+	http.Error(w, err.Error(), http.StatusServiceUnavailable)
 }
 
 func tooMany(w http.ResponseWriter, wait time.Duration, msg string) {
@@ -180,6 +190,11 @@ func (s *Server) TokenReview(w http.ResponseWriter, r *http.Request) {
 	}
 
 	id, tenant, verr := s.Verifier.Resolve(review.Spec.Token)
+	if verr == verifier.ErrNotServing { //nolint:errorlint // Resolve returns it as is
+		s.count("tokenreview", "not_serving")
+		notServing(w, verr)
+		return
+	}
 	requested := review.Spec.Audiences
 	review.Spec = authnv1.TokenReviewSpec{} // never echo the token
 	review.Status = authnv1.TokenReviewStatus{}

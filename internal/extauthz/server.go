@@ -68,9 +68,9 @@ type Server struct {
 	remove, withBearer [][]string
 	query              []string
 
-	refused              map[error]*authv3.CheckResponse
-	forbidden, malformed *authv3.CheckResponse
-	limited, global      []*authv3.CheckResponse
+	refused                          map[error]*authv3.CheckResponse
+	forbidden, malformed, notServing *authv3.CheckResponse
+	limited, global                  []*authv3.CheckResponse
 }
 
 var _ authv3.AuthorizationServer = &Server{}
@@ -94,6 +94,7 @@ func New(e *endpoints.Server, o Options) *Server {
 	}
 	s.forbidden = denied(codes.PermissionDenied, typev3.StatusCode_Forbidden, "key is not a key of the tenant this route requires")
 	s.malformed = denied(codes.InvalidArgument, typev3.StatusCode_BadRequest, endpoints.ErrTwoKeys.Error())
+	s.notServing = denied(codes.Unavailable, typev3.StatusCode_ServiceUnavailable, verifier.ErrNotServing.Error(), header("retry-after", "1"))
 	for secs := range maxRetryAfter + 1 {
 		s.limited = append(s.limited, tooMany(secs, false))
 		s.global = append(s.global, tooMany(secs, true))
@@ -139,6 +140,8 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 		return s.tooMany(d.RetryAfter, false), nil
 	case endpoints.LimitedGlobal:
 		return s.tooMany(d.RetryAfter, true), nil
+	case endpoints.Unavailable:
+		return s.notServing, nil
 	default:
 		if r, ok := s.refused[d.Err]; ok {
 			return r, nil

@@ -18,7 +18,7 @@
 //	endpoint  tokenreview, authorize, whoami, executions, ext_authz
 //	result    verifications: allowed, revoked, expired, suspended, rotated,
 //	          unknown, malformed, forbidden, insufficient_scope,
-//	          wrong_audience, bad_request, rate_limited, rate_limited_global;
+//	          wrong_audience, bad_request, rate_limited, rate_limited_global, not_serving;
 //	          last-use writes: written, gone, failed;
 //	          ledger writes: written, conflict, failed
 //	listener  verification, admission
@@ -45,7 +45,7 @@ const labelResult = "result"
 var (
 	verificationEndpoints = []string{"tokenreview", "authorize", "whoami", "executions", "ext_authz"}
 	verificationResults   = []string{"allowed", "revoked", "expired", "suspended", "rotated", "unknown", "malformed",
-		"forbidden", "insufficient_scope", "wrong_audience", "bad_request", "rate_limited", "rate_limited_global"}
+		"forbidden", "insufficient_scope", "wrong_audience", "bad_request", "rate_limited", "rate_limited_global", "not_serving"}
 )
 
 type endpointResult struct{ endpoint, result string }

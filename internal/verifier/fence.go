@@ -449,6 +449,13 @@ type Option func(*options)
 type options struct {
 	maxFences    int
 	confirmAfter time.Duration
+	gate         Gate
+}
+
+// WithGate has every answer wait for g's leave (the serving lease):
+// without it, the verifier answers whenever asked.
+func WithGate(g Gate) Option {
+	return func(o *options) { o.gate = g }
 }
 
 // WithMaxFences bounds the fence table (default DefaultMaxFences).

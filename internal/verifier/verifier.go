@@ -43,7 +43,17 @@ var (
 	// ErrRotated refuses a key a rotation replaced, once its grace period
 	// is over.
 	ErrRotated = errors.New("key replaced by a rotation")
+	// ErrNotServing refuses every key while this replica cannot be sure it
+	// holds every revocation (docs/replicas.md): it is not a verdict on the
+	// key, so callers answer it as unavailable, not unauthenticated.
+	ErrNotServing = errors.New("this replica is not serving: it cannot yet confirm it holds every revocation; retry")
 )
+
+// A Gate says whether this replica may answer keys at an instant: the
+// serving lease (internal/fencing).
+type Gate interface {
+	MayServe(now time.Time) bool
+}
 
 // Identity is who a valid key belongs to.
 type Identity struct {
@@ -88,6 +98,8 @@ type Verifier struct {
 	// once per change rather than per request.
 	scopeLists map[types.UID]string
 	synced     func() bool
+	// gate, when set, must allow every answer.
+	gate Gate
 }
 
 // New returns an empty verifier.
@@ -100,6 +112,7 @@ func New(clk clock.PassiveClock, fenceTTL time.Duration, opts ...Option) *Verifi
 		opt(&o)
 	}
 	return &Verifier{
+		gate:       o.gate,
 		log:        ctrllog.Log.WithName("verifier"),
 		clock:      clk,
 		fences:     newFenceTable(clk, fenceTTL, o.confirmAfter, o.maxFences),
@@ -129,8 +142,11 @@ func (v *Verifier) Resolve(raw string) (id Identity, tenant string, err error) {
 	if _, err := keys.Parse(raw); err != nil {
 		return Identity{}, "", ErrMalformed
 	}
-	hash := keys.Sum(raw)
 	now := v.clock.Now()
+	if v.gate != nil && !v.gate.MayServe(now) {
+		return Identity{}, "", ErrNotServing
+	}
+	hash := keys.Sum(raw)
 
 	v.mu.RLock()
 	defer v.mu.RUnlock()

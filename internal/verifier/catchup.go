@@ -1,0 +1,103 @@
+package verifier
+
+import (
+	"context"
+	"fmt"
+
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+)
+
+// A HeldFence is one fence as another replica is told of it: the key (by
+// the object the change was made to) and what is held off.
+type HeldFence struct {
+	Key        types.NamespacedName
+	UID        types.UID
+	Generation int64
+	Stop       Stop
+}
+
+// HeldFences are the fences that hold now, for a replica catching up.
+func (v *Verifier) HeldFences() []HeldFence {
+	t := v.fences
+	now := t.clock.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.expireLocked(now)
+	out := make([]HeldFence, 0, len(t.byUID))
+	for _, f := range t.byUID {
+		out = append(out, HeldFence{Key: f.key, UID: f.uid, Generation: f.gen, Stop: f.stop})
+	}
+	return out
+}
+
+// FenceHeld fences what another replica holds off, as Fence does for an
+// admitted change.
+func (v *Verifier) FenceHeld(f HeldFence) error {
+	key := &authv1alpha1.ApiKey{}
+	key.Namespace, key.Name, key.UID, key.Generation = f.Key.Namespace, f.Key.Name, f.UID, f.Generation
+	return v.fences.add(key, f.Stop)
+}
+
+// catchUpPage is how many ApiKeys one list call of CatchUp reads.
+const catchUpPage = 500
+
+// CatchUp reads every ApiKey from reader (the API server, not the cache)
+// and fences whatever the list shows taken away that the index does not
+// show yet, so that a replica which may have missed fences answers as if
+// it had them once CatchUp returns: changes persisted before the list
+// began are in it. The index is looked at before the list, so that a key
+// made since is never taken for one deleted, and a listed ApiKey counts
+// only when its spec is newer than the index's, so that a watch ahead of
+// the list never reads as a change taken back. The fences are lifted as
+// any other, by the watch showing the change.
+func (v *Verifier) CatchUp(ctx context.Context, reader client.Reader) error {
+	v.mu.RLock()
+	before := make(map[types.UID]*authv1alpha1.ApiKey, len(v.keys))
+	for uid, k := range v.keys {
+		before[uid] = k
+	}
+	v.mu.RUnlock()
+
+	listed := make(map[types.UID]bool, len(before))
+	var list authv1alpha1.ApiKeyList
+	for cont := ""; ; {
+		list.Items = nil
+		if err := reader.List(ctx, &list, client.Limit(catchUpPage), client.Continue(cont)); err != nil {
+			return fmt.Errorf("listing ApiKeys: %w", err)
+		}
+		for i := range list.Items {
+			k := &list.Items[i]
+			listed[k.UID] = true
+			indexed, ok := before[k.UID]
+			if !ok {
+				continue // not in the index: its key cannot authenticate here yet
+			}
+			var stop Stop
+			if k.Generation > indexed.Generation {
+				stop = TakenAway(indexed, k)
+			}
+			if !k.DeletionTimestamp.IsZero() && indexed.DeletionTimestamp.IsZero() {
+				stop.Revoked = true
+			}
+			if !stop.IsZero() {
+				if err := v.fences.add(indexed, stop); err != nil {
+					return err
+				}
+			}
+		}
+		if cont = list.Continue; cont == "" {
+			break
+		}
+	}
+	for uid, k := range before {
+		if !listed[uid] {
+			if err := v.fences.add(k, Stop{Revoked: true}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
