@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -17,7 +15,6 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
-	"sigs.k8s.io/controller-runtime/pkg/certwatcher"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/latchkey-dev/latchkey/internal/certs"
@@ -137,32 +134,12 @@ func (l *Listener) serving(ctx context.Context, hs *health.Server) {
 }
 
 // tls is the webhook server's TLS, HTTP/2 only whatever the webhook
-// server's settings: gRPC is HTTP/2. Without a GetCertificate from TLSOpts
-// it watches CertDir, so that a renewed certificate is served without a
-// restart.
+// server's settings: gRPC is HTTP/2.
 func (l *Listener) tls(ctx context.Context) (*tls.Config, error) {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	for _, op := range l.TLSOpts {
-		op(cfg)
+	cfg, err := certs.ServingConfig(ctx, l.TLSOpts, l.CertDir)
+	if err != nil {
+		return nil, fmt.Errorf("the ext_authz listener: %w", err)
 	}
 	cfg.NextProtos = []string{"h2"}
-	if cfg.GetCertificate != nil {
-		return cfg, nil
-	}
-	dir := l.CertDir
-	if dir == "" {
-		// controller-runtime's, where the webhook server reads its own.
-		dir = filepath.Join(os.TempDir(), "k8s-webhook-server", "serving-certs")
-	}
-	w, err := certwatcher.New(filepath.Join(dir, certs.CertFile), filepath.Join(dir, certs.KeyFile))
-	if err != nil {
-		return nil, fmt.Errorf("the ext_authz listener's certificate: %w", err)
-	}
-	cfg.GetCertificate = w.GetCertificate
-	go func() {
-		if err := w.Start(ctx); err != nil {
-			log.FromContext(ctx).Error(err, "Certificate watcher failed")
-		}
-	}()
 	return cfg, nil
 }
