@@ -54,7 +54,7 @@ type config struct {
 	kubeAPIBurst                               int
 	trustedProxies                             string
 	tokenAudiences, apiServerAudiences         string
-	keyHeaders                                 string
+	keyHeaders, fencePeers                     string
 	certSecretName, serviceName, webhookConfig string
 	zap                                        zap.Options
 }
@@ -154,6 +154,16 @@ func parseFlags() *config {
 		"Comma-separated headers a key is read from when Authorization holds no bearer key (/authorize, /whoami, /v1/executions and ext_authz); empty: Authorization only.")
 	flag.StringVar(&o.KeyQueryParam, "key-query-param", o.KeyQueryParam,
 		"A query parameter a key is read from last (off by default: a key in a URL ends up in access logs); ext_authz has Envoy remove it upstream.")
+	flag.StringVar(&o.ReplicaName, "replica-name", replicaName(),
+		"This replica's name, unique among the replicas: its serving lease is latchkey-replica-NAME (default POD_NAME, else the host name and process ID).")
+	flag.DurationVar(&o.ServingLease, "serving-lease", o.ServingLease,
+		"How long a renewal of the serving lease lets this replica answer keys (renewed every quarter of it); a revocation waits at most "+
+			"--fence-timeout plus this for a replica it cannot reach (docs/replicas.md). 0 turns fencing every replica off: for one replica that must answer through API server outages.")
+	flag.DurationVar(&o.FenceTimeout, "fence-timeout", o.FenceTimeout, "How long each call to a peer replica (a fence, a catch-up) may take.")
+	flag.StringVar(&o.FenceBindAddress, "fence-bind-address", o.FenceBindAddress,
+		"The address peer replicas fence this one on (TLS with the webhook certificate, which callers must present too); 0 serves none.")
+	flag.StringVar(&cfg.fencePeers, "fence-peers", "",
+		"Comma-separated URLs of the peer replicas' fence endpoints, out of a cluster; empty: the EndpointSlices of --webhook-service-name, on its port named fence.")
 	flag.BoolVar(&o.KeepCredential, "keep-credential", o.KeepCredential,
 		"Leave the key in the request the gateway passes upstream; by default ext_authz has Envoy remove the header it came in.")
 	cfg.zap.BindFlags(flag.CommandLine)
@@ -172,6 +182,13 @@ func run(cfg *config) error {
 	o.Webhooks = os.Getenv("ENABLE_WEBHOOKS") != "false"
 	o.TrustedProxies = trusted
 	o.TokenAudiences = splitList(cfg.tokenAudiences)
+	o.FencePeers = splitList(cfg.fencePeers)
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		o.ReplicaNamespace = ns
+		if len(o.FencePeers) == 0 {
+			o.WebhookService = cfg.serviceName
+		}
+	}
 	o.APIServerAudiences = splitList(cfg.apiServerAudiences)
 	// The ServiceAccount, for the command a namespace runs to opt in to key
 	// delivery; the Deployment passes both through the downward API.
@@ -198,7 +215,7 @@ func run(cfg *config) error {
 	case rotator != nil:
 		webhookTLS = append(webhookTLS, func(c *tls.Config) { c.GetCertificate = rotator.GetCertificate })
 	}
-	o.ExtAuthzTLS, o.ExtAuthzCertDir = webhookTLS, cfg.webhookCert.dir
+	o.ServingTLS, o.ServingCertDir = webhookTLS, cfg.webhookCert.dir
 	o.KeyHeaders = append([]string{}, splitList(cfg.keyHeaders)...)
 	mgr, err := newManager(cfg, restConfig, tlsOpts, webhookTLS, metricsCert, trusted)
 	if err != nil {
@@ -317,6 +334,16 @@ func addCertificates(mgr manager.Manager, restConfig *rest.Config, rotator *cert
 		}
 	}
 	return nil
+}
+
+// replicaName is the pod's name; out of a cluster, the host's and the
+// process's, so that managers side by side never share a lease.
+func replicaName() string {
+	if name := os.Getenv("POD_NAME"); name != "" {
+		return name
+	}
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s-%d", strings.ToLower(host), os.Getpid())
 }
 
 func parsePrefixes(list string) ([]netip.Prefix, error) {

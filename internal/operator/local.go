@@ -2,8 +2,10 @@ package operator
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -12,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/latchkey-dev/latchkey/internal/fencing"
 	"github.com/latchkey-dev/latchkey/internal/serving"
 	"github.com/latchkey-dev/latchkey/pkg/devenv/controlplane"
 )
@@ -48,9 +51,16 @@ func StartLocal(ctx context.Context, cp *controlplane.ControlPlane, logger logr.
 	if o.APIServerAudiences == nil {
 		o.APIServerAudiences = cp.APIServerAudiences()
 	}
-	o.ExtAuthzBindAddress, o.ExtAuthzCertDir = "0", cp.WebhookCertDir
+	o.ExtAuthzBindAddress, o.ServingCertDir = "0", cp.WebhookCertDir
 	if cp.ExtAuthzPort() != 0 {
 		o.ExtAuthzBindAddress = cp.ExtAuthzAddress()
+	}
+	if o.ReplicaName == "" {
+		// Each operator of this process is a replica of its own.
+		o.ReplicaName = "local-" + strings.ToLower(rand.Text()[:8])
+	}
+	if o.FenceBindAddress == fencing.DefaultBindAddress {
+		o.FenceBindAddress = "127.0.0.1:0"
 	}
 	op, err := Setup(mgr, o)
 	if err != nil {
@@ -73,7 +83,8 @@ func StartLocal(ctx context.Context, cp *controlplane.ControlPlane, logger logr.
 			return nil, fmt.Errorf("the operator stopped: %w", err)
 		default:
 		}
-		if started(nil) == nil && op.Verifier.Synced() && (op.ExtAuthz == nil || op.ExtAuthz.Addr() != nil) {
+		if started(nil) == nil && op.Verifier.Synced() && (op.ExtAuthz == nil || op.ExtAuthz.Addr() != nil) &&
+			(op.Replica == nil || op.Replica.Ready() == nil) {
 			return l, nil
 		}
 	}

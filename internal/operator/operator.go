@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 	"unique"
 
@@ -19,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -28,6 +30,7 @@ import (
 	"github.com/latchkey-dev/latchkey/internal/controller"
 	"github.com/latchkey-dev/latchkey/internal/endpoints"
 	"github.com/latchkey-dev/latchkey/internal/extauthz"
+	"github.com/latchkey-dev/latchkey/internal/fencing"
 	"github.com/latchkey-dev/latchkey/internal/metrics"
 	"github.com/latchkey-dev/latchkey/internal/serving"
 	"github.com/latchkey-dev/latchkey/internal/usage/activity"
@@ -90,10 +93,23 @@ type Options struct {
 	// "0" turns it off. ExtAuthzInsecure serves it in plaintext.
 	ExtAuthzBindAddress string
 	ExtAuthzInsecure    bool
-	// ExtAuthzTLS and ExtAuthzCertDir are the webhook server's TLS
-	// options and certificate directory, which the gRPC listener serves too.
-	ExtAuthzTLS     []func(*tls.Config)
-	ExtAuthzCertDir string
+	// ServingTLS and ServingCertDir are the webhook server's TLS options
+	// and certificate directory, which the gRPC listener and the peer
+	// listener serve too.
+	ServingTLS     []func(*tls.Config)
+	ServingCertDir string
+
+	// ReplicaName names this replica's serving lease in ReplicaNamespace
+	// (docs/replicas.md). ServingLease is how long a renewal lets it
+	// serve; 0 turns fencing every replica off. FenceTimeout bounds each
+	// call to a peer; peers are served on FenceBindAddress ("0": not at
+	// all) and found at FencePeers, or, when it is empty and
+	// WebhookService is set, from that Service's EndpointSlices.
+	ReplicaName, ReplicaNamespace string
+	ServingLease, FenceTimeout    time.Duration
+	FenceBindAddress              string
+	FencePeers                    []string
+	WebhookService                string
 	// KeyHeaders are read for a key after "Authorization: Bearer" (nil:
 	// endpoints.DefaultKeyHeaders), and KeyQueryParam, when set, last, on
 	// every verification endpoint; KeepCredential leaves the key in the
@@ -129,6 +145,10 @@ func DefaultOptions() Options {
 		ClientAddressHeader:        endpoints.DefaultClientAddressHeader,
 		TokenAudiences:             []string{endpoints.DefaultAudience},
 		ExtAuthzBindAddress:        extauthz.DefaultBindAddress,
+		ReplicaNamespace:           "default",
+		ServingLease:               fencing.DefaultServingLease,
+		FenceTimeout:               fencing.DefaultFenceTimeout,
+		FenceBindAddress:           fencing.DefaultBindAddress,
 	}
 }
 
@@ -139,6 +159,8 @@ type Operator struct {
 	Metrics  *metrics.Metrics
 	// ExtAuthz is the gRPC listener, nil when it is off.
 	ExtAuthz *extauthz.Listener
+	// Replica fences every replica, nil when that is off.
+	Replica *fencing.Replica
 }
 
 // Setup adds everything Latchkey runs to mgr.
@@ -172,9 +194,28 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 		return nil, fmt.Errorf("usage controller: %w", err)
 	}
 
-	v := verifier.New(o.Clock, o.FenceTTL, verifier.WithMaxFences(o.MaxFences))
+	replica, err := newReplica(mgr, o)
+	if err != nil {
+		return nil, err
+	}
+	vopts := []verifier.Option{verifier.WithMaxFences(o.MaxFences)}
+	var fence webhookv1alpha1.RevocationFence
+	if replica != nil {
+		vopts = append(vopts, verifier.WithGate(replica))
+		fence = replica
+	}
+	v := verifier.New(o.Clock, o.FenceTTL, vopts...)
+	if fence == nil {
+		fence = v
+	}
 	if err := v.Watch(context.Background(), mgr.GetCache()); err != nil {
 		return nil, fmt.Errorf("watching keys: %w", err)
+	}
+	if replica != nil {
+		replica.Verifier = v
+		if err := errors.Join(mgr.Add(replica), mgr.AddReadyzCheck("serving-lease", func(*http.Request) error { return replica.Ready() })); err != nil {
+			return nil, err
+		}
 	}
 	if err := mgr.Add(&verifier.FenceConfirmer{Verifier: v, Reader: mgr.GetAPIReader(), Clock: o.Clock}); err != nil {
 		return nil, err
@@ -216,7 +257,7 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 	}
 
 	if o.Webhooks {
-		if err := (&webhookv1alpha1.ApiKeyValidator{Reader: mgr.GetClient(), Clock: o.Clock, Fence: v}).SetupWebhookWithManager(mgr); err != nil {
+		if err := (&webhookv1alpha1.ApiKeyValidator{Reader: mgr.GetClient(), Clock: o.Clock, Fence: fence}).SetupWebhookWithManager(mgr); err != nil {
 			return nil, fmt.Errorf("apikey webhook: %w", err)
 		}
 	}
@@ -228,7 +269,40 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 	}); err != nil {
 		return nil, err
 	}
-	return &Operator{Verifier: v, Activity: recorder, Metrics: m, ExtAuthz: ext}, nil
+	return &Operator{Verifier: v, Activity: recorder, Metrics: m, ExtAuthz: ext, Replica: replica}, nil
+}
+
+// newReplica is this replica's part in fencing every replica, nil when
+// o turns it off.
+func newReplica(mgr ctrl.Manager, o Options) (*fencing.Replica, error) {
+	if o.ServingLease <= 0 {
+		return nil, nil
+	}
+	r := &fencing.Replica{
+		Name: o.ReplicaName, Namespace: o.ReplicaNamespace,
+		Client: mgr.GetClient(), Reader: mgr.GetAPIReader(),
+		Lease: o.ServingLease, FenceTimeout: o.FenceTimeout, BindAddress: o.FenceBindAddress,
+		TLSOpts: o.ServingTLS, CertDir: o.ServingCertDir, Clock: clock.RealClock{},
+	}
+	if r.Name == "" {
+		return nil, errors.New("fencing every replica needs a replica name (--replica-name, or POD_NAME)")
+	}
+	if errs := validation.IsDNS1123Subdomain(fencing.LeasePrefix + r.Name); len(errs) > 0 {
+		return nil, fmt.Errorf("invalid --replica-name %q: it names the Lease %s%s: %s", r.Name, fencing.LeasePrefix, r.Name, strings.Join(errs, "; "))
+	}
+	if bound := r.Bound() + time.Second; bound > fencing.AdmissionTimeout {
+		return nil, fmt.Errorf("--fence-timeout (%s) and --serving-lease (%s) let a revocation wait %s, past the admission webhook's %s",
+			o.FenceTimeout, o.ServingLease, bound, fencing.AdmissionTimeout)
+	}
+	switch {
+	case len(o.FencePeers) > 0:
+		r.Peers = fencing.StaticPeers(o.FencePeers)
+	case o.WebhookService != "":
+		r.Peers = fencing.EndpointSlicePeers{Reader: mgr.GetAPIReader(), Namespace: o.ReplicaNamespace, Service: o.WebhookService, Self: o.ReplicaName}
+	default:
+		r.Peers = fencing.StaticPeers(nil)
+	}
+	return r, nil
 }
 
 // addExtAuthz serves es as Envoy's ext_authz on its own listener, unless
@@ -241,8 +315,8 @@ func addExtAuthz(mgr ctrl.Manager, es *endpoints.Server, o Options, ready func()
 		Address:  o.ExtAuthzBindAddress,
 		Server:   extauthz.New(es, extauthz.Options{KeepCredential: o.KeepCredential}),
 		Insecure: o.ExtAuthzInsecure,
-		TLSOpts:  o.ExtAuthzTLS,
-		CertDir:  o.ExtAuthzCertDir,
+		TLSOpts:  o.ServingTLS,
+		CertDir:  o.ServingCertDir,
 		Ready:    ready,
 	}
 	return l, mgr.Add(l)

@@ -1,22 +1,35 @@
 package reliability
 
 import (
+	"context"
 	"fmt"
+	"maps"
+	"net/http"
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/latchkey-dev/latchkey/internal/testenv"
+	"github.com/latchkey-dev/latchkey/internal/fencing"
+
 	. "github.com/onsi/gomega"
+
+	"github.com/latchkey-dev/latchkey/internal/testenv"
 )
 
 // TestAPIServerOutage (case 2): kube-apiserver and etcd are frozen
-// (SIGSTOP) for 30 seconds while keys are verified, then thawed.
-// Verification answers from the index throughout (keys cannot be revoked
-// while the API server is down, so this is safe), and the manager
+// (SIGSTOP) while a key is verified, then thawed, twice.
+//
+// With the serving lease (the default), the replica cannot tell an outage
+// from being cut off while another replica revokes (docs/replicas.md), so
+// it fails closed: it answers the key until its lease runs out, then 503
+// (never 401, never a wrong answer), and serves again by itself once the
+// API server is back. With --serving-lease=0 (one replica that must
+// answer through outages) it answers from its index throughout: keys
+// cannot be revoked while the API server is down. Either way the manager
 // reconnects by itself: minting resumes without a restart.
 func TestAPIServerOutage(t *testing.T) {
 	slow(t)
@@ -25,26 +38,58 @@ func TestAPIServerOutage(t *testing.T) {
 	_, raw := mint(t, ns, "during-outage")
 	control := childProcesses("kube-apiserver", "etcd")
 	g.Expect(control).To(HaveLen(2))
-
 	client := newClient(4)
-	stop := keepVerifying(func() (int, error) { return authorize(client, raw) })
 
-	for _, pid := range control {
-		g.Expect(syscall.Kill(pid, syscall.SIGSTOP)).To(Succeed())
+	// outage freezes the control plane for d while the key is verified,
+	// counting the answers by status, and returns how long after the thaw
+	// the key was answered 200 again.
+	outage := func(d time.Duration) (map[int]int, time.Duration) {
+		var mu sync.Mutex
+		answers := map[int]int{}
+		stop := keepVerifying(func() (int, error) {
+			status, err := authorize(client, raw)
+			mu.Lock()
+			answers[status]++
+			mu.Unlock()
+			return status, err
+		})
+		for _, pid := range control {
+			g.Expect(syscall.Kill(pid, syscall.SIGSTOP)).To(Succeed())
+		}
+		time.Sleep(d)
+		for _, pid := range control {
+			g.Expect(syscall.Kill(pid, syscall.SIGCONT)).To(Succeed())
+		}
+		thawed := time.Now()
+		g.Eventually(func() (int, error) { return authorize(client, raw) }, 30*time.Second, 20*time.Millisecond).Should(Equal(http.StatusOK))
+		back := time.Since(thawed)
+		stop()
+		mu.Lock()
+		defer mu.Unlock()
+		return maps.Clone(answers), back
 	}
-	time.Sleep(30 * time.Second)
-	for _, pid := range control {
-		g.Expect(syscall.Kill(pid, syscall.SIGCONT)).To(Succeed())
-	}
-	thawed := time.Now()
-	calls, failed := stop()
 
-	// Minting resumes in the same manager process.
+	leased, leasedBack := outage(20 * time.Second)
+	g.Expect(slices.Sorted(maps.Keys(leased))).To(Equal([]int{http.StatusOK, http.StatusServiceUnavailable}),
+		"with the serving lease: 200 until it runs out, then 503, nothing else")
 	mint(t, ns, "after-outage")
+
+	servingLease = 0
+	t.Cleanup(func() {
+		servingLease = fencing.DefaultServingLease
+		g.Expect(lk.RestartOperator(context.Background())).To(Succeed())
+	})
+	g.Expect(lk.RestartOperator(context.Background())).To(Succeed())
+	plain, _ := outage(20 * time.Second)
+	g.Expect(slices.Sorted(maps.Keys(plain))).To(Equal([]int{http.StatusOK}), "--serving-lease=0 answers throughout")
+	thawed := time.Now()
+	mint(t, ns, "after-second-outage")
 	resumed := time.Since(thawed)
-	g.Expect(failed).To(BeZero())
-	record(t, "02 API server and etcd down for 30s", fmt.Sprintf("%d of %d verifications failed during the outage; a new key Active %.1fs after the API server came back, no manager restart",
-		failed, calls, resumed.Seconds()))
+
+	record(t, "02 API server and etcd down for 20s, twice", fmt.Sprintf(
+		"serving lease (default): %d answered 200 then %d 503 (fail closed), 200 again %.1fs after the thaw; --serving-lease=0: %d of %d answered 200 throughout; "+
+			"a new key Active %.1fs after the API server came back, no manager restart",
+		leased[http.StatusOK], leased[http.StatusServiceUnavailable], leasedBack.Seconds(), plain[http.StatusOK], plain[http.StatusOK], resumed.Seconds()))
 }
 
 // childProcesses finds this process's children with the given names.

@@ -79,6 +79,14 @@ func TestLeastPrivilege(t *testing.T) {
 	g.Expect(got).To(Equal(granted))
 	own := secretRules(canI("latchkey-system"))
 	g.Expect(own).To(Equal([]string{"secrets [] [create get]", "secrets [latchkey-webhook-server-cert] [update]"}))
+	// Also in its own namespace, for fencing every replica (docs/replicas.md):
+	// the EndpointSlices of its Service, listed (never watched) to find the
+	// peers a revocation is fenced on; and serving leases, which leader
+	// election's Role covers as well — created, renewed and taken (update),
+	// read back and listed (to judge another replica's stale), deleted when
+	// a replica stops.
+	g.Expect(canI("latchkey-system")).To(ContainElements("endpointslices.discovery.k8s.io [] [list]",
+		"leases.coordination.k8s.io [] [get list watch create update patch delete]"))
 
 	// The tenant opts in with the command the ApiKey's condition gives.
 	_, errOut, err = env.Kubectl("", "create", "rolebinding", "latchkey-key-delivery", "-n", tenant,

@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/fencing"
 	"github.com/latchkey-dev/latchkey/internal/operator"
 	"github.com/latchkey-dev/latchkey/internal/testenv"
 	"github.com/latchkey-dev/latchkey/internal/testenv/inprocess"
@@ -36,6 +37,9 @@ var (
 	// operator's own memory does (case 7).
 	logs     *os.File
 	registry *prometheus.Registry
+	// servingLease is the operator's --serving-lease when it (re)starts:
+	// the default, but for the case that runs without one.
+	servingLease = fencing.DefaultServingLease
 	// minted holds every raw key the suite minted.
 	mintedMu sync.Mutex
 	minted   = map[string]bool{}
@@ -132,6 +136,7 @@ func TestMain(m *testing.M) {
 				o.Registry = registry
 				// Keys in URLs too, so that the leak scan covers them.
 				o.KeyQueryParam = "api_key"
+				o.ServingLease = servingLease
 			},
 		})
 	}

@@ -1,0 +1,183 @@
+package fencing
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/verifier"
+)
+
+// takenPoll is how often a taken lease is read to see its holder back.
+const takenPoll = 50 * time.Millisecond
+
+// Bound is the longest Fence waits for the replicas it cannot reach, the
+// two API calls it makes aside.
+func (r *Replica) Bound() time.Duration { return r.FenceTimeout + drift(r.Lease) }
+
+// +kubebuilder:rbac:groups=coordination.k8s.io,namespace=system,resources=leases,verbs=get;list;create;update;delete
+
+// Fence stops what stop takes away from key on every replica that may
+// serve before it returns (docs/replicas.md, "Admitting a revocation"):
+// here, on every peer that answers, and on every other lease holder by
+// taking its lease and waiting until it has run out or its holder has
+// caught up. It is the admission webhook's RevocationFence. It fails —
+// and the change is refused — when it cannot be sure.
+func (r *Replica) Fence(ctx context.Context, key *authv1alpha1.ApiKey, stop verifier.Stop) error {
+	if err := r.Verifier.Fence(ctx, key, stop); err != nil {
+		return err
+	}
+	logger := log.FromContext(ctx).WithName("fencing")
+	ctx, cancel := context.WithTimeout(ctx, r.Bound()+2*time.Second)
+	defer cancel()
+	f := FenceOf(verifier.HeldFence{
+		Key: types.NamespacedName{Namespace: key.Namespace, Name: key.Name}, UID: key.UID, Generation: key.Generation, Stop: stop,
+	})
+
+	var mu sync.Mutex
+	told := map[string]bool{}
+	var wg sync.WaitGroup
+	urls, err := r.Peers.URLs(ctx)
+	if err != nil {
+		logger.Info("Could not list peers; fencing through their leases", "error", err.Error())
+	}
+	for _, url := range urls {
+		wg.Go(func() {
+			a, err := r.client.fence(ctx, url, f)
+			if err != nil {
+				logger.V(1).Info("A peer could not be told of a fence", "peer", url, "error", err.Error())
+				return
+			}
+			mu.Lock()
+			told[a.Replica] = true
+			mu.Unlock()
+		})
+	}
+	leases, listErr := r.listLeases(ctx)
+	wg.Wait()
+	if listErr != nil {
+		return fmt.Errorf("listing the serving leases: %w", listErr)
+	}
+	r.noteSeen(leases.Items, true)
+
+	var waits []taken
+	for i := range leases.Items {
+		l := &leases.Items[i]
+		holder := ptrValue(l.Spec.HolderIdentity)
+		if l.Name == r.leaseName() || told[holder] || r.stale(l) {
+			continue
+		}
+		t, err := r.take(ctx, l)
+		if err != nil {
+			return err
+		}
+		if t != nil {
+			logger.Info("Took the serving lease of a replica that could not be told of a fence", "replica", holder, "apiKey", klog.KObj(key))
+			waits = append(waits, *t)
+		}
+	}
+	return r.await(ctx, waits)
+}
+
+// stale says whether l has shown the same version here for longer than a
+// lease lasts: its holder is not serving, and will catch up before it does.
+func (r *Replica) stale(l *coordinationv1.Lease) bool { return r.staleFor(l, drift(r.Lease)) }
+
+// staleFor says whether l has shown the same version here for longer than d.
+func (r *Replica) staleFor(l *coordinationv1.Lease, d time.Duration) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, ok := r.seen[l.Name]
+	return ok && s.version == l.ResourceVersion && r.Clock.Since(s.at) > d
+}
+
+// taken is a lease this replica took: its holder stops serving by until
+// at the latest.
+type taken struct {
+	key     client.ObjectKey
+	version string
+	until   time.Time
+}
+
+// take takes l from its holder, with l's version as precondition; on a
+// conflict (the holder renewed) it reads the lease again and decides again.
+// nil means no wait is needed after all.
+func (r *Replica) take(ctx context.Context, l *coordinationv1.Lease) (*taken, error) {
+	for {
+		// The holder's last renewal committed before this version was
+		// seen, so its serving ends a lease after that at the latest.
+		until := r.firstSeen(l).Add(drift(r.Lease))
+		next := l.DeepCopy()
+		if next.Annotations == nil {
+			next.Annotations = map[string]string{}
+		}
+		next.Annotations[AnnotationTakenBy] = r.Name
+		next.Annotations[AnnotationServing] = "false"
+		err := r.Client.Update(ctx, next)
+		switch {
+		case err == nil:
+			return &taken{key: client.ObjectKeyFromObject(l), version: next.ResourceVersion, until: until}, nil
+		case apierrors.IsNotFound(err):
+			return nil, nil // let go of: its holder has stopped
+		case !apierrors.IsConflict(err):
+			return nil, fmt.Errorf("taking the serving lease %s: %w", l.Name, err)
+		}
+		if err := r.Reader.Get(ctx, client.ObjectKeyFromObject(l), l); err != nil {
+			if apierrors.IsNotFound(err) {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("reading the serving lease %s: %w", l.Name, err)
+		}
+		r.noteSeen([]coordinationv1.Lease{*l}, false)
+	}
+}
+
+// await waits until every taken lease has run out, or its holder has
+// caught up since it was taken (which it does only holding the fence).
+func (r *Replica) await(ctx context.Context, waits []taken) error {
+	for len(waits) > 0 {
+		now := r.Clock.Now()
+		left := waits[:0]
+		for _, t := range waits {
+			if !now.Before(t.until) || r.caughtUpSince(ctx, t) {
+				continue
+			}
+			left = append(left, t)
+		}
+		if waits = left; len(waits) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for replicas that could not be told of the fence: %w", ctx.Err())
+		case <-r.Clock.After(takenPoll):
+		}
+	}
+	return nil
+}
+
+// caughtUpSince says whether t's lease shows its holder serving again
+// since it was taken.
+func (r *Replica) caughtUpSince(ctx context.Context, t taken) bool {
+	l := &coordinationv1.Lease{}
+	if err := r.Reader.Get(ctx, t.key, l); err != nil {
+		return apierrors.IsNotFound(err)
+	}
+	return l.ResourceVersion != t.version && l.Annotations[AnnotationTakenBy] == "" && l.Annotations[AnnotationServing] == yes
+}
+
+func ptrValue(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}

@@ -1,0 +1,349 @@
+package fencing
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/certs"
+	"github.com/latchkey-dev/latchkey/internal/testenv"
+	"github.com/latchkey-dev/latchkey/internal/verifier"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) {
+	testenv.Main(m, testenv.Options{}, func(e *testenv.Env) error { env = e; return nil })
+}
+
+// Short timeouts keep the tests quick; the protocol's rules do not
+// depend on their size.
+const (
+	testLease        = 800 * time.Millisecond
+	testFenceTimeout = 300 * time.Millisecond
+)
+
+// lazyPeers are peers whose addresses are known only once they listen.
+type lazyPeers func() []string
+
+func (p lazyPeers) URLs(context.Context) ([]string, error) {
+	var urls []string
+	for _, u := range p() {
+		if u != "" {
+			urls = append(urls, u)
+		}
+	}
+	return urls, nil
+}
+
+// certDir writes a certificate of a CA of its own: replicas sharing a
+// directory share the replica certificate, others do not.
+func certDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if _, err := certs.WriteLocal(dir); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// startReplica runs a replica with a verifier of its own, fed by a cache
+// of its own, until the test ends.
+func startReplica(t *testing.T, ns, name, dir string, peers Peers, bind string) *Replica {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	c, err := cache.New(env.Config, cache.Options{Scheme: env.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := verifier.New(clock.RealClock{}, 0)
+	if err := v.Watch(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	r := &Replica{
+		Name: name, Namespace: ns, Client: env.Client, Reader: env.Client, Verifier: v, Peers: peers,
+		Lease: testLease, FenceTimeout: testFenceTimeout, BindAddress: bind, CertDir: dir, Clock: clock.RealClock{},
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = c.Start(ctx) })
+	wg.Go(func() { _ = r.Start(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return r
+}
+
+// url is r's peer URL; empty while r is not started (the replica being
+// started asks for its peers before it is assigned).
+func url(r *Replica) string {
+	if r == nil {
+		return ""
+	}
+	if a := r.Addr(); a != nil {
+		return "https://" + a.String()
+	}
+	return ""
+}
+
+func waitServing(t *testing.T, rs ...*Replica) {
+	t.Helper()
+	for _, r := range rs {
+		NewWithT(t).Eventually(r.Ready, 20*time.Second, 20*time.Millisecond).Should(Succeed(), r.Name)
+	}
+}
+
+func apiKey(ns string) *authv1alpha1.ApiKey {
+	k := &authv1alpha1.ApiKey{}
+	k.Namespace, k.Name, k.UID, k.Generation = ns, "key", types.UID("uid-"+ns), 1
+	return k
+}
+
+func holds(r *Replica, uid types.UID) bool {
+	for _, f := range r.Verifier.HeldFences() {
+		if f.UID == uid {
+			return true
+		}
+	}
+	return false
+}
+
+func lease(t *testing.T, ns, name string) *coordinationv1.Lease {
+	t.Helper()
+	l := &coordinationv1.Lease{}
+	NewWithT(t).Expect(env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: LeasePrefix + name}, l)).To(Succeed())
+	return l
+}
+
+// Reachable peers are told of the fence directly: nobody's lease is taken.
+func TestPeersAreFencedDirectly(t *testing.T) {
+	g := NewWithT(t)
+	ns, dir := env.Namespace(t), certDir(t)
+	var a, b *Replica
+	peers := lazyPeers(func() []string { return []string{url(a), url(b)} })
+	a = startReplica(t, ns, "a", dir, peers, "127.0.0.1:0")
+	b = startReplica(t, ns, "b", dir, peers, "127.0.0.1:0")
+	waitServing(t, a, b)
+	before := lease(t, ns, "b").Annotations
+
+	key := apiKey(ns)
+	g.Expect(a.Fence(context.Background(), key, verifier.Stop{Revoked: true})).To(Succeed())
+	g.Expect(holds(a, key.UID)).To(BeTrue())
+	g.Expect(holds(b, key.UID)).To(BeTrue(), "the peer holds the fence when Fence returns")
+	g.Expect(lease(t, ns, "b").Annotations[AnnotationTakenBy]).To(BeEmpty())
+	g.Expect(before[AnnotationServing]).To(Equal(yes))
+	g.Expect(b.Ready()).To(Succeed(), "a peer told directly keeps serving")
+}
+
+// A peer that cannot be told (its port closed) but renews its lease has
+// the lease taken: it stops serving before Fence returns, or holds the
+// fence, and serves again once it has caught up — from the fencing
+// replica's table.
+func TestAPeerThatCannotBeToldHasItsLeaseTaken(t *testing.T) {
+	g := NewWithT(t)
+	ns, dir := env.Namespace(t), certDir(t)
+	var a *Replica
+	peers := lazyPeers(func() []string { return []string{url(a)} })
+	a = startReplica(t, ns, "a", dir, peers, "127.0.0.1:0")
+	b := startReplica(t, ns, "b", dir, peers, "0")
+	waitServing(t, a, b)
+
+	key := apiKey(ns)
+	start := time.Now()
+	g.Expect(a.Fence(context.Background(), key, verifier.Stop{Suspended: true})).To(Succeed())
+	took := time.Since(start)
+	g.Expect(!b.MayServe(time.Now()) || holds(b, key.UID)).To(BeTrue(), "serving without the fence after Fence returned")
+	g.Eventually(b.Ready, 10*time.Second, 20*time.Millisecond).Should(Succeed())
+	g.Expect(holds(b, key.UID)).To(BeTrue(), "caught up from the fencing replica's table")
+	t.Logf("FIGURE a peer whose port is closed: Fence took %s (at most --fence-timeout + lease = %s)", took.Round(time.Millisecond), a.Bound())
+}
+
+// A lease nobody renews (a frozen or dead replica) is taken once and then,
+// unchanged for longer than a lease, judged stale and left alone.
+func TestALeaseNobodyRenewsIsTakenThenStale(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns, dir := env.Namespace(t), certDir(t)
+	ghost := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: LeasePrefix + "ghost", Labels: map[string]string{LabelServingLease: yes}}}
+	mark(ghost, "ghost", time.Now(), true)
+	g.Expect(env.Client.Create(ctx, ghost)).To(Succeed())
+	var a *Replica
+	a = startReplica(t, ns, "a", dir, lazyPeers(func() []string { return []string{url(a)} }), "127.0.0.1:0")
+	waitServing(t, a)
+
+	start := time.Now()
+	g.Expect(a.Fence(ctx, apiKey(ns), verifier.Stop{Revoked: true})).To(Succeed())
+	first := time.Since(start)
+	taken := lease(t, ns, "ghost")
+	g.Expect(taken.Annotations[AnnotationTakenBy]).To(Equal("a"))
+
+	time.Sleep(drift(testLease) + 100*time.Millisecond)
+	start = time.Now()
+	g.Expect(a.Fence(ctx, apiKey(ns), verifier.Stop{Suspended: true})).To(Succeed())
+	second := time.Since(start)
+	g.Expect(lease(t, ns, "ghost").ResourceVersion).To(Equal(taken.ResourceVersion), "a stale lease is not taken again")
+	t.Logf("FIGURE a lease nobody renews: first Fence %s (waits for it to run out), once stale %s", first.Round(time.Millisecond), second.Round(time.Millisecond))
+}
+
+// A replica that cannot list the leases refuses: a revocation is never
+// admitted unfenced.
+func TestFenceFailsWhenLeasesCannotBeListed(t *testing.T) {
+	g := NewWithT(t)
+	ns, dir := env.Namespace(t), certDir(t)
+	a := startReplica(t, ns, "a", dir, StaticPeers(nil), "127.0.0.1:0")
+	waitServing(t, a)
+	a.Reader = unlisting(t)
+	err := a.Fence(context.Background(), apiKey(ns), verifier.Stop{Revoked: true})
+	g.Expect(err).To(MatchError(ContainSubstring("listing the serving leases")))
+}
+
+// unlisting is a reader of the API server whose lists fail.
+func unlisting(t *testing.T) client.Reader {
+	w, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return interceptor.NewClient(w, interceptor.Funcs{
+		List: func(context.Context, client.WithWatch, client.ObjectList, ...client.ListOption) error {
+			return fmt.Errorf("the API server is unreachable")
+		},
+	})
+}
+
+// Only a holder of the replica certificate may call a replica's peer
+// endpoint: no certificate, another certificate or plain HTTP is refused
+// at the handshake. A well-formed call answers with the replica's name, a
+// malformed one 400 with the reason.
+func TestPeerCallsAreAuthenticated(t *testing.T) {
+	g := NewWithT(t)
+	ns, dir := env.Namespace(t), certDir(t)
+	a := startReplica(t, ns, "a", dir, StaticPeers(nil), "127.0.0.1:0")
+	waitServing(t, a)
+	addr := a.Addr().String()
+
+	own, err := tls.LoadX509KeyPair(filepath.Join(dir, certs.CertFile), filepath.Join(dir, certs.KeyFile))
+	g.Expect(err).NotTo(HaveOccurred())
+	otherDir := certDir(t)
+	other, err := tls.LoadX509KeyPair(filepath.Join(otherDir, certs.CertFile), filepath.Join(otherDir, certs.KeyFile))
+	g.Expect(err).NotTo(HaveOccurred())
+	call := func(cert *tls.Certificate, body string) (int, string, error) {
+		cfg := &tls.Config{InsecureSkipVerify: true} //nolint:gosec // the test checks the server's side
+		if cert != nil {
+			cfg.Certificates = []tls.Certificate{*cert}
+		}
+		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+		resp, err := c.Post("https://"+addr+PathFence, "application/json", strings.NewReader(body))
+		if err != nil {
+			return 0, "", err
+		}
+		defer func() { _ = resp.Body.Close() }()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), nil
+	}
+	key := apiKey(ns)
+	good, _ := json.Marshal(Fence{APIKey: KeyRef{Namespace: ns, Name: key.Name, UID: "forged", Generation: 1}, Stop: Stop{Revoked: true}})
+
+	_, _, err = call(nil, string(good))
+	g.Expect(err).To(HaveOccurred(), "no client certificate")
+	_, _, err = call(&other, string(good))
+	g.Expect(err).To(HaveOccurred(), "another certificate")
+	resp, err := http.Post("http://"+addr+PathFence, "application/json", bytes.NewReader(good))
+	if err == nil {
+		_ = resp.Body.Close()
+		g.Expect(resp.StatusCode).NotTo(Equal(http.StatusOK), "plain HTTP")
+	}
+	g.Expect(holds(a, "forged")).To(BeFalse(), "nothing refused was fenced")
+
+	code, body, err := call(&own, string(good))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(code).To(Equal(http.StatusOK))
+	g.Expect(body).To(ContainSubstring(`"replica":"a"`))
+	g.Expect(holds(a, "forged")).To(BeTrue())
+	for body, reason := range map[string]string{
+		`{`: "malformed body",
+		`{"apiKey":{"namespace":"n","name":"k","uid":"u"},"stop":{}}`:                     "stop takes nothing away",
+		`{"apiKey":{"namespace":"n","name":"k"},"stop":{"revoked":true}}`:                 "apiKey.uid is required",
+		`{"apiKey":{"namespace":"n","name":"k","uid":"u"},"stop":{"revoked":true},"x":1}`: "unknown field",
+	} {
+		code, msg, err := call(&own, body)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(code).To(Equal(http.StatusBadRequest), body)
+		g.Expect(msg).To(ContainSubstring(reason), body)
+	}
+	// The replica's own client reaches it; a server with another
+	// certificate is refused by the client as well.
+	pc := newPeerClient(ClientTLS(&tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &own, nil }}), time.Second)
+	got, err := pc.fences(context.Background(), "https://"+addr)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(got.Replica).To(Equal("a"))
+	stranger := newPeerClient(ClientTLS(&tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &other, nil }}), time.Second)
+	_, err = stranger.fences(context.Background(), "https://"+addr)
+	g.Expect(err).To(HaveOccurred())
+}
+
+// EndpointSlices name the peers on the Service's port named fence,
+// ready or not, this replica's own address aside.
+func TestEndpointSlicePeers(t *testing.T) {
+	g := NewWithT(t)
+	ns := env.Namespace(t)
+	slice := fmt.Sprintf(`apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: svc-abc
+  namespace: %s
+  labels: {kubernetes.io/service-name: svc}
+addressType: IPv4
+ports: [{name: fence, port: 9445}, {name: verification, port: 9443}]
+endpoints:
+- addresses: [10.0.0.1]
+  targetRef: {kind: Pod, name: pod-1}
+- addresses: [10.0.0.2]
+  conditions: {ready: false}
+  targetRef: {kind: Pod, name: pod-2}
+- addresses: [10.0.0.3]
+  targetRef: {kind: Pod, name: self}
+`, ns)
+	_, errOut, err := env.Kubectl(slice, "apply", "-f", "-")
+	g.Expect(err).NotTo(HaveOccurred(), errOut)
+	urls, err := EndpointSlicePeers{Reader: env.Client, Namespace: ns, Service: "svc", Self: "self"}.URLs(context.Background())
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(urls).To(ConsistOf("https://10.0.0.1:9445", "https://10.0.0.2:9445"))
+}
+
+// The shapes on the wire round-trip, and a fence that names no key or
+// takes nothing away is refused.
+func TestFenceWire(t *testing.T) {
+	g := NewWithT(t)
+	at := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	h := verifier.HeldFence{Key: types.NamespacedName{Namespace: "n", Name: "k"}, UID: "u", Generation: 3,
+		Stop: verifier.Stop{Suspended: true, RotationRequested: at, Scopes: []string{"write"}}}
+	b, err := json.Marshal(FenceOf(h))
+	g.Expect(err).NotTo(HaveOccurred())
+	var f Fence
+	g.Expect(decodeStrict(bytes.NewReader(b), &f)).To(Succeed())
+	back, err := f.Held()
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(back.Stop.RotationRequested.Equal(at)).To(BeTrue())
+	back.Stop.RotationRequested = at
+	g.Expect(back).To(Equal(h))
+	g.Expect(decodeStrict(strings.NewReader(strings.Repeat(" ", maxBody+1)+"{}"), &f)).To(MatchError(ContainSubstring("larger than")))
+	g.Expect(decodeStrict(strings.NewReader(`{} {}`), &f)).To(MatchError(ContainSubstring("more than one")))
+	_, err = Fence{APIKey: KeyRef{UID: "u"}, Stop: Stop{Revoked: true}}.Held()
+	g.Expect(err).To(MatchError(ContainSubstring("namespace")))
+}
