@@ -2,16 +2,13 @@ package testenv
 
 import (
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/latchkey-dev/latchkey/internal/certs"
 	"github.com/latchkey-dev/latchkey/pkg/devenv/controlplane"
 )
 
@@ -24,21 +21,8 @@ type ManagerBinary struct {
 // BuildManager builds the manager and writes what it needs to run.
 func (e *Env) BuildManager(tb testing.TB) *ManagerBinary {
 	tb.Helper()
-	dir := tb.TempDir()
-	m := &ManagerBinary{
-		Path:       filepath.Join(dir, "manager"),
-		Kubeconfig: filepath.Join(dir, "kubeconfig"),
-		CertDir:    filepath.Join(dir, "certs"),
-	}
-	build := exec.Command("go", "build", "-o", m.Path, "./cmd")
-	build.Dir = RepoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		tb.Fatalf("building the manager: %v\n%s", err, out)
-	}
-	if err := e.WriteAdminKubeconfig(m.Kubeconfig); err != nil {
-		tb.Fatal(err)
-	}
-	if _, err := certs.WriteLocal(m.CertDir); err != nil {
+	m, err := e.BuildManagerIn(tb.TempDir())
+	if err != nil {
 		tb.Fatal(err)
 	}
 	return m
@@ -55,12 +39,10 @@ type Process struct {
 // the given flags (the webhook flags among them).
 func (m *ManagerBinary) Start(tb testing.TB, env []string, args ...string) *Process {
 	tb.Helper()
-	p := &Process{Probe: FreePort(tb)}
-	p.Cmd = exec.Command(m.Path, append([]string{
-		"--kubeconfig", m.Kubeconfig, "--metrics-bind-address=0", "--ext-authz-bind-address=127.0.0.1:0",
-		"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", p.Probe),
-	}, args...)...)
-	p.Cmd.Env = append(os.Environ(), env...)
+	p, err := m.Command(env, args...)
+	if err != nil {
+		tb.Fatal(err)
+	}
 	if err := p.Cmd.Start(); err != nil {
 		tb.Fatal(err)
 	}
@@ -79,14 +61,7 @@ func (p *Process) Kill() {
 // WaitReady waits until the manager's /readyz answers 200.
 func (p *Process) WaitReady(tb testing.TB, timeout time.Duration) {
 	tb.Helper()
-	for deadline := time.Now().Add(timeout); ; time.Sleep(100 * time.Millisecond) {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", p.Probe))
-		if err == nil {
-			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
+	for deadline := time.Now().Add(timeout); !p.Ready(); time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			tb.Fatal("the manager did not become ready")
 		}
