@@ -16,6 +16,7 @@ import (
 
 	. "github.com/onsi/gomega"
 	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
@@ -198,6 +199,10 @@ func TestALeaseNobodyRenewsIsTakenThenStale(t *testing.T) {
 	g.Expect(a.Fence(ctx, apiKey(ns), verifier.Stop{Suspended: true})).To(Succeed())
 	second := time.Since(start)
 	g.Expect(lease(t, ns, "ghost").ResourceVersion).To(Equal(taken.ResourceVersion), "a stale lease is not taken again")
+	// Stale for long, it is deleted: its holder, back, would take a new one.
+	g.Eventually(func() bool {
+		return apierrors.IsNotFound(env.Client.Get(ctx, client.ObjectKeyFromObject(ghost), &coordinationv1.Lease{}))
+	}, forgetAfter(testLease)+5*time.Second, 100*time.Millisecond).Should(BeTrue())
 	t.Logf("FIGURE a lease nobody renews: first Fence %s (waits for it to run out), once stale %s", first.Round(time.Millisecond), second.Round(time.Millisecond))
 }
 
@@ -346,4 +351,57 @@ func TestFenceWire(t *testing.T) {
 	g.Expect(decodeStrict(strings.NewReader(`{} {}`), &f)).To(MatchError(ContainSubstring("more than one")))
 	_, err = Fence{APIKey: KeyRef{UID: "u"}, Stop: Stop{Revoked: true}}.Held()
 	g.Expect(err).To(MatchError(ContainSubstring("namespace")))
+}
+
+// Catching up fences what the API server shows taken away that the index
+// does not show yet — revocation, suspension, a removed scope, deletion —
+// and nothing for a key unchanged, made since, or ahead in the index.
+func TestCatchUpFencesWhatTheIndexMissed(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := env.Namespace(t)
+	made := map[string]*authv1alpha1.ApiKey{}
+	for _, name := range []string{"revoked", "suspended", "rescoped", "deleted", "unchanged", "ahead"} {
+		k := &authv1alpha1.ApiKey{Spec: authv1alpha1.ApiKeySpec{Scopes: []string{"read", "write"}}}
+		k.Namespace, k.Name = ns, name
+		g.Expect(env.Client.Create(ctx, k)).To(Succeed())
+		made[name] = k
+	}
+	v := verifier.New(clock.RealClock{}, 0)
+	for _, k := range made {
+		v.SetKey(k.DeepCopy())
+	}
+	change := func(name string, f func(*authv1alpha1.ApiKey)) {
+		k := made[name]
+		base := k.DeepCopy()
+		f(k)
+		g.Expect(env.Client.Patch(ctx, k, client.MergeFrom(base))).To(Succeed())
+	}
+	change("revoked", func(k *authv1alpha1.ApiKey) { k.Spec.Revoked = true })
+	change("suspended", func(k *authv1alpha1.ApiKey) { k.Spec.Suspended = true })
+	change("rescoped", func(k *authv1alpha1.ApiKey) { k.Spec.Scopes = []string{"read"} })
+	g.Expect(env.Client.Delete(ctx, made["deleted"])).To(Succeed())
+	// The watch is ahead of the API server read for this one: the index
+	// holds a later generation that added a scope.
+	ahead := made["ahead"].DeepCopy()
+	ahead.Generation++
+	ahead.Spec.Scopes = append(ahead.Spec.Scopes, "admin")
+	v.SetKey(ahead)
+	fresh := &authv1alpha1.ApiKey{}
+	fresh.Namespace, fresh.Name = ns, "fresh"
+	g.Expect(env.Client.Create(ctx, fresh)).To(Succeed())
+
+	g.Expect(v.CatchUp(ctx, env.Client)).To(Succeed())
+	got := map[string]verifier.Stop{}
+	for _, f := range v.HeldFences() {
+		if f.Key.Namespace == ns {
+			got[f.Key.Name] = f.Stop
+		}
+	}
+	g.Expect(got).To(Equal(map[string]verifier.Stop{
+		"revoked":   {Revoked: true},
+		"suspended": {Suspended: true},
+		"rescoped":  {Scopes: []string{"write"}},
+		"deleted":   {Revoked: true},
+	}))
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -42,17 +44,20 @@ func (v *Verifier) FenceHeld(f HeldFence) error {
 }
 
 // catchUpPage is how many ApiKeys one list call of CatchUp reads.
-const catchUpPage = 500
+const catchUpPage = 1000
 
 // CatchUp reads every ApiKey from reader (the API server, not the cache)
-// and fences whatever the list shows taken away that the index does not
-// show yet, so that a replica which may have missed fences answers as if
-// it had them once CatchUp returns: changes persisted before the list
-// began are in it. The index is looked at before the list, so that a key
-// made since is never taken for one deleted, and a listed ApiKey counts
-// only when its spec is newer than the index's, so that a watch ahead of
-// the list never reads as a change taken back. The fences are lifted as
-// any other, by the watch showing the change.
+// and fences whatever the API server shows taken away that the index does
+// not show yet, so that a replica which may have missed fences answers as
+// if it had them once CatchUp returns: changes persisted before the list
+// began are in it. It lists metadata only — a spec change moves the
+// generation — and reads in full just the ApiKeys whose spec is newer
+// than the index's, so that catching up costs little more than one list
+// of names however many keys there are. The index is looked at before the
+// list, so that a key made since is never taken for one deleted, and only
+// a newer spec counts, so that a watch ahead of the list never reads as a
+// change taken back. The fences are lifted as any other, by the watch
+// showing the change.
 func (v *Verifier) CatchUp(ctx context.Context, reader client.Reader) error {
 	v.mu.RLock()
 	before := make(map[types.UID]*authv1alpha1.ApiKey, len(v.keys))
@@ -62,25 +67,27 @@ func (v *Verifier) CatchUp(ctx context.Context, reader client.Reader) error {
 	v.mu.RUnlock()
 
 	listed := make(map[types.UID]bool, len(before))
-	var list authv1alpha1.ApiKeyList
+	list := &metav1.PartialObjectMetadataList{}
+	list.SetGroupVersionKind(authv1alpha1.GroupVersion.WithKind("ApiKeyList"))
 	for cont := ""; ; {
 		list.Items = nil
-		if err := reader.List(ctx, &list, client.Limit(catchUpPage), client.Continue(cont)); err != nil {
+		if err := reader.List(ctx, list, client.Limit(catchUpPage), client.Continue(cont)); err != nil {
 			return fmt.Errorf("listing ApiKeys: %w", err)
 		}
 		for i := range list.Items {
-			k := &list.Items[i]
-			listed[k.UID] = true
-			indexed, ok := before[k.UID]
+			m := &list.Items[i]
+			listed[m.UID] = true
+			indexed, ok := before[m.UID]
 			if !ok {
 				continue // not in the index: its key cannot authenticate here yet
 			}
-			var stop Stop
-			if k.Generation > indexed.Generation {
-				stop = TakenAway(indexed, k)
-			}
-			if !k.DeletionTimestamp.IsZero() && indexed.DeletionTimestamp.IsZero() {
-				stop.Revoked = true
+			stop := Stop{Revoked: !m.DeletionTimestamp.IsZero() && indexed.DeletionTimestamp.IsZero()}
+			if m.Generation > indexed.Generation {
+				changed, err := v.changedSince(ctx, reader, indexed)
+				if err != nil {
+					return err
+				}
+				stop = stop.merge(changed)
 			}
 			if !stop.IsZero() {
 				if err := v.fences.add(indexed, stop); err != nil {
@@ -100,4 +107,19 @@ func (v *Verifier) CatchUp(ctx context.Context, reader client.Reader) error {
 		}
 	}
 	return nil
+}
+
+// changedSince is what the API server's ApiKey takes away from indexed.
+func (v *Verifier) changedSince(ctx context.Context, reader client.Reader, indexed *authv1alpha1.ApiKey) (Stop, error) {
+	k := &authv1alpha1.ApiKey{}
+	err := reader.Get(ctx, client.ObjectKeyFromObject(indexed), k)
+	switch {
+	case apierrors.IsNotFound(err) || (err == nil && k.UID != indexed.UID):
+		return Stop{Revoked: true}, nil
+	case err != nil:
+		return Stop{}, fmt.Errorf("reading ApiKey %s/%s: %w", indexed.Namespace, indexed.Name, err)
+	}
+	stop := TakenAway(indexed, k)
+	stop.Revoked = stop.Revoked || !k.DeletionTimestamp.IsZero()
+	return stop, nil
 }
