@@ -62,6 +62,7 @@ bench: envtest ## Run the benchmarks and load runs and print their figures (see 
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -run '^$$' -bench Mint1000 -benchtime 1x ./internal/controller/
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -run 'TheLedgerAtItsMaximumSize' -bench ReportsAtTheCaps -benchtime 1x -v ./internal/usage/store/ | grep -E 'FIGURE|^ok|FAIL'
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -run 'RevocationIsImmediate|AreImmediate|RotationLatency|LastUseIsWritten|ConcurrentReporters' -v ./test/integration/ | grep -E 'FIGURE|^ok|FAIL'
+	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -run '^$$' -bench RevokeLatency -benchtime 1x ./test/replicas/ | grep -E 'FIGURE|^ok|FAIL'
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -run '^$$' -bench 'ExecutionsLoad|ManagerMemory' -benchtime 1x -timeout 60m ./test/integration/ \
 		-args -memory-keys 0,1000,10000 | grep -E 'FIGURE|Benchmark|ok|FAIL'
 

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -23,8 +24,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+	"sigs.k8s.io/yaml"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/config/webhook"
 	"github.com/latchkey-dev/latchkey/internal/certs"
 	"github.com/latchkey-dev/latchkey/internal/testenv"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
@@ -404,4 +407,17 @@ func TestCatchUpFencesWhatTheIndexMissed(t *testing.T) {
 		"rescoped":  {Scopes: []string{"write"}},
 		"deleted":   {Revoked: true},
 	}))
+}
+
+// AdmissionTimeout is the admission webhook's own timeout, and the
+// default lease and fence timeout fit inside it with a second to spare.
+func TestAdmissionTimeoutIsTheWebhooks(t *testing.T) {
+	g := NewWithT(t)
+	vwc := &admissionregistrationv1.ValidatingWebhookConfiguration{}
+	g.Expect(yaml.UnmarshalStrict(webhook.Manifests, vwc)).To(Succeed())
+	for _, w := range vwc.Webhooks {
+		g.Expect(w.TimeoutSeconds).To(HaveValue(BeEquivalentTo(AdmissionTimeout/time.Second)), w.Name)
+	}
+	r := &Replica{Lease: DefaultServingLease, FenceTimeout: DefaultFenceTimeout}
+	g.Expect(r.Bound() + time.Second).To(BeNumerically("<=", AdmissionTimeout))
 }

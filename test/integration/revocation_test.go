@@ -26,7 +26,8 @@ import (
 // API call returned may be accepted. Over 50 trials it measures the time
 // from the call returning to the first refusal, for the replica that got
 // the admission call (and fenced the key) and for a second verifier fed
-// only by its watch, standing for a replica that did not.
+// only by its watch: what a replica would do without the fencing protocol
+// (test/replicas holds every replica of the real thing to the promise).
 //
 //	go test -run 'RevocationIsImmediate|AreImmediate' -v ./test/integration/ | grep FIGURE
 func TestRevocationIsImmediate(t *testing.T) {
