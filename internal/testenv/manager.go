@@ -35,8 +35,9 @@ type Process struct {
 }
 
 // Start runs the manager with its probe on a free port, no metrics, ext_authz
-// on a free loopback port unless args say otherwise (a later flag wins), and
-// the given flags (the webhook flags among them).
+// and the peer fence endpoint on free loopback ports unless args say
+// otherwise (a later flag wins), and the given flags (the webhook flags
+// among them).
 func (m *ManagerBinary) Start(tb testing.TB, env []string, args ...string) *Process {
 	tb.Helper()
 	p, err := m.Command(env, args...)

@@ -43,7 +43,7 @@ func (m *ManagerBinary) Command(env []string, args ...string) (*Process, error) 
 	}
 	p := &Process{Probe: probe}
 	p.Cmd = exec.Command(m.Path, append([]string{
-		"--kubeconfig=" + m.Kubeconfig, "--metrics-bind-address=0", "--ext-authz-bind-address=127.0.0.1:0",
+		"--kubeconfig=" + m.Kubeconfig, "--metrics-bind-address=0", "--ext-authz-bind-address=127.0.0.1:0", "--fence-bind-address=127.0.0.1:0",
 		"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", p.Probe),
 	}, args...)...)
 	p.Cmd.Env = append(os.Environ(), env...)
