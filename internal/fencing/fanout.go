@@ -2,6 +2,7 @@ package fencing
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -33,11 +34,17 @@ func (r *Replica) Bound() time.Duration { return r.FenceTimeout + drift(r.Lease)
 // caught up. It is the admission webhook's RevocationFence. It fails —
 // and the change is refused — when it cannot be sure.
 func (r *Replica) Fence(ctx context.Context, key *authv1alpha1.ApiKey, stop verifier.Stop) error {
+	pc := r.client.Load()
+	if pc == nil {
+		return errors.New("this replica is still starting")
+	}
 	if err := r.Verifier.Fence(ctx, key, stop); err != nil {
 		return err
 	}
 	logger := log.FromContext(ctx).WithName("fencing")
-	ctx, cancel := context.WithTimeout(ctx, r.Bound()+2*time.Second)
+	// Within the admission call: kube-apiserver gives up on it after
+	// AdmissionTimeout, and a late "allowed" is no use.
+	ctx, cancel := context.WithTimeout(ctx, AdmissionTimeout-admissionMargin)
 	defer cancel()
 	f := FenceOf(verifier.HeldFence{
 		Key: types.NamespacedName{Namespace: key.Namespace, Name: key.Name}, UID: key.UID, Generation: key.Generation, Stop: stop,
@@ -52,7 +59,7 @@ func (r *Replica) Fence(ctx context.Context, key *authv1alpha1.ApiKey, stop veri
 	}
 	for _, url := range urls {
 		wg.Go(func() {
-			a, err := r.client.fence(ctx, url, f)
+			a, err := pc.fence(ctx, url, f)
 			if err != nil {
 				logger.V(1).Info("A peer could not be told of a fence", "peer", url, "error", err.Error())
 				return
@@ -62,18 +69,19 @@ func (r *Replica) Fence(ctx context.Context, key *authv1alpha1.ApiKey, stop veri
 			mu.Unlock()
 		})
 	}
+	sent := r.Clock.Now()
 	leases, listErr := r.listLeases(ctx)
 	wg.Wait()
 	if listErr != nil {
 		return fmt.Errorf("listing the serving leases: %w", listErr)
 	}
-	r.noteSeen(leases.Items, true)
+	r.noteSeen(leases.Items, sent)
 
 	var waits []taken
 	for i := range leases.Items {
 		l := &leases.Items[i]
 		holder := ptrValue(l.Spec.HolderIdentity)
-		if l.Name == r.leaseName() || told[holder] || r.stale(l) {
+		if l.Name == r.leaseName() || told[holder] || r.staleAt(l, sent, drift(r.Lease)) {
 			continue
 		}
 		t, err := r.take(ctx, l)
@@ -88,17 +96,9 @@ func (r *Replica) Fence(ctx context.Context, key *authv1alpha1.ApiKey, stop veri
 	return r.await(ctx, waits)
 }
 
-// stale says whether l has shown the same version here for longer than a
-// lease lasts: its holder is not serving, and will catch up before it does.
-func (r *Replica) stale(l *coordinationv1.Lease) bool { return r.staleFor(l, drift(r.Lease)) }
-
-// staleFor says whether l has shown the same version here for longer than d.
-func (r *Replica) staleFor(l *coordinationv1.Lease, d time.Duration) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	s, ok := r.seen[l.Name]
-	return ok && s.version == l.ResourceVersion && r.Clock.Since(s.at) > d
-}
+// admissionMargin is kept from the admission timeout for the answer to
+// reach kube-apiserver.
+const admissionMargin = 300 * time.Millisecond
 
 // taken is a lease this replica took: its holder stops serving by until
 // at the latest.
@@ -120,7 +120,7 @@ func (r *Replica) take(ctx context.Context, l *coordinationv1.Lease) (*taken, er
 		if next.Annotations == nil {
 			next.Annotations = map[string]string{}
 		}
-		next.Annotations[AnnotationTakenBy] = r.Name
+		next.Annotations[AnnotationTakenBy] = r.Identity()
 		next.Annotations[AnnotationServing] = "false"
 		err := r.Client.Update(ctx, next)
 		switch {
@@ -137,7 +137,7 @@ func (r *Replica) take(ctx context.Context, l *coordinationv1.Lease) (*taken, er
 			}
 			return nil, fmt.Errorf("reading the serving lease %s: %w", l.Name, err)
 		}
-		r.noteSeen([]coordinationv1.Lease{*l}, false)
+		r.noteSeen([]coordinationv1.Lease{*l}, time.Time{})
 	}
 }
 

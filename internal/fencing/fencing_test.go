@@ -5,12 +5,14 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
@@ -74,6 +77,12 @@ func certDir(t *testing.T) string {
 // of its own, until the test ends.
 func startReplica(t *testing.T, ns, name, dir string, peers Peers, bind string) *Replica {
 	t.Helper()
+	return startReplicaWith(t, ns, name, dir, peers, bind, func(*Replica) {})
+}
+
+// startReplicaWith is startReplica with tune applied before it starts.
+func startReplicaWith(t *testing.T, ns, name, dir string, peers Peers, bind string, tune func(*Replica)) *Replica {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	c, err := cache.New(env.Config, cache.Options{Scheme: env.Scheme})
 	if err != nil {
@@ -87,6 +96,7 @@ func startReplica(t *testing.T, ns, name, dir string, peers Peers, bind string) 
 		Name: name, Namespace: ns, Client: env.Client, Reader: env.Client, Verifier: v, Peers: peers,
 		Lease: testLease, FenceTimeout: testFenceTimeout, BindAddress: bind, CertDir: dir, Clock: clock.RealClock{},
 	}
+	tune(r)
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = c.Start(ctx) })
 	wg.Go(func() { _ = r.Start(ctx) })
@@ -172,7 +182,7 @@ func TestAPeerThatCannotBeToldHasItsLeaseTaken(t *testing.T) {
 	start := time.Now()
 	g.Expect(a.Fence(context.Background(), key, verifier.Stop{Suspended: true})).To(Succeed())
 	took := time.Since(start)
-	g.Expect(!b.MayServe(time.Now()) || holds(b, key.UID)).To(BeTrue(), "serving without the fence after Fence returned")
+	g.Expect(!b.MayServe() || holds(b, key.UID)).To(BeTrue(), "serving without the fence after Fence returned")
 	g.Eventually(b.Ready, 10*time.Second, 20*time.Millisecond).Should(Succeed())
 	g.Expect(holds(b, key.UID)).To(BeTrue(), "caught up from the fencing replica's table")
 	t.Logf("FIGURE a peer whose port is closed: Fence took %s (at most --fence-timeout + lease = %s)", took.Round(time.Millisecond), a.Bound())
@@ -184,18 +194,19 @@ func TestALeaseNobodyRenewsIsTakenThenStale(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	ns, dir := env.Namespace(t), certDir(t)
-	ghost := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: LeasePrefix + "ghost", Labels: map[string]string{LabelServingLease: yes}}}
-	mark(ghost, "ghost", time.Now(), true)
-	g.Expect(env.Client.Create(ctx, ghost)).To(Succeed())
 	var a *Replica
 	a = startReplica(t, ns, "a", dir, lazyPeers(func() []string { return []string{url(a)} }), "127.0.0.1:0")
 	waitServing(t, a)
+	// A replica that renewed once, just now, and froze.
+	ghost := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: LeasePrefix + "ghost", Labels: map[string]string{LabelServingLease: yes}}}
+	mark(ghost, "ghost/1", time.Now(), true)
+	g.Expect(env.Client.Create(ctx, ghost)).To(Succeed())
 
 	start := time.Now()
 	g.Expect(a.Fence(ctx, apiKey(ns), verifier.Stop{Revoked: true})).To(Succeed())
 	first := time.Since(start)
 	taken := lease(t, ns, "ghost")
-	g.Expect(taken.Annotations[AnnotationTakenBy]).To(Equal("a"))
+	g.Expect(taken.Annotations[AnnotationTakenBy]).To(Equal(a.Identity()))
 
 	time.Sleep(drift(testLease) + 100*time.Millisecond)
 	start = time.Now()
@@ -223,11 +234,7 @@ func TestFenceFailsWhenLeasesCannotBeListed(t *testing.T) {
 
 // unlisting is a reader of the API server whose lists fail.
 func unlisting(t *testing.T) client.Reader {
-	w, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return interceptor.NewClient(w, interceptor.Funcs{
+	return interceptor.NewClient(withWatch(t), interceptor.Funcs{
 		List: func(context.Context, client.WithWatch, client.ObjectList, ...client.ListOption) error {
 			return fmt.Errorf("the API server is unreachable")
 		},
@@ -271,6 +278,11 @@ func TestPeerCallsAreAuthenticated(t *testing.T) {
 	g.Expect(err).To(HaveOccurred(), "no client certificate")
 	_, _, err = call(&other, string(good))
 	g.Expect(err).To(HaveOccurred(), "another certificate")
+	// The replica certificate is public (it is served to every caller):
+	// presenting it without its private key fails the handshake.
+	stolen := tls.Certificate{Certificate: own.Certificate, PrivateKey: other.PrivateKey}
+	_, _, err = call(&stolen, string(good))
+	g.Expect(err).To(HaveOccurred(), "the replica certificate with another key")
 	resp, err := http.Post("http://"+addr+PathFence, "application/json", bytes.NewReader(good))
 	if err == nil {
 		_ = resp.Body.Close()
@@ -281,7 +293,7 @@ func TestPeerCallsAreAuthenticated(t *testing.T) {
 	code, body, err := call(&own, string(good))
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(code).To(Equal(http.StatusOK))
-	g.Expect(body).To(ContainSubstring(`"replica":"a"`))
+	g.Expect(body).To(ContainSubstring(`"replica":"` + a.Identity() + `"`))
 	g.Expect(holds(a, "forged")).To(BeTrue())
 	for body, reason := range map[string]string{
 		`{`: "malformed body",
@@ -299,7 +311,7 @@ func TestPeerCallsAreAuthenticated(t *testing.T) {
 	pc := newPeerClient(ClientTLS(&tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &own, nil }}), time.Second)
 	got, err := pc.fences(context.Background(), "https://"+addr)
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(got.Replica).To(Equal("a"))
+	g.Expect(got.Replica).To(Equal(a.Identity()))
 	stranger := newPeerClient(ClientTLS(&tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &other, nil }}), time.Second)
 	_, err = stranger.fences(context.Background(), "https://"+addr)
 	g.Expect(err).To(HaveOccurred())
@@ -393,6 +405,12 @@ func TestCatchUpFencesWhatTheIndexMissed(t *testing.T) {
 	fresh := &authv1alpha1.ApiKey{}
 	fresh.Namespace, fresh.Name = ns, "fresh"
 	g.Expect(env.Client.Create(ctx, fresh)).To(Succeed())
+	// Made and revoked before the watch brought it in: it is fenced too.
+	late := &authv1alpha1.ApiKey{}
+	late.Namespace, late.Name = ns, "late"
+	g.Expect(env.Client.Create(ctx, late)).To(Succeed())
+	made["late"] = late
+	change("late", func(k *authv1alpha1.ApiKey) { k.Spec.Revoked = true })
 
 	g.Expect(v.CatchUp(ctx, env.Client)).To(Succeed())
 	got := map[string]verifier.Stop{}
@@ -406,6 +424,7 @@ func TestCatchUpFencesWhatTheIndexMissed(t *testing.T) {
 		"suspended": {Suspended: true},
 		"rescoped":  {Scopes: []string{"write"}},
 		"deleted":   {Revoked: true},
+		"late":      {Revoked: true},
 	}))
 }
 
@@ -420,4 +439,76 @@ func TestAdmissionTimeoutIsTheWebhooks(t *testing.T) {
 	}
 	r := &Replica{Lease: DefaultServingLease, FenceTimeout: DefaultFenceTimeout}
 	g.Expect(r.Bound() + time.Second).To(BeNumerically("<=", AdmissionTimeout))
+}
+
+// A replica whose lease was taken serves again only after catching up,
+// even when taking the lease back fails at first: the failed write is
+// never renewed from (a renewal from it would skip the catch-up and tell
+// the fencing replica it had caught up).
+func TestATakenLeaseServesAgainOnlyAfterCatchingUp(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns, dir := env.Namespace(t), certDir(t)
+	var a *Replica
+	a = startReplica(t, ns, "a", dir, lazyPeers(func() []string { return []string{url(a)} }), "127.0.0.1:0")
+	var failNext atomic.Bool
+	b := startReplicaWith(t, ns, "b", dir, lazyPeers(func() []string { return []string{url(a)} }), "0", func(r *Replica) {
+		r.Client = interceptor.NewClient(withWatch(t), interceptor.Funcs{
+			Update: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
+				if failNext.CompareAndSwap(true, false) {
+					return apierrors.NewInternalError(errors.New("injected"))
+				}
+				return c.Update(ctx, obj, opts...)
+			},
+		})
+	})
+	waitServing(t, a, b)
+
+	// A fence only a holds, and b's lease taken as a would take it.
+	key := apiKey(ns)
+	g.Expect(a.Verifier.Fence(ctx, key, verifier.Stop{Revoked: true})).To(Succeed())
+	l := lease(t, ns, "b")
+	l.Annotations[AnnotationTakenBy], l.Annotations[AnnotationServing] = "a/test", "false"
+	failNext.Store(false)
+	g.Expect(env.Client.Update(ctx, l)).To(Succeed())
+	// b's renewal conflicts; its first write taking the lease back fails.
+	g.Eventually(func() bool { return !b.MayServe() }, 5*time.Second, 5*time.Millisecond).Should(BeTrue())
+	failNext.Store(true)
+	g.Eventually(b.Ready, 10*time.Second, 10*time.Millisecond).Should(Succeed())
+	g.Expect(holds(b, key.UID)).To(BeTrue(), "b serves again holding what a held: it caught up")
+}
+
+// Seen versions: a complete list forgets only leases noted before it was
+// sent; a version not seen here counts as first seen now; staleness is
+// judged at the list's start.
+func TestSeenVersions(t *testing.T) {
+	g := NewWithT(t)
+	clk := clocktesting.NewFakeClock(time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC))
+	r := &Replica{Clock: clk, Lease: time.Second}
+	l := coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "x", ResourceVersion: "1"}}
+	old := clk.Now()
+	clk.Step(100 * time.Millisecond)
+	r.noteSeen([]coordinationv1.Lease{l}, clk.Now())
+	r.noteSeen(nil, old) // an older list, answered later, that missed x
+	g.Expect(r.firstSeen(&l)).To(Equal(clk.Now()))
+	noted := clk.Now()
+	clk.Step(5 * time.Second)
+	g.Expect(r.firstSeen(&l)).To(Equal(noted))
+	other := l
+	other.ResourceVersion = "2"
+	g.Expect(r.firstSeen(&other)).To(Equal(clk.Now()), "a version not seen here")
+	g.Expect(r.staleAt(&l, noted.Add(drift(r.Lease)), drift(r.Lease))).To(BeFalse())
+	g.Expect(r.staleAt(&l, noted.Add(drift(r.Lease)+time.Millisecond), drift(r.Lease))).To(BeTrue())
+	g.Expect(r.staleAt(&other, clk.Now(), drift(r.Lease))).To(BeFalse())
+	r.noteSeen(nil, clk.Now())
+	g.Expect(r.staleAt(&l, clk.Now(), 0)).To(BeFalse(), "forgotten by a complete list sent after it was noted")
+}
+
+func withWatch(t *testing.T) client.WithWatch {
+	t.Helper()
+	w, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
 }

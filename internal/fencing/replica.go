@@ -2,10 +2,12 @@ package fencing
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,6 +15,7 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -87,8 +90,15 @@ type Replica struct {
 	Clock   clock.WithTicker
 
 	// until is the instant serving ends, nil when not serving.
-	until  atomic.Pointer[time.Time]
-	client *peerClient
+	until atomic.Pointer[time.Time]
+	// client is set once Start has the certificate; a fence admitted
+	// before is refused.
+	client atomic.Pointer[peerClient]
+	// identity is Name and this process's incarnation: what the lease's
+	// holder and every peer answer say, so that another process under the
+	// same name is never taken for this one.
+	identity     string
+	identityOnce sync.Once
 
 	mu sync.Mutex
 	// seen is when this replica first saw each serving lease's version.
@@ -98,22 +108,30 @@ type Replica struct {
 
 type seenVersion struct {
 	version string
-	at      time.Time
+	// at is when the version was first seen: its renewal had committed.
+	at time.Time
 }
 
 // NeedLeaderElection is false: every replica serves.
 func (*Replica) NeedLeaderElection() bool { return false }
 
-// MayServe says whether this replica may answer keys at now: the
-// verifier's gate.
-func (r *Replica) MayServe(now time.Time) bool {
+// MayServe says whether this replica may answer keys now: the verifier's
+// gate. It reads its own clock, the one the lease is measured on,
+// whatever the verifier's is, and both its readings: the monotonic one,
+// which no clock step moves, and the wall one, which a node's suspension
+// or a paused VM moves on (the monotonic clock stops with them).
+func (r *Replica) MayServe() bool {
 	u := r.until.Load()
-	return u != nil && now.Before(*u)
+	if u == nil {
+		return false
+	}
+	now := r.Clock.Now()
+	return now.Before(*u) && now.Round(0).Before(u.Round(0))
 }
 
 // Ready is the readiness check: nil while the replica may serve.
 func (r *Replica) Ready() error {
-	if !r.MayServe(r.Clock.Now()) {
+	if !r.MayServe() {
 		return errors.New("not serving: the serving lease is not held, or the replica has not caught up since it was")
 	}
 	return nil
@@ -128,6 +146,12 @@ func (r *Replica) Addr() net.Addr {
 
 func (r *Replica) leaseName() string { return LeasePrefix + r.Name }
 
+// Identity is this replica's name and its process's incarnation.
+func (r *Replica) Identity() string {
+	r.identityOnce.Do(func() { r.identity = r.Name + "/" + strings.ToLower(rand.Text()[:8]) })
+	return r.identity
+}
+
 // Start serves peers and holds the lease until ctx ends, then stops
 // serving and lets go of the lease.
 func (r *Replica) Start(ctx context.Context) error {
@@ -137,10 +161,9 @@ func (r *Replica) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("the peer listener: %w", err)
 	}
-	r.client = newPeerClient(ClientTLS(base), r.FenceTimeout)
-	r.mu.Lock()
-	r.seen = map[string]seenVersion{}
-	r.mu.Unlock()
+	pc := newPeerClient(ClientTLS(base), r.FenceTimeout)
+	defer pc.http.CloseIdleConnections()
+	r.client.Store(pc)
 	served := make(chan error, 1)
 	if r.BindAddress != "0" && r.BindAddress != "" {
 		l, err := net.Listen("tcp", r.BindAddress)
@@ -152,7 +175,7 @@ func (r *Replica) Start(ctx context.Context) error {
 		r.mu.Unlock()
 		logger.Info("Serving peers", "address", l.Addr().String())
 		go func() {
-			served <- serve(ctx, tls.NewListener(l, ServerTLS(base)), &peerHandler{name: r.Name, verifier: r.Verifier})
+			served <- serve(ctx, tls.NewListener(l, ServerTLS(base)), &peerHandler{identity: r.Identity(), verifier: r.Verifier})
 		}()
 	} else {
 		close(served)
@@ -216,7 +239,7 @@ func (r *Replica) renew(ctx context.Context, h *holding) {
 		broke = err == nil
 	} else {
 		next := h.lease.DeepCopy()
-		mark(next, r.Name, start, h.caughtUp.Load() == int64(h.epoch))
+		mark(next, r.Identity(), start, h.caughtUp.Load() == int64(h.epoch))
 		err = r.Client.Update(wctx, next)
 		switch {
 		case err == nil:
@@ -226,7 +249,11 @@ func (r *Replica) renew(ctx context.Context, h *holding) {
 			// longer than D skipped it.
 			broke = !r.Clock.Now().Before(h.last.Add(r.Lease))
 		case apierrors.IsConflict(err) || apierrors.IsNotFound(err):
+			// A break at once, whether or not the lease can be taken back
+			// now: only an acquisition, and a catch-up after it, serves again.
 			r.until.Store(nil)
+			h.lease = nil
+			h.breakHolding()
 			logger.Info("The serving lease was taken to fence a key this replica could not be told of; catching up", "error", err.Error())
 			h.lease, err = r.acquire(wctx)
 			broke = err == nil
@@ -239,10 +266,7 @@ func (r *Replica) renew(ctx context.Context, h *holding) {
 	h.last = start
 	if broke {
 		r.until.Store(nil)
-		h.epoch++
-		if h.cancel != nil {
-			h.cancel()
-		}
+		h.breakHolding()
 		var cctx context.Context
 		cctx, h.cancel = context.WithCancel(ctx)
 		// Admissions that listed the leases before this holding began
@@ -256,34 +280,48 @@ func (r *Replica) renew(ctx context.Context, h *holding) {
 	}
 }
 
+// breakHolding ends the holding: no catch-up begun for it counts any more.
+func (h *holding) breakHolding() {
+	h.epoch++
+	if h.cancel != nil {
+		h.cancel()
+		h.cancel = nil
+	}
+}
+
 // acquire takes the lease as it is now (creating it if missing): the
-// start of an unbroken holding, which serves once caught up.
+// start of an unbroken holding, which serves once caught up. It returns
+// no lease unless the write succeeded, so that a failed one is tried
+// again as an acquisition, never renewed from.
 func (r *Replica) acquire(ctx context.Context) (*coordinationv1.Lease, error) {
 	l := &coordinationv1.Lease{}
 	err := r.Reader.Get(ctx, client.ObjectKey{Namespace: r.Namespace, Name: r.leaseName()}, l)
 	now := r.Clock.Now()
-	if apierrors.IsNotFound(err) {
+	switch {
+	case apierrors.IsNotFound(err):
 		l = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{
 			Namespace: r.Namespace, Name: r.leaseName(), Labels: map[string]string{LabelServingLease: yes},
 		}}
-		mark(l, r.Name, now, false)
-		return l, r.Client.Create(ctx, l)
+		mark(l, r.Identity(), now, false)
+		err = r.Client.Create(ctx, l)
+	case err == nil:
+		mark(l, r.Identity(), now, false)
+		err = r.Client.Update(ctx, l)
 	}
 	if err != nil {
 		return nil, err
 	}
-	mark(l, r.Name, now, false)
-	return l, r.Client.Update(ctx, l)
+	return l, nil
 }
 
 // mark writes this replica's renewal into l.
-func mark(l *coordinationv1.Lease, name string, now time.Time, serving bool) {
+func mark(l *coordinationv1.Lease, identity string, now time.Time, serving bool) {
 	if l.Annotations == nil {
 		l.Annotations = map[string]string{}
 	}
 	delete(l.Annotations, AnnotationTakenBy)
 	l.Annotations[AnnotationServing] = fmt.Sprint(serving)
-	l.Spec.HolderIdentity = ptr.To(name)
+	l.Spec.HolderIdentity = ptr.To(identity)
 	l.Spec.RenewTime = &metav1.MicroTime{Time: now}
 }
 
@@ -303,7 +341,7 @@ func (r *Replica) release(h *holding) {
 			return
 		}
 		l = &coordinationv1.Lease{}
-		if err := r.Reader.Get(ctx, client.ObjectKeyFromObject(h.lease), l); err != nil || ptrValue(l.Spec.HolderIdentity) != r.Name {
+		if err := r.Reader.Get(ctx, client.ObjectKeyFromObject(h.lease), l); err != nil || ptrValue(l.Spec.HolderIdentity) != r.Identity() {
 			return
 		}
 	}
@@ -338,17 +376,21 @@ func (r *Replica) catchUp(ctx context.Context, h *holding, epoch int, began time
 	logger.Info("Caught up: serving from the next renewal", "took", r.Clock.Since(began).Round(time.Millisecond).String())
 }
 
-func (r *Replica) catchUpOnce(ctx context.Context, start time.Time) error {
+func (r *Replica) catchUpOnce(ctx context.Context, began time.Time) error {
+	pc := r.client.Load()
 	urls, err := r.Peers.URLs(ctx)
-	unreachable := err != nil
+	missed := err != nil
+	var mu sync.Mutex
+	answered := map[string]bool{}
 	var wg sync.WaitGroup
-	var failed atomic.Bool
 	for _, url := range urls {
 		wg.Go(func() {
-			a, err := r.client.fences(ctx, url)
+			a, err := pc.fences(ctx, url)
 			if err != nil {
-				failed.Store(true)
 				log.FromContext(ctx).V(1).Info("Could not read a peer's fences", "peer", url, "error", err.Error())
+				mu.Lock()
+				missed = true
+				mu.Unlock()
 				return
 			}
 			for _, f := range a.Fences {
@@ -356,13 +398,28 @@ func (r *Replica) catchUpOnce(ctx context.Context, start time.Time) error {
 					_ = r.Verifier.FenceHeld(held)
 				}
 			}
+			mu.Lock()
+			answered[a.Replica] = true
+			mu.Unlock()
 		})
 	}
+	leases, err := r.listLeases(ctx)
 	wg.Wait()
-	if unreachable || failed.Load() {
+	if err != nil {
+		return fmt.Errorf("listing the serving leases: %w", err)
+	}
+	// Every peer, and every other lease holder, may have admitted a
+	// change before this holding began; one whose fences were not read
+	// (unreachable, or missing from the peers) is waited out.
+	for i := range leases.Items {
+		if l := &leases.Items[i]; l.Name != r.leaseName() && !answered[ptrValue(l.Spec.HolderIdentity)] {
+			missed = true
+		}
+	}
+	if missed {
 		// Any admission that listed the leases before this holding began
 		// has been answered, and its write persisted, by then.
-		if wait := start.Add(AdmissionTimeout).Sub(r.Clock.Now()); wait > 0 {
+		if wait := began.Add(AdmissionTimeout).Sub(r.Clock.Now()); wait > 0 {
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
@@ -390,28 +447,34 @@ func forgetAfter(lease time.Duration) time.Duration { return 10 * lease }
 // (of replicas gone without letting go: killed, or out of a cluster,
 // restarted under another name).
 func (r *Replica) observe(ctx context.Context) {
+	sent := r.Clock.Now()
 	leases, err := r.listLeases(ctx)
 	if err != nil {
 		return
 	}
-	r.noteSeen(leases.Items, true)
+	r.noteSeen(leases.Items, sent)
 	for i := range leases.Items {
 		l := &leases.Items[i]
-		if l.Name != r.leaseName() && r.staleFor(l, forgetAfter(r.Lease)) {
+		if l.Name != r.leaseName() && r.staleAt(l, sent, forgetAfter(r.Lease)) {
 			err := r.Client.Delete(ctx, l, client.Preconditions{ResourceVersion: ptr.To(l.ResourceVersion)})
 			if err == nil {
-				log.FromContext(ctx).Info("Deleted the serving lease of a replica gone for long", "lease", l.Name)
+				log.FromContext(ctx).Info("Deleted the serving lease of a replica gone for long", "lease", klog.KObj(l))
 			}
 		}
 	}
 }
 
-// noteSeen records the versions of leases; all says the list is
-// complete, so that leases gone from it are forgotten.
-func (r *Replica) noteSeen(leases []coordinationv1.Lease, all bool) {
+// noteSeen records the versions of leases, as a list sent at sent shows
+// them (nil sent: not a complete list); a complete list forgets the
+// leases it lacks that were noted before it was sent — a lease noted
+// since, by a newer list, is not its to forget.
+func (r *Replica) noteSeen(leases []coordinationv1.Lease, sent time.Time) {
 	now := r.Clock.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.seen == nil {
+		r.seen = map[string]seenVersion{}
+	}
 	names := make(map[string]bool, len(leases))
 	for i := range leases {
 		l := &leases[i]
@@ -420,18 +483,34 @@ func (r *Replica) noteSeen(leases []coordinationv1.Lease, all bool) {
 			r.seen[l.Name] = seenVersion{version: l.ResourceVersion, at: now}
 		}
 	}
-	if all {
-		for name := range r.seen {
-			if !names[name] {
-				delete(r.seen, name)
-			}
+	if sent.IsZero() {
+		return
+	}
+	for name, s := range r.seen {
+		if !names[name] && s.at.Before(sent) {
+			delete(r.seen, name)
 		}
 	}
 }
 
-// firstSeen is when l's version was first seen here.
+// firstSeen is when l's version was first seen here; now, if it has not
+// been (so that whatever waits from it waits longest).
 func (r *Replica) firstSeen(l *coordinationv1.Lease) time.Time {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.seen[l.Name].at
+	if s, ok := r.seen[l.Name]; ok && s.version == l.ResourceVersion {
+		return s.at
+	}
+	return r.Clock.Now()
+}
+
+// staleAt says whether l, as a list sent at sent shows it, had shown the
+// same version here for longer than d by then: judged at the list's
+// start, so that a renewal committed while the list was read cannot slip
+// between the list and the judgement.
+func (r *Replica) staleAt(l *coordinationv1.Lease, sent time.Time, d time.Duration) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, ok := r.seen[l.Name]
+	return ok && s.version == l.ResourceVersion && sent.Sub(s.at) > d
 }

@@ -4,10 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	stdlog "log"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
+	"github.com/go-logr/logr"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/latchkey-dev/latchkey/internal/verifier"
@@ -19,7 +23,7 @@ const DefaultBindAddress = ":9445"
 // peerHandler is the peer endpoint: other replicas fence this one's
 // verifier through it, and read its fences when they catch up.
 type peerHandler struct {
-	name     string
+	identity string
 	verifier *verifier.Verifier
 }
 
@@ -29,7 +33,7 @@ func (h *peerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fence(w, r)
 	case r.URL.Path == PathFences && r.Method == http.MethodGet:
 		fences := h.verifier.HeldFences()
-		a := Answer{Replica: h.name, Fences: make([]Fence, 0, len(fences))}
+		a := Answer{Replica: h.identity, Fences: make([]Fence, 0, len(fences))}
 		for _, f := range fences {
 			a.Fences = append(a.Fences, FenceOf(f))
 		}
@@ -61,8 +65,8 @@ func (h *peerHandler) fence(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
-	log.FromContext(r.Context()).V(1).Info("Fenced a key for a peer", "apiKey", held.Key, "uid", held.UID)
-	answer(w, Answer{Replica: h.name})
+	log.FromContext(r.Context()).V(1).Info("Fenced a key for a peer", "apiKey", klog.KRef(held.Key.Namespace, held.Key.Name), "uid", held.UID)
+	answer(w, Answer{Replica: h.identity})
 }
 
 func answer(w http.ResponseWriter, a Answer) {
@@ -80,6 +84,9 @@ func serve(ctx context.Context, l net.Listener, h http.Handler) error {
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    8 << 10,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
+		// Refused handshakes (no replica certificate) are for operators
+		// debugging, not for the console.
+		ErrorLog: stdlog.New(logWriter{log.FromContext(ctx)}, "", 0),
 	}
 	errs := make(chan error, 1)
 	go func() { errs <- srv.Serve(l) }()
@@ -95,4 +102,12 @@ func serve(ctx context.Context, l net.Listener, h http.Handler) error {
 		return err
 	}
 	return nil
+}
+
+// logWriter hands the peer server's own messages to the logger, verbosely.
+type logWriter struct{ logger logr.Logger }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.logger.V(1).Info("Peer endpoint", "message", strings.TrimSpace(string(p)))
+	return len(p), nil
 }

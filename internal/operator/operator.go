@@ -290,6 +290,9 @@ func newReplica(mgr ctrl.Manager, o Options) (*fencing.Replica, error) {
 	if errs := validation.IsDNS1123Subdomain(fencing.LeasePrefix + r.Name); len(errs) > 0 {
 		return nil, fmt.Errorf("invalid --replica-name %q: it names the Lease %s%s: %s", r.Name, fencing.LeasePrefix, r.Name, strings.Join(errs, "; "))
 	}
+	if o.FenceTimeout <= 0 || o.ServingLease < time.Second {
+		return nil, fmt.Errorf("--fence-timeout must be positive and --serving-lease at least 1s (or 0, off); got %s and %s", o.FenceTimeout, o.ServingLease)
+	}
 	if bound := r.Bound() + time.Second; bound > fencing.AdmissionTimeout {
 		return nil, fmt.Errorf("--fence-timeout (%s) and --serving-lease (%s) let a revocation wait %s, past the admission webhook's %s",
 			o.FenceTimeout, o.ServingLease, bound, fencing.AdmissionTimeout)

@@ -79,7 +79,12 @@ func (v *Verifier) CatchUp(ctx context.Context, reader client.Reader) error {
 			listed[m.UID] = true
 			indexed, ok := before[m.UID]
 			if !ok {
-				continue // not in the index: its key cannot authenticate here yet
+				// Not in the index yet, but a lagging watch may still bring
+				// it in before the change that takes it away.
+				if err := v.fenceUnindexed(ctx, reader, m); err != nil {
+					return err
+				}
+				continue
 			}
 			stop := Stop{Revoked: !m.DeletionTimestamp.IsZero() && indexed.DeletionTimestamp.IsZero()}
 			if m.Generation > indexed.Generation {
@@ -107,6 +112,37 @@ func (v *Verifier) CatchUp(ctx context.Context, reader client.Reader) error {
 		}
 	}
 	return nil
+}
+
+// fenceUnindexed fences what an ApiKey the index does not hold yet shows
+// taken away for good or for now (revocation, deletion, suspension, a
+// rotation with no grace), as of a generation before the listed one, so
+// that the watch bringing the listed ApiKey lifts it. Scopes removed
+// before the watch brings it in are not known here.
+func (v *Verifier) fenceUnindexed(ctx context.Context, reader client.Reader, m *metav1.PartialObjectMetadata) error {
+	if m.Generation <= 1 && m.DeletionTimestamp.IsZero() {
+		return nil // never changed since its creation, which the watch brings as it is
+	}
+	k := &authv1alpha1.ApiKey{}
+	if err := reader.Get(ctx, client.ObjectKeyFromObject(m), k); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("reading ApiKey %s/%s: %w", m.Namespace, m.Name, err)
+	}
+	if k.UID != m.UID {
+		return nil
+	}
+	stop := Stop{Revoked: k.Spec.Revoked || !k.DeletionTimestamp.IsZero(), Suspended: k.Spec.Suspended}
+	if r := k.RotationRequested(); !r.IsZero() && k.GracePeriod() == 0 {
+		stop.RotationRequested = r
+	}
+	if stop.IsZero() {
+		return nil
+	}
+	older := &authv1alpha1.ApiKey{}
+	older.Namespace, older.Name, older.UID, older.Generation = k.Namespace, k.Name, k.UID, k.Generation-1
+	return v.fences.add(older, stop)
 }
 
 // changedSince is what the API server's ApiKey takes away from indexed.

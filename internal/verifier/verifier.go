@@ -49,10 +49,10 @@ var (
 	ErrNotServing = errors.New("this replica is not serving: it cannot yet confirm it holds every revocation; retry")
 )
 
-// A Gate says whether this replica may answer keys at an instant: the
-// serving lease (internal/fencing).
+// A Gate says whether this replica may answer keys now: the serving
+// lease (internal/fencing), which keeps its own clock.
 type Gate interface {
-	MayServe(now time.Time) bool
+	MayServe() bool
 }
 
 // Identity is who a valid key belongs to.
@@ -142,11 +142,11 @@ func (v *Verifier) Resolve(raw string) (id Identity, tenant string, err error) {
 	if _, err := keys.Parse(raw); err != nil {
 		return Identity{}, "", ErrMalformed
 	}
-	now := v.clock.Now()
-	if v.gate != nil && !v.gate.MayServe(now) {
+	if v.gate != nil && !v.gate.MayServe() {
 		return Identity{}, "", ErrNotServing
 	}
 	hash := keys.Sum(raw)
+	now := v.clock.Now()
 
 	v.mu.RLock()
 	defer v.mu.RUnlock()

@@ -90,7 +90,7 @@ func TestPeerCallsAreAuthenticated(t *testing.T) {
 	g.Expect(status).To(Equal(http.StatusOK), answer)
 	var named struct{ Replica string }
 	g.Expect(json.Unmarshal([]byte(answer), &named)).To(Succeed())
-	g.Expect(named.Replica).To(Equal(target.name))
+	g.Expect(named.Replica).To(HavePrefix(target.name+"/"), "the replica's name and its incarnation")
 	// Idempotent: the same fence again is the same fence.
 	status, answer, err = post(peer, fenceURL, fence)
 	g.Expect(err).NotTo(HaveOccurred())
@@ -121,6 +121,7 @@ func fences(g Gomega, c *http.Client, r *replica) string {
 	g.Expect(resp.StatusCode).To(Equal(http.StatusOK), string(b))
 	var named struct{ Replica string }
 	g.Expect(json.Unmarshal(b, &named)).To(Succeed())
-	g.Expect(named.Replica).To(Equal(r.name))
+	// The replica's name and its process's incarnation.
+	g.Expect(named.Replica).To(HavePrefix(r.name + "/"))
 	return string(b)
 }
