@@ -65,6 +65,8 @@ bench: envtest ## Run the benchmarks and load runs and print their figures (see 
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -run '^$$' -bench RevokeLatency -benchtime 1x ./test/replicas/ | grep -E 'FIGURE|^ok|FAIL'
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -run '^$$' -bench 'ExecutionsLoad|ManagerMemory' -benchtime 1x -timeout 60m ./test/integration/ \
 		-args -memory-keys 0,1000,10000 | grep -E 'FIGURE|Benchmark|ok|FAIL'
+	KUBEBUILDER_ASSETS="$$(bash hack/envtest.sh)" go test -run '^$$' -bench Sizing -benchtime 1x -timeout 60m ./test/integration/ \
+		-args -sizing-keys 1000,10000 | grep -E 'FIGURE|Benchmark|ok|FAIL'
 
 BENCH_LOAD_ARGS ?=
 .PHONY: bench-load
