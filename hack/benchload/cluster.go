@@ -105,6 +105,9 @@ func (b *bench) managerFlags() []string {
 		// reviewed by kube-apiserver for every scrape.
 		"--metrics-bind-address", "127.0.0.1:" + strconv.Itoa(b.metricsPort), "--metrics-secure=false",
 		"--kube-api-qps", b.o.kubeAPIQPS, "--kube-api-burst", b.o.kubeAPIBurst,
+		// One name across restarts, as a pod's: a restart takes its own
+		// lease back instead of waiting out a stranger's (docs/replicas.md).
+		"--replica-name=bench",
 	}
 }
 

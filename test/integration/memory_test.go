@@ -44,15 +44,7 @@ const memoryNamespaces = 10
 //	go test -run '^$' -bench ManagerMemory -benchtime 1x -timeout 3h ./test/integration/ \
 //		-args -memory-managers before=/tmp/manager-before -memory-profiles /tmp/profiles
 func BenchmarkManagerMemory(b *testing.B) {
-	counts, err := ints(*memoryKeys)
-	if err != nil {
-		b.Fatal(err)
-	}
-	own, err := testenv.Start(testenv.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = own.Stop() })
+	counts, own := keysAndControlPlane(b, *memoryKeys)
 	tree := own.BuildManager(b)
 	others := strings.FieldsFunc(*memoryManagers, func(r rune) bool { return r == ',' })
 	bins := make([]namedManager, 0, 1+len(others))
@@ -134,6 +126,9 @@ func startMeasured(b *testing.B, m *testenv.ManagerBinary, args ...string) measu
 		"--webhook-port", strconv.Itoa(testenv.FreePort(b)),
 		"--admission-port", strconv.Itoa(testenv.FreePort(b)), "--webhook-cert-path", m.CertDir,
 		"--kube-api-qps=1000", "--kube-api-burst=2000", fmt.Sprintf("--pprof-bind-address=127.0.0.1:%d", pprof),
+		// One name across restarts, as a pod's: a restart takes its own
+		// lease back instead of waiting out a stranger's (docs/replicas.md).
+		"--replica-name=measured",
 	}, args...)...)
 	return measured{p, pprof}
 }
@@ -221,4 +216,20 @@ func ints(s string) ([]int, error) {
 		out = append(out, n)
 	}
 	return out, nil
+}
+
+// keysAndControlPlane parses a benchmark's comma-separated key counts and
+// starts a control plane of its own (no webhooks), stopped when it ends.
+func keysAndControlPlane(b *testing.B, list string) ([]int, *testenv.Env) {
+	b.Helper()
+	counts, err := ints(list)
+	if err != nil {
+		b.Fatal(err)
+	}
+	own, err := testenv.Start(testenv.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = own.Stop() })
+	return counts, own
 }

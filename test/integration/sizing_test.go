@@ -63,15 +63,7 @@ const (
 //
 //	go test -run '^$' -bench Sizing -benchtime 1x -timeout 60m ./test/integration/ -args -sizing-keys 1000,10000
 func BenchmarkSizing(b *testing.B) {
-	counts, err := ints(*sizingKeys)
-	if err != nil {
-		b.Fatal(err)
-	}
-	own, err := testenv.Start(testenv.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = own.Stop() })
+	counts, own := keysAndControlPlane(b, *sizingKeys)
 	s := newSizing(b, own)
 	for i := range memoryNamespaces {
 		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("memory-%d", i)}}
