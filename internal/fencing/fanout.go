@@ -11,6 +11,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -50,38 +51,14 @@ func (r *Replica) Fence(ctx context.Context, key *authv1alpha1.ApiKey, stop veri
 		Key: types.NamespacedName{Namespace: key.Namespace, Name: key.Name}, UID: key.UID, Generation: key.Generation, Stop: stop,
 	})
 
-	var mu sync.Mutex
-	told := map[string]bool{}
-	var wg sync.WaitGroup
-	urls, err := r.Peers.URLs(ctx)
+	round, err := r.askPeers(ctx, func(ctx context.Context, url string) (Answer, error) { return pc.fence(ctx, url, f) })
 	if err != nil {
-		logger.Info("Could not list peers; fencing through their leases", "error", err.Error())
+		return err
 	}
-	for _, url := range urls {
-		wg.Go(func() {
-			a, err := pc.fence(ctx, url, f)
-			if err != nil {
-				logger.V(1).Info("A peer could not be told of a fence", "peer", url, "error", err.Error())
-				return
-			}
-			mu.Lock()
-			told[a.Replica] = true
-			mu.Unlock()
-		})
-	}
-	sent := r.Clock.Now()
-	leases, listErr := r.listLeases(ctx)
-	wg.Wait()
-	if listErr != nil {
-		return fmt.Errorf("listing the serving leases: %w", listErr)
-	}
-	r.noteSeen(leases.Items, sent)
-
 	var waits []taken
-	for i := range leases.Items {
-		l := &leases.Items[i]
-		holder := ptrValue(l.Spec.HolderIdentity)
-		if l.Name == r.leaseName() || told[holder] || r.staleAt(l, sent, drift(r.Lease)) {
+	for i := range round.leases {
+		l := &round.leases[i]
+		if l.Name == r.leaseName() || round.answered(l) || r.staleAt(l, round.sent, drift(r.Lease)) {
 			continue
 		}
 		t, err := r.take(ctx, l)
@@ -89,7 +66,8 @@ func (r *Replica) Fence(ctx context.Context, key *authv1alpha1.ApiKey, stop veri
 			return err
 		}
 		if t != nil {
-			logger.Info("Took the serving lease of a replica that could not be told of a fence", "replica", holder, "apiKey", klog.KObj(key))
+			logger.Info("Took the serving lease of a replica that could not be told of a fence",
+				"replica", ptr.Deref(l.Spec.HolderIdentity, ""), "apiKey", klog.KObj(key))
 			waits = append(waits, *t)
 		}
 	}
@@ -175,9 +153,57 @@ func (r *Replica) caughtUpSince(ctx context.Context, t taken) bool {
 	return l.ResourceVersion != t.version && l.Annotations[AnnotationTakenBy] == "" && l.Annotations[AnnotationServing] == yes
 }
 
-func ptrValue(s *string) string {
-	if s == nil {
-		return ""
+// A peerRound is what one call to every peer, beside a list of the
+// serving leases, found.
+type peerRound struct {
+	// answers are the peers' answers, by the replica that gave them.
+	answers map[string]Answer
+	// failed: the peers could not be listed, or one did not answer.
+	failed bool
+	// sent is when the lease list was sent, and leases what it read.
+	sent   time.Time
+	leases []coordinationv1.Lease
+}
+
+// answered says whether l's holder answered.
+func (p *peerRound) answered(l *coordinationv1.Lease) bool {
+	_, ok := p.answers[ptr.Deref(l.Spec.HolderIdentity, "")]
+	return ok
+}
+
+// askPeers makes call to every peer at once, each bounded by
+// --fence-timeout, while it lists the serving leases from the API server;
+// only a failed list is an error.
+func (r *Replica) askPeers(ctx context.Context, call func(context.Context, string) (Answer, error)) (peerRound, error) {
+	logger := log.FromContext(ctx)
+	round := peerRound{answers: map[string]Answer{}}
+	urls, err := r.Peers.URLs(ctx)
+	if err != nil {
+		logger.Info("Could not list the peers; counting on their leases", "error", err.Error())
+		round.failed = true
 	}
-	return *s
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, url := range urls {
+		wg.Go(func() {
+			a, err := call(ctx, url)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				logger.V(1).Info("A peer did not answer", "peer", url, "error", err.Error())
+				round.failed = true
+				return
+			}
+			round.answers[a.Replica] = a
+		})
+	}
+	round.sent = r.Clock.Now()
+	leases, listErr := r.listLeases(ctx)
+	wg.Wait()
+	if listErr != nil {
+		return peerRound{}, fmt.Errorf("listing the serving leases: %w", listErr)
+	}
+	r.noteSeen(leases.Items, round.sent)
+	round.leases = leases.Items
+	return round, nil
 }

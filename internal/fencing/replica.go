@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -232,12 +233,9 @@ func (r *Replica) renew(ctx context.Context, h *holding) {
 	start := r.Clock.Now()
 	wctx, cancel := context.WithTimeout(ctx, r.Lease)
 	defer cancel()
-	broke := false
 	var err error
-	if h.lease == nil {
-		h.lease, err = r.acquire(wctx)
-		broke = err == nil
-	} else {
+	broke := false
+	if h.lease != nil {
 		next := h.lease.DeepCopy()
 		mark(next, r.Identity(), start, h.caughtUp.Load() == int64(h.epoch))
 		err = r.Client.Update(wctx, next)
@@ -249,15 +247,16 @@ func (r *Replica) renew(ctx context.Context, h *holding) {
 			// longer than D skipped it.
 			broke = !r.Clock.Now().Before(h.last.Add(r.Lease))
 		case apierrors.IsConflict(err) || apierrors.IsNotFound(err):
-			// A break at once, whether or not the lease can be taken back
-			// now: only an acquisition, and a catch-up after it, serves again.
+			// Taken: whether or not it can be taken back now, only an
+			// acquisition, and a catch-up after it, serves again.
 			r.until.Store(nil)
 			h.lease = nil
-			h.breakHolding()
 			logger.Info("The serving lease was taken to fence a key this replica could not be told of; catching up", "error", err.Error())
-			h.lease, err = r.acquire(wctx)
-			broke = err == nil
 		}
+	}
+	if h.lease == nil {
+		h.lease, err = r.acquire(wctx)
+		broke = err == nil
 	}
 	if err != nil {
 		logger.V(1).Info("Could not renew the serving lease; serving ends when it runs out", "error", err.Error())
@@ -320,7 +319,7 @@ func mark(l *coordinationv1.Lease, identity string, now time.Time, serving bool)
 		l.Annotations = map[string]string{}
 	}
 	delete(l.Annotations, AnnotationTakenBy)
-	l.Annotations[AnnotationServing] = fmt.Sprint(serving)
+	l.Annotations[AnnotationServing] = strconv.FormatBool(serving)
 	l.Spec.HolderIdentity = ptr.To(identity)
 	l.Spec.RenewTime = &metav1.MicroTime{Time: now}
 }
@@ -341,7 +340,7 @@ func (r *Replica) release(h *holding) {
 			return
 		}
 		l = &coordinationv1.Lease{}
-		if err := r.Reader.Get(ctx, client.ObjectKeyFromObject(h.lease), l); err != nil || ptrValue(l.Spec.HolderIdentity) != r.Identity() {
+		if err := r.Reader.Get(ctx, client.ObjectKeyFromObject(h.lease), l); err != nil || ptr.Deref(l.Spec.HolderIdentity, "") != r.Identity() {
 			return
 		}
 	}
@@ -378,41 +377,23 @@ func (r *Replica) catchUp(ctx context.Context, h *holding, epoch int, began time
 
 func (r *Replica) catchUpOnce(ctx context.Context, began time.Time) error {
 	pc := r.client.Load()
-	urls, err := r.Peers.URLs(ctx)
-	missed := err != nil
-	var mu sync.Mutex
-	answered := map[string]bool{}
-	var wg sync.WaitGroup
-	for _, url := range urls {
-		wg.Go(func() {
-			a, err := pc.fences(ctx, url)
-			if err != nil {
-				log.FromContext(ctx).V(1).Info("Could not read a peer's fences", "peer", url, "error", err.Error())
-				mu.Lock()
-				missed = true
-				mu.Unlock()
-				return
-			}
-			for _, f := range a.Fences {
-				if held, err := f.Held(); err == nil {
-					_ = r.Verifier.FenceHeld(held)
-				}
-			}
-			mu.Lock()
-			answered[a.Replica] = true
-			mu.Unlock()
-		})
-	}
-	leases, err := r.listLeases(ctx)
-	wg.Wait()
+	round, err := r.askPeers(ctx, pc.fences)
 	if err != nil {
-		return fmt.Errorf("listing the serving leases: %w", err)
+		return err
+	}
+	for _, a := range round.answers {
+		for _, f := range a.Fences {
+			if held, err := f.Held(); err == nil {
+				_ = r.Verifier.FenceHeld(held)
+			}
+		}
 	}
 	// Every peer, and every other lease holder, may have admitted a
 	// change before this holding began; one whose fences were not read
 	// (unreachable, or missing from the peers) is waited out.
-	for i := range leases.Items {
-		if l := &leases.Items[i]; l.Name != r.leaseName() && !answered[ptrValue(l.Spec.HolderIdentity)] {
+	missed := round.failed
+	for i := range round.leases {
+		if l := &round.leases[i]; l.Name != r.leaseName() && !round.answered(l) {
 			missed = true
 		}
 	}
