@@ -22,6 +22,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -467,10 +468,13 @@ func TestATakenLeaseServesAgainOnlyAfterCatchingUp(t *testing.T) {
 	// A fence only a holds, and b's lease taken as a would take it.
 	key := apiKey(ns)
 	g.Expect(a.Verifier.Fence(ctx, key, verifier.Stop{Revoked: true})).To(Succeed())
-	l := lease(t, ns, "b")
-	l.Annotations[AnnotationTakenBy], l.Annotations[AnnotationServing] = "a/test", "false"
 	failNext.Store(false)
-	g.Expect(env.Client.Update(ctx, l)).To(Succeed())
+	// b renews meanwhile: taken as a takes it, read again on a conflict.
+	g.Expect(retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		l := lease(t, ns, "b")
+		l.Annotations[AnnotationTakenBy], l.Annotations[AnnotationServing] = "a/test", "false"
+		return env.Client.Update(ctx, l)
+	})).To(Succeed())
 	// b's renewal conflicts; its first write taking the lease back fails.
 	g.Eventually(func() bool { return !b.MayServe() }, 5*time.Second, 5*time.Millisecond).Should(BeTrue())
 	failNext.Store(true)
