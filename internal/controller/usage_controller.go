@@ -29,7 +29,17 @@ import (
 type UsageReconciler struct {
 	Client client.Client
 	Clock  clock.PassiveClock
+	// WriteInterval is the least time between two writes of a Usage's
+	// status (default DefaultUsageWriteInterval) while its spec is
+	// unchanged: minting a tenant's keys would otherwise rewrite the
+	// Usage once per key, and each write is the API server decoding,
+	// validating and storing the whole summary again.
+	WriteInterval time.Duration
 }
+
+// DefaultUsageWriteInterval is UsageReconciler's WriteInterval by default:
+// a summary is at most this far behind its keys and ledger.
+const DefaultUsageWriteInterval = 2 * time.Second
 
 // +kubebuilder:rbac:groups=auth.latchkey.dev,resources=usages,verbs=get;list;watch;create
 // +kubebuilder:rbac:groups=auth.latchkey.dev,resources=usages/status,verbs=get;patch
@@ -49,6 +59,11 @@ func (r *UsageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	} else if err != nil {
 		return ctrl.Result{}, err
 	}
+	now := r.Clock.Now()
+	if wait := r.writeWait(u, now); wait > 0 {
+		// What woke it is summarised with whatever else comes meanwhile.
+		return ctrl.Result{RequeueAfter: wait}, nil
+	}
 
 	l := &authv1alpha1.UsageLedger{}
 	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: u.Namespace, Name: authv1alpha1.UsageLedgerStateName}, l); client.IgnoreNotFound(err) != nil {
@@ -59,7 +74,6 @@ func (r *UsageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 		return ctrl.Result{}, err
 	}
 
-	now := r.Clock.Now()
 	window := int(u.Spec.WindowDays)
 	if window == 0 {
 		window = 30
@@ -104,6 +118,21 @@ func (r *UsageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	// The window rolls over at UTC midnight.
 	midnight := now.UTC().Truncate(24 * time.Hour).Add(24 * time.Hour)
 	return ctrl.Result{RequeueAfter: midnight.Sub(now) + time.Second}, nil
+}
+
+// writeWait is how long the last status write holds off the next: none
+// for a spec the status has not summarised yet.
+func (r *UsageReconciler) writeWait(u *authv1alpha1.Usage, now time.Time) time.Duration {
+	interval := r.WriteInterval
+	if interval <= 0 {
+		interval = DefaultUsageWriteInterval
+	}
+	if u.Status.UpdatedAt == nil || u.Status.ObservedGeneration != u.Generation {
+		return 0
+	}
+	// UpdatedAt is stored to the second, and may come from another
+	// replica's clock: never wait longer than the interval.
+	return min(interval, interval-now.Sub(u.Status.UpdatedAt.Time))
 }
 
 // create makes the tenant's Usage when the namespace has an ApiKey; it

@@ -72,3 +72,58 @@ func TestUsageWindowRollsOverAtUTCMidnight(t *testing.T) {
 	g.Expect(u.Status.WindowStart.Time.Equal(time.Date(2026, 11, 17, 0, 0, 0, 0, time.UTC))).To(BeTrue())
 	g.Expect(u.Status.UpdatedAt.Time).NotTo(Equal(updated.Time))
 }
+
+// TestUsageWritesAreSpacedOut holds a tenant's summary back for the write
+// interval after a write, so that minting many keys writes the Usage a few
+// times rather than once per key, and writes it once the interval is over.
+func TestUsageWritesAreSpacedOut(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := env.Namespace(t)
+	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 22, 18, 0, 0, 0, time.UTC))
+	r := &UsageReconciler{Client: env.Client, Clock: clk, WriteInterval: 5 * time.Second}
+	req := ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: authv1alpha1.UsageName}}
+	u := &authv1alpha1.Usage{}
+	pass := func() time.Duration {
+		res, err := r.Reconcile(ctx, req)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(env.Client.Get(ctx, req.NamespacedName, u)).To(Succeed())
+		return res.RequeueAfter
+	}
+
+	g.Expect(env.Client.Create(ctx, newKey(ns, "a", authv1alpha1.ApiKeySpec{}))).To(Succeed())
+	ledgers := &store.Store{Client: env.Client, Reader: env.Client, Clock: clk}
+	report := func(id string) {
+		_, err := ledgers.Report(ctx, ns, "svc", &usage.Batch{IdempotencyKey: id, Executions: []usage.Execution{
+			{ID: id, State: usage.Running, StartedAt: clk.Now()},
+		}})
+		g.Expect(err).NotTo(HaveOccurred())
+	}
+	pass()
+	g.Expect(u.Status.UpdatedAt).NotTo(BeNil())
+	written := u.ResourceVersion
+
+	// More executions within the interval: nothing written, looked at
+	// again when it is over.
+	report("b")
+	report("c")
+	clk.Step(2 * time.Second)
+	g.Expect(pass()).To(Equal(3 * time.Second))
+	g.Expect(u.ResourceVersion).To(Equal(written))
+
+	// A spec change is summarised at once.
+	base := u.DeepCopy()
+	u.Spec.WindowDays = 7
+	g.Expect(env.Client.Patch(ctx, u, client.MergeFrom(base))).To(Succeed())
+	pass()
+	g.Expect(u.Status.Days).To(HaveLen(7))
+	written = u.ResourceVersion
+
+	report("d")
+	g.Expect(pass()).To(Equal(5 * time.Second))
+	g.Expect(u.ResourceVersion).To(Equal(written))
+	clk.Step(5 * time.Second)
+	pass()
+	g.Expect(u.ResourceVersion).NotTo(Equal(written), "written once the interval is over")
+	g.Expect(u.Status.InFlight).To(Equal(int64(3)))
+}
