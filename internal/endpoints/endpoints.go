@@ -82,26 +82,38 @@ func (s *Server) Register(register func(path string, h http.Handler)) {
 // not of.
 func (s *Server) Authorize(w http.ResponseWriter, r *http.Request) {
 	defer s.observe("authorize", s.Clock.Now())
-	for _, h := range []string{protocol.HeaderTenantRequired, protocol.HeaderScopeRequired} {
-		if len(r.Header.Values(h)) > 1 {
+	// The header names are canonical (TestHeaderNamesAreCanonical), so the
+	// maps are indexed directly rather than canonicalising per request.
+	for _, h := range [...]string{protocol.HeaderTenantRequired, protocol.HeaderScopeRequired} {
+		if len(r.Header[h]) > 1 {
 			// Proxies differ in which of two they pass on: what a route
 			// requires must not depend on it.
 			s.badRequest(w, "authorize", "more than one "+h+" header")
 			return
 		}
 	}
-	want := Want{Tenants: [2]string{r.Header.Get(protocol.HeaderTenantRequired)}, Scopes: [2]string{r.Header.Get(protocol.HeaderScopeRequired)}}
+	want := Want{Tenants: [2]string{first(r.Header[protocol.HeaderTenantRequired])}, Scopes: [2]string{first(r.Header[protocol.HeaderScopeRequired])}}
 	id, ok := s.verifyKey(w, r, "authorize", want)
 	if !ok {
 		return
 	}
+	// One allocation for the three values, each its own full slice so that
+	// an append to one cannot write into the next.
+	v := []string{id.Tenant, id.Tenant + "/" + id.KeyName, id.ScopeList}
 	h := w.Header()
-	h.Set(protocol.HeaderTenant, id.Tenant)
-	h.Set(protocol.HeaderKey, id.Tenant+"/"+id.KeyName)
+	h[protocol.HeaderTenant], h[protocol.HeaderKey] = v[0:1:1], v[1:2:2]
 	// Always sent, empty too, so that a proxy copying it replaces what a
 	// client sent under its name.
-	h.Set(protocol.HeaderScopes, id.ScopeList)
+	h[protocol.HeaderScopes] = v[2:3:3]
 	w.WriteHeader(http.StatusOK)
+}
+
+// first is a header's first value, or "".
+func first(values []string) string {
+	if len(values) == 0 {
+		return ""
+	}
+	return values[0]
 }
 
 // WhoAmI answers GET with the tenant and key the presented key resolves to.

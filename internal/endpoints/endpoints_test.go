@@ -251,6 +251,17 @@ func TestTokenReviewRefusesMalformedRequests(t *testing.T) {
 	}
 }
 
+// The handlers index request and response headers by these names without
+// canonicalising them, so they must be canonical already.
+func TestHeaderNamesAreCanonical(t *testing.T) {
+	for _, h := range []string{"Authorization", protocol.HeaderTenantRequired, protocol.HeaderScopeRequired,
+		protocol.HeaderTenant, protocol.HeaderKey, protocol.HeaderScopes} {
+		if c := http.CanonicalHeaderKey(h); c != h {
+			t.Errorf("%q is not canonical (%q)", h, c)
+		}
+	}
+}
+
 func TestAuthorize(t *testing.T) {
 	r := newRig(t, &Server{})
 	bearer := func(v string) http.Header { return http.Header{"Authorization": {v}} }

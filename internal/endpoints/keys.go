@@ -137,7 +137,7 @@ func (p KeyPlaces) FromRequest(r *http.Request, proxied bool) (string, Found, er
 		if i > 0 {
 			name = p.canonical[i-1]
 		}
-		v := r.Header.Values(name)
+		v := r.Header[name] // canonical: computed once
 		if len(v) > 1 && twice == "" {
 			twice = name
 		}
