@@ -68,8 +68,8 @@ const (
 type ApiKeyReconciler struct {
 	// Client reads ApiKeys and records from the cache; Secrets are never cached.
 	Client client.Client
-	// APIReader reads from the API server, to confirm a record is really
-	// missing before minting a key for it.
+	// APIReader reads from the API server: records the cache does not
+	// show yet, and Secrets.
 	APIReader client.Reader
 	Recorder  events.EventRecorder
 	Clock     clock.PassiveClock
@@ -91,6 +91,7 @@ type ApiKeyReconciler struct {
 	checksOnce sync.Once
 	checks     *secretChecks
 	expiring   expiringKeys
+	created    createdRecords
 }
 
 // +kubebuilder:rbac:groups=auth.latchkey.dev,resources=apikeys,verbs=get;list;watch;patch

@@ -76,7 +76,12 @@ func (r *ApiKeyReconciler) ensureKey(ctx context.Context, key *authv1alpha1.ApiK
 	case record != nil:
 		return record, secretDelivered, nil
 	case secret != nil:
-		// The Secret holds no key Latchkey recorded: it is not ours.
+		// The Secret holds no key the cache shows recorded for this
+		// ApiKey: unless the API server has a record of it (the cache is
+		// behind), it is not ours.
+		if rec, err := r.recordOfSecret(ctx, secret); err != nil || (rec != nil && rec.Spec.KeyUID == string(key.UID)) {
+			return nil, secretUnchecked, errors.Join(err, fmt.Errorf("the record of the key in secret %s is not in the cache yet", secret.Name))
+		}
 		return nil, secretNotOwned, nil
 	}
 	return r.mint(ctx, key)
@@ -122,17 +127,28 @@ func (r *ApiKeyReconciler) ensureRotated(ctx context.Context, key *authv1alpha1.
 // and never rotated again. The pass is then retried, with the cache caught
 // up. An older key of this ApiKey put back into the Secret is a change.
 func (r *ApiKeyReconciler) confirmChanged(ctx context.Context, key *authv1alpha1.ApiKey, current *authv1alpha1.ApiKeyRecord, secret *corev1.Secret) error {
+	rec, err := r.recordOfSecret(ctx, secret)
+	switch {
+	case err != nil:
+		return err
+	case rec != nil && rec.Spec.KeyUID == string(key.UID) && (rec.Spec.Pending || rec.Spec.Rotation > current.Spec.Rotation):
+		return fmt.Errorf("record %s of the key in secret %s is not in the cache yet", rec.Name, secret.Name)
+	}
+	return nil
+}
+
+// recordOfSecret reads from the API server the record of the key the
+// Secret holds (records are named by hash), or nil when there is none.
+func (r *ApiKeyReconciler) recordOfSecret(ctx context.Context, secret *corev1.Secret) (*authv1alpha1.ApiKeyRecord, error) {
 	rec := &authv1alpha1.ApiKeyRecord{}
 	err := r.APIReader.Get(ctx, types.NamespacedName{Name: keys.Hash(string(secret.Data[authv1alpha1.SecretKeyAPIKey]))}, rec)
 	switch {
 	case apierrors.IsNotFound(err):
-		return nil
+		return nil, nil
 	case err != nil:
-		return fmt.Errorf("looking up the key in secret %s: %w", secret.Name, err)
-	case rec.Spec.KeyUID == string(key.UID) && (rec.Spec.Pending || rec.Spec.Rotation > current.Spec.Rotation):
-		return fmt.Errorf("record %s of the key in secret %s is not in the cache yet", rec.Name, secret.Name)
+		return nil, fmt.Errorf("looking up the key in secret %s: %w", secret.Name, err)
 	}
-	return nil
+	return rec, nil
 }
 
 // finishPending marks delivered the pending record whose key the Secret
@@ -308,6 +324,7 @@ func (r *ApiKeyReconciler) recordNewKey(ctx context.Context, key *authv1alpha1.A
 	if err := r.Client.Create(ctx, record); err != nil {
 		return "", nil, fmt.Errorf("recording the hash of a new key: %w", err)
 	}
+	r.created.add(key.UID, record.Name)
 	return raw, record, nil
 }
 
@@ -412,14 +429,30 @@ func (r *ApiKeyReconciler) deletePending(ctx context.Context, records []authv1al
 }
 
 // keyRecords returns the records of the ApiKey (by its UID), pending ones
-// among them. A miss in the cache is confirmed against the API server,
-// because minting on a stale miss would deliver a second key.
+// among them, from the cache, with those this process created that the
+// cache does not show yet read by name. Minting on a stale miss would
+// deliver a second key: a miss for a key its status shows delivered is
+// confirmed against the API server (a list across all records, so only
+// then); for a key never delivered, the Secret's atomic creation is the
+// guard (deliver), and ensureKey looks up a key its Secret already holds.
 func (r *ApiKeyReconciler) keyRecords(ctx context.Context, key *authv1alpha1.ApiKey) ([]authv1alpha1.ApiKeyRecord, error) {
 	var list authv1alpha1.ApiKeyRecordList
 	if err := r.Client.List(ctx, &list, client.MatchingFields{IndexRecordKeyUID: string(key.UID)}); err != nil {
 		return nil, fmt.Errorf("listing the records of %s: %w", key.Name, err)
 	}
-	if len(list.Items) > 0 {
+	for _, name := range r.created.unseen(key.UID, list.Items) {
+		rec := &authv1alpha1.ApiKeyRecord{}
+		err := r.APIReader.Get(ctx, types.NamespacedName{Name: name}, rec)
+		switch {
+		case apierrors.IsNotFound(err):
+			r.created.forget(key.UID, name)
+		case err != nil:
+			return nil, fmt.Errorf("reading record %s of %s: %w", name, key.Name, err)
+		default:
+			list.Items = append(list.Items, *rec)
+		}
+	}
+	if len(list.Items) > 0 || key.Status.KeyHint == "" || key.Spec.Revoked {
 		return list.Items, nil
 	}
 	if err := r.APIReader.List(ctx, &list, client.MatchingFields{IndexRecordKeyUID: string(key.UID)}); err != nil {

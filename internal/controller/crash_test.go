@@ -59,11 +59,7 @@ func (f *faults) write(do func() error) error {
 // client is a direct client of the test API server whose writes f fails.
 func (f *faults) client(t testing.TB) client.Client {
 	t.Helper()
-	c, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return interceptor.NewClient(c, interceptor.Funcs{
+	return interceptor.NewClient(directClient(t), interceptor.Funcs{
 		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
 			return f.write(func() error { return c.Create(ctx, obj, opts...) })
 		},

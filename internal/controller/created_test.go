@@ -1,0 +1,114 @@
+package controller
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	"k8s.io/apimachinery/pkg/types"
+	clocktesting "k8s.io/utils/clock/testing"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+)
+
+// behindCache is a client whose record lists come back empty, as from a
+// cache that has not seen the records yet; everything else reaches the API
+// server.
+func behindCache(t *testing.T) client.Client {
+	t.Helper()
+	return interceptor.NewClient(directClient(t), interceptor.Funcs{
+		List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
+			if _, ok := list.(*authv1alpha1.ApiKeyRecordList); ok {
+				return nil
+			}
+			return c.List(ctx, list, opts...)
+		},
+	})
+}
+
+// countingRecordLists is the API server's reader, counting its record lists.
+func countingRecordLists(t *testing.T, lists *atomic.Int32) client.Reader {
+	t.Helper()
+	return interceptor.NewClient(directClient(t), interceptor.Funcs{
+		List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
+			if _, ok := list.(*authv1alpha1.ApiKeyRecordList); ok {
+				lists.Add(1)
+			}
+			return c.List(ctx, list, opts...)
+		},
+	})
+}
+
+func directClient(t testing.TB) client.WithWatch {
+	t.Helper()
+	c, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestMintingListsNoRecords mints without listing records at the API
+// server (a list across every record in the cluster, on every new key, made
+// minting N keys cost O(N²)), and still never mints a second key for an
+// ApiKey when the cache is behind: its own fresh records are read by name,
+// a delivered key's missing records are confirmed by a list, and a key its
+// Secret already holds is looked up by its hash.
+func TestMintingListsNoRecords(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := env.Namespace(t)
+	clk := clocktesting.NewFakeClock(time.Now())
+	var lists atomic.Int32
+	reconciler := func() *ApiKeyReconciler {
+		r := directReconciler(behindCache(t), clk)
+		r.APIReader = countingRecordLists(t, &lists)
+		return r
+	}
+	pass := func(r *ApiKeyReconciler, name string) error {
+		_, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: name}})
+		return err
+	}
+
+	r := reconciler()
+	g.Expect(env.Client.Create(ctx, newKey(ns, "a", authv1alpha1.ApiKeySpec{}))).To(Succeed())
+	g.Expect(pass(r, "a")).To(Succeed())
+	key := getKey(g, ns, "a")
+	g.Expect(key.Status.Phase).To(Equal(authv1alpha1.PhaseActive))
+	g.Expect(lists.Load()).To(BeZero(), "a new key is minted without listing records")
+	hint := key.Status.KeyHint
+
+	// A spec edit right after the mint, the cache still behind: the pass
+	// reads its own record by name.
+	base := key.DeepCopy()
+	key.Spec.Scopes = []string{"read"}
+	g.Expect(env.Client.Patch(ctx, key, client.MergeFrom(base))).To(Succeed())
+	g.Expect(pass(r, "a")).To(Succeed())
+	g.Expect(recordsOf(g, ns, "a")).To(HaveLen(1), "no second key")
+	g.Expect(getKey(g, ns, "a").Status.KeyHint).To(Equal(hint))
+	g.Expect(lists.Load()).To(BeZero())
+
+	// Another process, whose cache is behind: the status says a key was
+	// delivered, so the miss is confirmed at the API server.
+	g.Expect(pass(reconciler(), "a")).To(Succeed())
+	g.Expect(recordsOf(g, ns, "a")).To(HaveLen(1), "no second key")
+	g.Expect(getKey(g, ns, "a").Status.Phase).To(Equal(authv1alpha1.PhaseActive))
+	g.Expect(lists.Load()).To(Equal(int32(1)))
+
+	// Its status not written yet either (the minting process died first):
+	// the Secret holds the key, whose record is read by its hash, and the
+	// pass waits for the cache rather than calling the Secret not ours.
+	key = getKey(g, ns, "a")
+	base = key.DeepCopy()
+	key.Status = authv1alpha1.ApiKeyStatus{}
+	g.Expect(env.Client.Status().Patch(ctx, key, client.MergeFrom(base))).To(Succeed())
+	err := pass(reconciler(), "a")
+	g.Expect(err).To(MatchError(ContainSubstring("not in the cache yet")))
+	g.Expect(recordsOf(g, ns, "a")).To(HaveLen(1), "no second key")
+	g.Expect(getKey(g, ns, "a").Status.Phase).NotTo(Equal(authv1alpha1.PhaseFailed))
+}
