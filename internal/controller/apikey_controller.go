@@ -12,11 +12,14 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -374,6 +377,22 @@ func (r *ApiKeyReconciler) secretChecks() *secretChecks {
 // others never make it loop.
 func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager, maxConcurrent int) error {
 	if err := IndexRecords(context.Background(), mgr.GetFieldIndexer()); err != nil {
+		return err
+	}
+	// The records this process created are forgotten once the cache shows
+	// them, not only when their key's next pass looks (hours away for most).
+	records, err := mgr.GetCache().GetInformer(context.Background(), &authv1alpha1.ApiKeyRecord{}, cache.BlockUntilSynced(false))
+	if err != nil {
+		return err
+	}
+	seen := func(obj any) {
+		if rec, ok := obj.(*authv1alpha1.ApiKeyRecord); ok {
+			r.created.forget(types.UID(rec.Spec.KeyUID), rec.Name)
+		}
+	}
+	if _, err := records.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc: seen, UpdateFunc: func(_, obj any) { seen(obj) },
+	}); err != nil {
 		return err
 	}
 	return ctrl.NewControllerManagedBy(mgr).

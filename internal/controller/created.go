@@ -45,7 +45,7 @@ func (c *createdRecords) unseen(uid types.UID, cached []authv1alpha1.ApiKeyRecor
 	return slices.Clone(names)
 }
 
-// forget drops a record the API server no longer has.
+// forget drops a record the cache shows, or the API server no longer has.
 func (c *createdRecords) forget(uid types.UID, name string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

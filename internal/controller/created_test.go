@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -111,4 +112,27 @@ func TestMintingListsNoRecords(t *testing.T) {
 	g.Expect(err).To(MatchError(ContainSubstring("not in the cache yet")))
 	g.Expect(recordsOf(g, ns, "a")).To(HaveLen(1), "no second key")
 	g.Expect(getKey(g, ns, "a").Status.Phase).NotTo(Equal(authv1alpha1.PhaseFailed))
+}
+
+// TestCreatedRecordsAreForgottenOnceCached mints keys through a running
+// manager: what it remembers of the records it created goes as the cache
+// shows them, so that it holds nothing per key once minting is over.
+func TestCreatedRecordsAreForgottenOnceCached(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := env.Namespace(t)
+	m := startManager(t, ns, managerOptions{})
+	for i := range 20 {
+		g.Expect(env.Client.Create(ctx, newKey(ns, fmt.Sprintf("k%d", i), authv1alpha1.ApiKeySpec{}))).To(Succeed())
+	}
+	g.Eventually(func(g Gomega) {
+		for i := range 20 {
+			g.Expect(getKey(g, ns, fmt.Sprintf("k%d", i)).Status.Phase).To(Equal(authv1alpha1.PhaseActive))
+		}
+	}).WithTimeout(30 * time.Second).Should(Succeed())
+	g.Eventually(func() int {
+		m.reconciler.created.mu.Lock()
+		defer m.reconciler.created.mu.Unlock()
+		return len(m.reconciler.created.byKey)
+	}).WithTimeout(10 * time.Second).Should(BeZero())
 }

@@ -34,8 +34,9 @@ func TestMain(m *testing.M) {
 
 // running is a manager running the controllers for one test namespace.
 type running struct {
-	ns   string
-	logs *testenv.Logs
+	ns         string
+	logs       *testenv.Logs
+	reconciler *ApiKeyReconciler
 }
 
 type managerOptions struct {
@@ -70,6 +71,7 @@ func startManager(t testing.TB, ns string, o managerOptions) *running {
 	if o.maxConcurrent == 0 {
 		o.maxConcurrent = 4
 	}
+	var reconciler *ApiKeyReconciler
 	stop, err := env.StartManager(cfg, ctrl.Options{
 		Logger: logger,
 		Cache: cache.Options{
@@ -78,14 +80,15 @@ func startManager(t testing.TB, ns string, o managerOptions) *running {
 		},
 		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}},
 	}, func(mgr ctrl.Manager) error {
-		if err := (&ApiKeyReconciler{
+		reconciler = &ApiKeyReconciler{
 			Client:              mgr.GetClient(),
 			APIReader:           mgr.GetAPIReader(),
 			Recorder:            mgr.GetEventRecorder("latchkey"),
 			Clock:               clock.RealClock{},
 			Random:              rand.Reader,
 			SecretCheckInterval: o.secretCheckInterval,
-		}).SetupWithManager(mgr, o.maxConcurrent); err != nil {
+		}
+		if err := reconciler.SetupWithManager(mgr, o.maxConcurrent); err != nil {
 			return err
 		}
 		if o.retention == 0 {
@@ -103,7 +106,7 @@ func startManager(t testing.TB, ns string, o managerOptions) *running {
 			t.Errorf("manager: %v", err)
 		}
 	})
-	return &running{ns: ns, logs: logs}
+	return &running{ns: ns, logs: logs, reconciler: reconciler}
 }
 
 // newKey returns an ApiKey in ns with the given spec.
