@@ -13,7 +13,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
@@ -28,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/informers"
 )
 
 // Event reasons of an ApiKey.
@@ -71,6 +71,9 @@ const (
 type ApiKeyReconciler struct {
 	// Client reads ApiKeys and records from the cache; Secrets are never cached.
 	Client client.Client
+	// Records finds the cache's records of a key; SetupWithManager makes
+	// one when it is nil, and without one they are listed through Client.
+	Records *RecordsByKey
 	// APIReader reads from the API server: records the cache does not
 	// show yet, and Secrets.
 	APIReader client.Reader
@@ -379,20 +382,21 @@ func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager, maxConcurrent int)
 	if err := IndexRecords(context.Background(), mgr.GetFieldIndexer()); err != nil {
 		return err
 	}
+	if r.Records == nil {
+		records, err := WatchRecordsByKey(context.Background(), mgr.GetCache())
+		if err != nil {
+			return err
+		}
+		r.Records = records
+	}
 	// The records this process created are forgotten once the cache shows
 	// them, not only when their key's next pass looks (hours away for most).
 	records, err := mgr.GetCache().GetInformer(context.Background(), &authv1alpha1.ApiKeyRecord{}, cache.BlockUntilSynced(false))
 	if err != nil {
 		return err
 	}
-	seen := func(obj any) {
-		if rec, ok := obj.(*authv1alpha1.ApiKeyRecord); ok {
-			r.created.forget(types.UID(rec.Spec.KeyUID), rec.Name)
-		}
-	}
-	if _, err := records.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-		AddFunc: seen, UpdateFunc: func(_, obj any) { seen(obj) },
-	}); err != nil {
+	seen := func(rec *authv1alpha1.ApiKeyRecord) { r.created.forget(types.UID(rec.Spec.KeyUID), rec.Name) }
+	if _, err := records.AddEventHandler(informers.Handle(seen, seen)); err != nil {
 		return err
 	}
 	return ctrl.NewControllerManagedBy(mgr).

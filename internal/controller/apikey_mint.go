@@ -436,10 +436,11 @@ func (r *ApiKeyReconciler) deletePending(ctx context.Context, records []authv1al
 // then); for a key never delivered, the Secret's atomic creation is the
 // guard (deliver), and ensureKey looks up a key its Secret already holds.
 func (r *ApiKeyReconciler) keyRecords(ctx context.Context, key *authv1alpha1.ApiKey) ([]authv1alpha1.ApiKeyRecord, error) {
-	var list authv1alpha1.ApiKeyRecordList
-	if err := r.Client.List(ctx, &list, client.MatchingFields{IndexRecordKeyUID: string(key.UID)}); err != nil {
+	cached, err := recordsOfKey(ctx, r.Client, r.Records, key.UID)
+	if err != nil {
 		return nil, fmt.Errorf("listing the records of %s: %w", key.Name, err)
 	}
+	list := authv1alpha1.ApiKeyRecordList{Items: cached}
 	for _, name := range r.created.unseen(key.UID, list.Items) {
 		rec := &authv1alpha1.ApiKeyRecord{}
 		err := r.APIReader.Get(ctx, types.NamespacedName{Name: name}, rec)

@@ -37,7 +37,10 @@ const DefaultMaxDeletedRecordsPerTenant = 1000
 // seen going, and deletes revoked records of deleted keys once their
 // retention has passed.
 type ApiKeyRecordReconciler struct {
-	Client    client.Client
+	Client client.Client
+	// Records finds the cache's records of a key; SetupWithManager makes
+	// one when it is nil (the ApiKey controller's can be shared).
+	Records   *RecordsByKey
 	APIReader client.Reader
 	Clock     clock.PassiveClock
 	// Retention is how long a revoked record of a deleted key is kept.
@@ -148,20 +151,26 @@ func (r *ApiKeyRecordReconciler) keyExists(ctx context.Context, record *authv1al
 
 // SetupWithManager registers the controller.
 func (r *ApiKeyRecordReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.Records == nil {
+		records, err := WatchRecordsByKey(context.Background(), mgr.GetCache())
+		if err != nil {
+			return err
+		}
+		r.Records = records
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&authv1alpha1.ApiKeyRecord{}).
 		// A deleted ApiKey's record must be looked at again once the key is gone.
-		// Records are named by hash: they are found by the key's UID
-		// (IndexRecords, which the ApiKey controller's setup registers).
+		// Records are named by hash: they are found by the key's UID.
 		Watches(&authv1alpha1.ApiKey{}, handler.EnqueueRequestsFromMapFunc(
 			func(ctx context.Context, key client.Object) []reconcile.Request {
-				var list authv1alpha1.ApiKeyRecordList
-				if err := r.Client.List(ctx, &list, client.MatchingFields{IndexRecordKeyUID: string(key.GetUID())}); err != nil {
+				list, err := recordsOfKey(ctx, r.Client, r.Records, key.GetUID())
+				if err != nil {
 					log.FromContext(ctx).Error(err, "Listing the records of a deleted key", "apiKey", klog.KObj(key))
 					return nil
 				}
-				reqs := make([]reconcile.Request, 0, len(list.Items))
-				for _, rec := range list.Items {
+				reqs := make([]reconcile.Request, 0, len(list))
+				for _, rec := range list {
 					reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Name: rec.Name}})
 				}
 				return reqs

@@ -2,30 +2,102 @@ package controller
 
 import (
 	"context"
+	"slices"
+	"sync"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/informers"
 )
 
-// IndexRecordKeyUID finds the records of an ApiKey by its UID. It is both
-// a cache index and a selectable field of the CRD, so the same selector
-// works against the cache and, to confirm a miss, the API server.
+// IndexRecordKeyUID is the selectable field of the CRD that finds the
+// records of an ApiKey by its UID at the API server. The manager's cache
+// finds them through RecordsByKey instead.
 const IndexRecordKeyUID = "spec.keyUID"
 
-// IndexRecordTenant finds the records of a tenant, the same way.
+// IndexRecordTenant finds the records of a tenant: both a cache index and a
+// selectable field of the CRD.
 const IndexRecordTenant = "spec.tenant"
 
-// IndexRecords adds the record indexes the controllers look records up by.
-// The ApiKey controller's setup calls it; the record controller, set up in
-// the same manager, relies on it.
+// IndexRecords adds the record index the record controller looks a
+// tenant's records up by.
 func IndexRecords(ctx context.Context, indexer client.FieldIndexer) error {
-	if err := indexer.IndexField(ctx, &authv1alpha1.ApiKeyRecord{}, IndexRecordKeyUID, func(o client.Object) []string {
-		return []string{o.(*authv1alpha1.ApiKeyRecord).Spec.KeyUID}
-	}); err != nil {
-		return err
-	}
 	return indexer.IndexField(ctx, &authv1alpha1.ApiKeyRecord{}, IndexRecordTenant, func(o client.Object) []string {
 		return []string{o.(*authv1alpha1.ApiKeyRecord).Spec.Tenant}
 	})
+}
+
+// RecordsByKey finds the cache's records by their ApiKey's UID. A cache
+// field index keeps a set and a string per distinct value, so one per
+// record here (≈ 300 bytes each); this keeps one map entry whose strings
+// are the cached record's own.
+type RecordsByKey struct {
+	mu    sync.RWMutex
+	names map[string][]string
+}
+
+// WatchRecordsByKey returns the index, fed by the cache's record informer.
+func WatchRecordsByKey(ctx context.Context, c cache.Informers) (*RecordsByKey, error) {
+	inf, err := c.GetInformer(ctx, &authv1alpha1.ApiKeyRecord{}, cache.BlockUntilSynced(false))
+	if err != nil {
+		return nil, err
+	}
+	x := &RecordsByKey{names: map[string][]string{}}
+	// An update adds nothing new: spec.keyUID is immutable.
+	_, err = inf.AddEventHandler(informers.Handle(x.add, x.remove))
+	return x, err
+}
+
+func (x *RecordsByKey) add(r *authv1alpha1.ApiKeyRecord) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if !slices.Contains(x.names[r.Spec.KeyUID], r.Name) {
+		x.names[r.Spec.KeyUID] = append(x.names[r.Spec.KeyUID], r.Name)
+	}
+}
+
+func (x *RecordsByKey) remove(r *authv1alpha1.ApiKeyRecord) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	names := slices.DeleteFunc(x.names[r.Spec.KeyUID], func(n string) bool { return n == r.Name })
+	if len(names) == 0 {
+		delete(x.names, r.Spec.KeyUID)
+		return
+	}
+	x.names[r.Spec.KeyUID] = names
+}
+
+// of returns the names of the records of the ApiKey with uid.
+func (x *RecordsByKey) of(uid types.UID) []string {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return slices.Clone(x.names[string(uid)])
+}
+
+// recordsOfKey returns the records of the ApiKey with uid: read by name
+// from c (the manager's cache) when there is an index, else listed through
+// c by the selectable field (a client of the API server, as in tests).
+func recordsOfKey(ctx context.Context, c client.Reader, x *RecordsByKey, uid types.UID) ([]authv1alpha1.ApiKeyRecord, error) {
+	var list authv1alpha1.ApiKeyRecordList
+	if x == nil {
+		err := c.List(ctx, &list, client.MatchingFields{IndexRecordKeyUID: string(uid)})
+		return list.Items, err
+	}
+	for _, name := range x.of(uid) {
+		var rec authv1alpha1.ApiKeyRecord
+		err := c.Get(ctx, types.NamespacedName{Name: name}, &rec)
+		switch {
+		case apierrors.IsNotFound(err):
+			// Deleted between the index and the read.
+		case err != nil:
+			return nil, err
+		default:
+			list.Items = append(list.Items, rec)
+		}
+	}
+	return list.Items, nil
 }

@@ -64,6 +64,10 @@ func fakeAPI(t *testing.T, clk *clocktesting.FakeClock, n int) (client.Client, *
 	if err := IndexRecords(context.Background(), builderIndexer{b}); err != nil {
 		t.Fatal(err)
 	}
+	// The fake client finds records by key as the API server does.
+	b.WithIndex(&authv1alpha1.ApiKeyRecord{}, IndexRecordKeyUID, func(o client.Object) []string {
+		return []string{o.(*authv1alpha1.ApiKeyRecord).Spec.KeyUID}
+	})
 	for i := range n {
 		key := newKey("tenant", fmt.Sprintf("k%05d", i), authv1alpha1.ApiKeySpec{})
 		key.UID = types.UID(fmt.Sprintf("uid-%05d", i))

@@ -181,6 +181,7 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 	}
 	if err := (&controller.ApiKeyRecordReconciler{
 		Client:    mgr.GetClient(),
+		Records:   apiKeys.Records,
 		APIReader: mgr.GetAPIReader(),
 		Clock:     o.Clock,
 		Retention: o.RecordRetention,
@@ -257,7 +258,7 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 	}
 
 	if o.Webhooks {
-		if err := (&webhookv1alpha1.ApiKeyValidator{Reader: mgr.GetClient(), Clock: o.Clock, Fence: fence}).SetupWebhookWithManager(mgr); err != nil {
+		if err := (&webhookv1alpha1.ApiKeyValidator{Clock: o.Clock, Fence: fence}).SetupWebhookWithManager(mgr); err != nil {
 			return nil, fmt.Errorf("apikey webhook: %w", err)
 		}
 	}

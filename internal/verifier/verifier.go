@@ -14,13 +14,13 @@ import (
 
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/types"
-	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/informers"
 	"github.com/latchkey-dev/latchkey/internal/keys"
 )
 
@@ -316,19 +316,11 @@ func (v *Verifier) Watch(ctx context.Context, c cache.Cache) error {
 	if err != nil {
 		return err
 	}
-	recReg, err := recInf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { withRecord(obj, v.SetRecord) },
-		UpdateFunc: func(_, obj any) { withRecord(obj, v.SetRecord) },
-		DeleteFunc: func(obj any) { withRecord(obj, v.RemoveRecord) },
-	})
+	recReg, err := recInf.AddEventHandler(informers.Handle(v.SetRecord, v.RemoveRecord))
 	if err != nil {
 		return err
 	}
-	keyReg, err := keyInf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { withKey(obj, v.SetKey) },
-		UpdateFunc: func(_, obj any) { withKey(obj, v.SetKey) },
-		DeleteFunc: func(obj any) { withKey(obj, v.RemoveKey) },
-	})
+	keyReg, err := keyInf.AddEventHandler(informers.Handle(v.SetKey, v.RemoveKey))
 	if err != nil {
 		return err
 	}
@@ -336,22 +328,4 @@ func (v *Verifier) Watch(ctx context.Context, c cache.Cache) error {
 	v.synced = func() bool { return recReg.HasSynced() && keyReg.HasSynced() }
 	v.mu.Unlock()
 	return nil
-}
-
-func withRecord(obj any, f func(*authv1alpha1.ApiKeyRecord)) {
-	if d, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
-		obj = d.Obj
-	}
-	if r, ok := obj.(*authv1alpha1.ApiKeyRecord); ok {
-		f(r)
-	}
-}
-
-func withKey(obj any, f func(*authv1alpha1.ApiKey)) {
-	if d, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
-		obj = d.Obj
-	}
-	if k, ok := obj.(*authv1alpha1.ApiKey); ok {
-		f(k)
-	}
 }

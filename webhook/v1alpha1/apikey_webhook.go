@@ -12,7 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
@@ -33,27 +33,24 @@ type RevocationFence interface {
 // ApiKeyValidator refuses ApiKeys that CEL cannot judge, and fences keys
 // that are being revoked or deleted.
 type ApiKeyValidator struct {
-	// Reader lists the ApiKeys of a namespace (from the manager's cache).
-	Reader client.Reader
-	Clock  clock.PassiveClock
+	Clock clock.PassiveClock
 	// Fence is told of revocations; nil means no verifier runs in this process.
 	Fence RevocationFence
+
+	secretNames secretNames
 }
 
 // +kubebuilder:webhook:path=/validate-auth-latchkey-dev-v1alpha1-apikey,mutating=false,failurePolicy=fail,sideEffects=NoneOnDryRun,groups=auth.latchkey.dev,resources=apikeys,verbs=create;update;delete,versions=v1alpha1,name=vapikey-v1alpha1.latchkey.dev,admissionReviewVersions=v1,timeoutSeconds=5
 
-// IndexSecretName indexes ApiKeys by the Secret they deliver to, so that
-// admitting one reads only those that share its Secret's name rather than
-// copying every ApiKey of its namespace out of the cache: minting N keys
-// in one namespace would otherwise cost O(N²).
-const IndexSecretName = "latchkey.dev/secret-name"
-
 // SetupWebhookWithManager registers the validator on the manager's webhook
-// server, and the index it reads with.
+// server, and feeds the index of Secret names it reads from the manager's
+// cache.
 func (v *ApiKeyValidator) SetupWebhookWithManager(mgr ctrl.Manager) error {
-	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &authv1alpha1.ApiKey{}, IndexSecretName, func(o client.Object) []string {
-		return []string{o.(*authv1alpha1.ApiKey).SecretName()}
-	}); err != nil {
+	inf, err := mgr.GetCache().GetInformer(context.Background(), &authv1alpha1.ApiKey{}, cache.BlockUntilSynced(false))
+	if err != nil {
+		return err
+	}
+	if _, err := inf.AddEventHandler(v.secretNames.handler()); err != nil {
 		return err
 	}
 	return ctrl.NewWebhookManagedBy(mgr, &authv1alpha1.ApiKey{}).WithValidator(v).Complete()
@@ -69,11 +66,7 @@ func (v *ApiKeyValidator) ValidateCreate(ctx context.Context, key *authv1alpha1.
 		errs = append(errs, field.Invalid(specPath.Child("expiresAt"), exp.UTC().Format("2006-01-02T15:04:05Z"),
 			"must be in the future: a key that is already expired could never be used"))
 	}
-	dupErrs, err := v.validateSecretNameUnique(ctx, key)
-	if err != nil {
-		return nil, apierrors.NewInternalError(err)
-	}
-	errs = append(errs, dupErrs...)
+	errs = append(errs, v.validateSecretNameUnique(key)...)
 	return nil, v.invalid(key, errs)
 }
 
@@ -106,19 +99,12 @@ func (v *ApiKeyValidator) fence(ctx context.Context, key *authv1alpha1.ApiKey, s
 	return nil
 }
 
-func (v *ApiKeyValidator) validateSecretNameUnique(ctx context.Context, key *authv1alpha1.ApiKey) (field.ErrorList, error) {
-	var others authv1alpha1.ApiKeyList
-	if err := v.Reader.List(ctx, &others, client.InNamespace(key.Namespace), client.MatchingFields{IndexSecretName: key.SecretName()}); err != nil {
-		return nil, fmt.Errorf("listing ApiKeys in %s: %w", key.Namespace, err)
+func (v *ApiKeyValidator) validateSecretNameUnique(key *authv1alpha1.ApiKey) field.ErrorList {
+	if other := v.secretNames.otherHolder(key); other != "" {
+		return field.ErrorList{field.Invalid(specPath.Child("secretName"), key.SecretName(),
+			fmt.Sprintf("ApiKey %q already delivers its key to this Secret; choose another secretName", other))}
 	}
-	for i := range others.Items {
-		other := &others.Items[i]
-		if other.Name != key.Name && other.SecretName() == key.SecretName() {
-			return field.ErrorList{field.Invalid(specPath.Child("secretName"), key.SecretName(),
-				fmt.Sprintf("ApiKey %q already delivers its key to this Secret; choose another secretName", other.Name))}, nil
-		}
-	}
-	return nil, nil
+	return nil
 }
 
 func (v *ApiKeyValidator) invalid(key *authv1alpha1.ApiKey, errs field.ErrorList) error {

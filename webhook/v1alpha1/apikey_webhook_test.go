@@ -80,7 +80,7 @@ func TestMain(m *testing.M) {
 	testenv.Main(m, testenv.Options{Webhooks: true}, func(e *testenv.Env) error {
 		env = e
 		_, err := env.StartManager(nil, ctrl.Options{WebhookServer: serving.New(env.ServingOptions())}, func(mgr ctrl.Manager) error {
-			return (&ApiKeyValidator{Reader: mgr.GetClient(), Clock: clock.RealClock{}, Fence: fence}).SetupWebhookWithManager(mgr)
+			return (&ApiKeyValidator{Clock: clock.RealClock{}, Fence: fence}).SetupWebhookWithManager(mgr)
 		})
 		return err
 	})

@@ -1,0 +1,84 @@
+package v1alpha1
+
+import (
+	"slices"
+	"sync"
+
+	toolscache "k8s.io/client-go/tools/cache"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/informers"
+)
+
+// secretNames finds the ApiKeys that deliver to a Secret, fed by the
+// cache's ApiKey informer, so that admitting an ApiKey reads only those
+// sharing its Secret's name (minting N keys in one namespace would
+// otherwise copy O(N²) ApiKeys out of the cache). It replaces a cache field
+// index, which keeps a set and two strings per ApiKey for each of its
+// namespace and all-namespaces forms (≈ 450 bytes per key): this keeps one
+// map entry, whose strings are the cached object's own.
+type secretNames struct {
+	mu      sync.RWMutex
+	holders map[secretRef][]string
+}
+
+// secretRef is a Secret by namespace and name.
+type secretRef struct{ namespace, name string }
+
+func refOf(k *authv1alpha1.ApiKey) secretRef { return secretRef{k.Namespace, k.SecretName()} }
+
+// handler keeps the index as the informer's ApiKeys come and go.
+func (s *secretNames) handler() toolscache.ResourceEventHandler {
+	return toolscache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) { withKey(obj, s.add) },
+		UpdateFunc: func(old, obj any) {
+			// spec.secretName is immutable, but a relist's update may
+			// follow a missed delete and create under the same name.
+			withKey(old, s.remove)
+			withKey(obj, s.add)
+		},
+		DeleteFunc: func(obj any) { withKey(obj, s.remove) },
+	}
+}
+
+func withKey(obj any, f func(*authv1alpha1.ApiKey)) {
+	if k, ok := informers.As[*authv1alpha1.ApiKey](obj); ok {
+		f(k)
+	}
+}
+
+func (s *secretNames) add(k *authv1alpha1.ApiKey) {
+	ref := refOf(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.holders == nil {
+		s.holders = map[secretRef][]string{}
+	}
+	if !slices.Contains(s.holders[ref], k.Name) {
+		s.holders[ref] = append(s.holders[ref], k.Name)
+	}
+}
+
+func (s *secretNames) remove(k *authv1alpha1.ApiKey) {
+	ref := refOf(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	names := slices.DeleteFunc(s.holders[ref], func(n string) bool { return n == k.Name })
+	if len(names) == 0 {
+		delete(s.holders, ref)
+		return
+	}
+	s.holders[ref] = names
+}
+
+// otherHolder names an ApiKey other than k that delivers to k's Secret, or "".
+func (s *secretNames) otherHolder(k *authv1alpha1.ApiKey) string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, n := range s.holders[refOf(k)] {
+		if n != k.Name {
+			return n
+		}
+	}
+	return ""
+}
