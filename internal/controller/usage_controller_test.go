@@ -42,12 +42,7 @@ func TestUsageWindowRollsOverAtUTCMidnight(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 
 	u := &authv1alpha1.Usage{}
-	pass := func() time.Duration {
-		res, err := r.Reconcile(ctx, req)
-		g.Expect(err).NotTo(HaveOccurred())
-		g.Expect(env.Client.Get(ctx, req.NamespacedName, u)).To(Succeed())
-		return res.RequeueAfter
-	}
+	pass := func() time.Duration { return usagePass(g, r, req, u) }
 	g.Expect(pass()).To(Equal(6*time.Hour + time.Second))
 	base := u.DeepCopy()
 	u.Spec.WindowDays = 7
@@ -84,12 +79,7 @@ func TestUsageWritesAreSpacedOut(t *testing.T) {
 	r := &UsageReconciler{Client: env.Client, Clock: clk, WriteInterval: 5 * time.Second}
 	req := ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: authv1alpha1.UsageName}}
 	u := &authv1alpha1.Usage{}
-	pass := func() time.Duration {
-		res, err := r.Reconcile(ctx, req)
-		g.Expect(err).NotTo(HaveOccurred())
-		g.Expect(env.Client.Get(ctx, req.NamespacedName, u)).To(Succeed())
-		return res.RequeueAfter
-	}
+	pass := func() time.Duration { return usagePass(g, r, req, u) }
 
 	g.Expect(env.Client.Create(ctx, newKey(ns, "a", authv1alpha1.ApiKeySpec{}))).To(Succeed())
 	ledgers := &store.Store{Client: env.Client, Reader: env.Client, Clock: clk}
@@ -126,4 +116,13 @@ func TestUsageWritesAreSpacedOut(t *testing.T) {
 	pass()
 	g.Expect(u.ResourceVersion).NotTo(Equal(written), "written once the interval is over")
 	g.Expect(u.Status.InFlight).To(Equal(int64(3)))
+}
+
+// usagePass reconciles req, reads its Usage into u and returns the requeue.
+func usagePass(g Gomega, r *UsageReconciler, req ctrl.Request, u *authv1alpha1.Usage) time.Duration {
+	ctx := context.Background()
+	res, err := r.Reconcile(ctx, req)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(env.Client.Get(ctx, req.NamespacedName, u)).To(Succeed())
+	return res.RequeueAfter
 }
