@@ -32,8 +32,16 @@ func (s *secretNames) handler() toolscache.ResourceEventHandler {
 	return toolscache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) { withKey(obj, s.add) },
 		UpdateFunc: func(old, obj any) {
-			// spec.secretName is immutable, but a relist's update may
-			// follow a missed delete and create under the same name.
+			// spec.secretName is immutable, so an update almost never moves
+			// an ApiKey (a relist's update may follow a missed delete and
+			// create under the same name): moving it anyway would delete
+			// and re-insert its entry, under the lock admission reads
+			// through, on every status write.
+			o, ok1 := informers.As[*authv1alpha1.ApiKey](old)
+			n, ok2 := informers.As[*authv1alpha1.ApiKey](obj)
+			if ok1 && ok2 && refOf(o) == refOf(n) {
+				return
+			}
 			withKey(old, s.remove)
 			withKey(obj, s.add)
 		},
