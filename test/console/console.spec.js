@@ -137,6 +137,9 @@ async function main() {
     step('usage');
     await page.click('#nav-usage');
     await page.locator('#chart g.bar').first().waitFor(T);
+    // A Usage's status is written at most every 2 s: the resumed key is
+    // counted within a poll or two.
+    await waitText(page, '#card-keys', '1');
     const cards = {
       executions: await text(page, '#card-executions'),
       success: await text(page, '#card-success'),
