@@ -140,8 +140,12 @@ func (r *ApiKeyReconciler) confirmChanged(ctx context.Context, key *authv1alpha1
 // recordOfSecret reads from the API server the record of the key the
 // Secret holds (records are named by hash), or nil when there is none.
 func (r *ApiKeyReconciler) recordOfSecret(ctx context.Context, secret *corev1.Secret) (*authv1alpha1.ApiKeyRecord, error) {
+	raw := secret.Data[authv1alpha1.SecretKeyAPIKey]
+	if len(raw) == 0 {
+		return nil, nil // a Secret holding no key has no record to ask for
+	}
 	rec := &authv1alpha1.ApiKeyRecord{}
-	err := r.APIReader.Get(ctx, types.NamespacedName{Name: keys.Hash(string(secret.Data[authv1alpha1.SecretKeyAPIKey]))}, rec)
+	err := r.APIReader.Get(ctx, types.NamespacedName{Name: keys.Hash(string(raw))}, rec)
 	switch {
 	case apierrors.IsNotFound(err):
 		return nil, nil

@@ -130,9 +130,10 @@ func TestCreatedRecordsAreForgottenOnceCached(t *testing.T) {
 			g.Expect(getKey(g, ns, fmt.Sprintf("k%d", i)).Status.Phase).To(Equal(authv1alpha1.PhaseActive))
 		}
 	}).WithTimeout(30 * time.Second).Should(Succeed())
-	g.Eventually(func() int {
-		m.reconciler.created.mu.Lock()
-		defer m.reconciler.created.mu.Unlock()
-		return len(m.reconciler.created.byKey)
-	}).WithTimeout(10 * time.Second).Should(BeZero())
+	g.Eventually(func(g Gomega) {
+		for i := range 20 {
+			uid := getKey(g, ns, fmt.Sprintf("k%d", i)).UID
+			g.Expect(m.reconciler.created.names.Of(uid)).To(BeEmpty())
+		}
+	}).WithTimeout(10 * time.Second).Should(Succeed())
 }

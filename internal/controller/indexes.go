@@ -2,8 +2,6 @@ package controller
 
 import (
 	"context"
-	"slices"
-	"sync"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
@@ -36,8 +34,7 @@ func IndexRecords(ctx context.Context, indexer client.FieldIndexer) error {
 // record here (≈ 300 bytes each); this keeps one map entry whose strings
 // are the cached record's own.
 type RecordsByKey struct {
-	mu    sync.RWMutex
-	names map[string][]string
+	names informers.Names[string]
 }
 
 // WatchRecordsByKey returns the index, fed by the cache's record informer.
@@ -46,36 +43,12 @@ func WatchRecordsByKey(ctx context.Context, c cache.Informers) (*RecordsByKey, e
 	if err != nil {
 		return nil, err
 	}
-	x := &RecordsByKey{names: map[string][]string{}}
+	x := &RecordsByKey{}
 	// An update adds nothing new: spec.keyUID is immutable.
-	_, err = inf.AddEventHandler(informers.Handle(x.add, x.remove))
+	_, err = inf.AddEventHandler(informers.Handle(
+		func(r *authv1alpha1.ApiKeyRecord) { x.names.Add(r.Spec.KeyUID, r.Name) },
+		func(r *authv1alpha1.ApiKeyRecord) { x.names.Remove(r.Spec.KeyUID, r.Name) }))
 	return x, err
-}
-
-func (x *RecordsByKey) add(r *authv1alpha1.ApiKeyRecord) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if !slices.Contains(x.names[r.Spec.KeyUID], r.Name) {
-		x.names[r.Spec.KeyUID] = append(x.names[r.Spec.KeyUID], r.Name)
-	}
-}
-
-func (x *RecordsByKey) remove(r *authv1alpha1.ApiKeyRecord) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	names := slices.DeleteFunc(x.names[r.Spec.KeyUID], func(n string) bool { return n == r.Name })
-	if len(names) == 0 {
-		delete(x.names, r.Spec.KeyUID)
-		return
-	}
-	x.names[r.Spec.KeyUID] = names
-}
-
-// of returns the names of the records of the ApiKey with uid.
-func (x *RecordsByKey) of(uid types.UID) []string {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	return slices.Clone(x.names[string(uid)])
 }
 
 // recordsOfKey returns the records of the ApiKey with uid: read by name
@@ -87,7 +60,7 @@ func recordsOfKey(ctx context.Context, c client.Reader, x *RecordsByKey, uid typ
 		err := c.List(ctx, &list, client.MatchingFields{IndexRecordKeyUID: string(uid)})
 		return list.Items, err
 	}
-	for _, name := range x.of(uid) {
+	for _, name := range x.names.Of(string(uid)) {
 		var rec authv1alpha1.ApiKeyRecord
 		err := c.Get(ctx, types.NamespacedName{Name: name}, &rec)
 		switch {

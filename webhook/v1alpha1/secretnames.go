@@ -1,9 +1,6 @@
 package v1alpha1
 
 import (
-	"slices"
-	"sync"
-
 	toolscache "k8s.io/client-go/tools/cache"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
@@ -18,8 +15,7 @@ import (
 // namespace and all-namespaces forms (≈ 450 bytes per key): this keeps one
 // map entry, whose strings are the cached object's own.
 type secretNames struct {
-	mu      sync.RWMutex
-	holders map[secretRef][]string
+	holders informers.Names[secretRef]
 }
 
 // secretRef is a Secret by namespace and name.
@@ -55,35 +51,12 @@ func withKey(obj any, f func(*authv1alpha1.ApiKey)) {
 	}
 }
 
-func (s *secretNames) add(k *authv1alpha1.ApiKey) {
-	ref := refOf(k)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.holders == nil {
-		s.holders = map[secretRef][]string{}
-	}
-	if !slices.Contains(s.holders[ref], k.Name) {
-		s.holders[ref] = append(s.holders[ref], k.Name)
-	}
-}
-
-func (s *secretNames) remove(k *authv1alpha1.ApiKey) {
-	ref := refOf(k)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	names := slices.DeleteFunc(s.holders[ref], func(n string) bool { return n == k.Name })
-	if len(names) == 0 {
-		delete(s.holders, ref)
-		return
-	}
-	s.holders[ref] = names
-}
+func (s *secretNames) add(k *authv1alpha1.ApiKey)    { s.holders.Add(refOf(k), k.Name) }
+func (s *secretNames) remove(k *authv1alpha1.ApiKey) { s.holders.Remove(refOf(k), k.Name) }
 
 // otherHolder names an ApiKey other than k that delivers to k's Secret, or "".
 func (s *secretNames) otherHolder(k *authv1alpha1.ApiKey) string {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	for _, n := range s.holders[refOf(k)] {
+	for _, n := range s.holders.Of(refOf(k)) {
 		if n != k.Name {
 			return n
 		}

@@ -54,7 +54,9 @@ func TestSecretNamesFollowTheInformer(t *testing.T) {
 	}
 	h.OnDelete(apiKey("ns", "own", ""))
 	h.OnDelete(apiKey("other", "c", "shared"))
-	if len(s.holders) != 0 {
-		t.Errorf("the index still holds %v after every ApiKey went", s.holders)
+	for _, k := range []*authv1alpha1.ApiKey{a, apiKey("ns", "own", ""), apiKey("other", "c", "shared")} {
+		if held := s.holders.Of(refOf(k)); len(held) != 0 {
+			t.Errorf("the index still files %v under %v after every ApiKey went", held, refOf(k))
+		}
 	}
 }
