@@ -61,7 +61,7 @@ func (b *bench) startControlPlane() error {
 	if err != nil {
 		return err
 	}
-	if b.cp, err = controlplane.Start(controlplane.Options{AssetsDir: assets, Webhooks: true}); err != nil {
+	if b.cp, err = controlplane.Start(controlplane.Options{AssetsDir: assets, Webhooks: true, FeatureGates: b.o.featureGates}); err != nil {
 		return err
 	}
 	b.plane = map[string]int{}

@@ -31,6 +31,7 @@ type options struct {
 	kubeAPIQPS               string
 	kubeAPIBurst             string
 	managerArgs              []string
+	featureGates             string
 	mintTimeout, readyWithin time.Duration
 	managerLog               string
 }
@@ -69,6 +70,9 @@ func parseFlags() (*options, error) {
 	flag.IntVar(&o.mintWorkers, "mint-workers", 32, "ApiKeys created at once.")
 	flag.StringVar(&o.kubeAPIQPS, "kube-api-qps", "1000", "The manager's --kube-api-qps: its default (50) would hold minting to ~15 keys/s.")
 	flag.StringVar(&o.kubeAPIBurst, "kube-api-burst", "2000", "The manager's --kube-api-burst.")
+	flag.StringVar(&o.featureGates, "apiserver-feature-gates", "DetectCacheInconsistency=false",
+		"kube-apiserver's --feature-gates. Its cache consistency checker, on by default, lists every ApiKey, record and Secret from etcd "+
+			"and hashes them periodically: a cost that grows with the keys and lands on the load generator's CPU during rounds.")
 	managerArgs := flag.String("manager-args", "", "More flags for the manager, space-separated (e.g. --secret-check-interval=30s).")
 	flag.StringVar(&o.managerLog, "manager-log", "", "Keep the manager's log in this file (by default it goes with the temporary directory).")
 	flag.DurationVar(&o.mintTimeout, "mint-timeout", 60*time.Minute, "How long minting may take for one key count.")

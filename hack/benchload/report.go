@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"runtime"
 	"slices"
@@ -40,12 +41,12 @@ func (b *bench) report(steps []*step, rss0 int64, idle0 float64, procs string) s
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "## Latchkey from outside (make bench-load)\n\n")
 	fmt.Fprintf(&sb, "%d CPUs; wrk rounds of %s, medians of %d, alternating ceiling and manager; "+
-		"keys minted through the API over %d namespaces; manager flags: --kube-api-qps %s --kube-api-burst %s %s.\n"+
+		"keys minted through the API over %d namespaces; manager flags: --kube-api-qps %s --kube-api-burst %s %s; kube-apiserver's --feature-gates: %s.\n"+
 		"1-minute load average before the first mint (control plane and manager idle, 0 keys): %.2f.\n"+
 		"The manager and the ceiling run on CPU %s; wrk, this program, etcd and kube-apiserver on CPU %s during the rounds "+
 		"(etcd and kube-apiserver on every CPU while minting). CPUs and Ps during the rounds:\n\n",
 		runtime.NumCPU(), o.duration, o.rounds, o.namespaces, o.kubeAPIQPS, o.kubeAPIBurst, strings.Join(o.managerArgs, " "),
-		idle0, serverCPU, clientCPU)
+		cmp.Or(o.featureGates, "its defaults"), idle0, serverCPU, clientCPU)
 	sb.WriteString(procs)
 	sb.WriteString("\n| keys | conns | load | manager req/s | ceiling req/s | ratio | p50 | p99 | ceiling p50 | ceiling p99 | p99 ratio | statuses |\n")
 	sb.WriteString("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")

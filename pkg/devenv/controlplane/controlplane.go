@@ -45,6 +45,8 @@ type Options struct {
 	// TokenWebhook points kube-apiserver's webhook token authenticator at
 	// /tokenreview on the webhook server (implies Webhooks), with a 1s cache.
 	TokenWebhook bool
+	// FeatureGates, when set, is kube-apiserver's --feature-gates.
+	FeatureGates string
 }
 
 // ControlPlane is a running etcd and kube-apiserver with Latchkey's CRDs.
@@ -124,6 +126,9 @@ func Start(o Options) (*ControlPlane, error) {
 			Set("authentication-token-webhook-config-file", file).
 			Set("authentication-token-webhook-cache-ttl", "1s").
 			Set("authentication-token-webhook-version", "v1")
+	}
+	if o.FeatureGates != "" {
+		env.ControlPlane.GetAPIServer().Configure().Set("feature-gates", o.FeatureGates)
 	}
 	if cp.Config, err = env.Start(); err != nil {
 		return nil, fmt.Errorf("starting etcd and kube-apiserver: %w", err)
