@@ -13,7 +13,9 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -22,9 +24,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/controller/priorityqueue"
 	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/informers"
@@ -78,7 +84,7 @@ type ApiKeyReconciler struct {
 	// show yet, and Secrets.
 	APIReader client.Reader
 	Recorder  events.EventRecorder
-	Clock     clock.PassiveClock
+	Clock     clock.Clock
 	// Random is the source of key material: crypto/rand outside tests.
 	Random io.Reader
 	// SecretCheckInterval is how often an Active key's Secret is checked at
@@ -115,6 +121,7 @@ type ApiKeyReconciler struct {
 // status from it, and one write records it.
 func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	key := &authv1alpha1.ApiKey{}
+	checkDue := r.secretChecks().claim(req.NamespacedName)
 	if err := r.Client.Get(ctx, req.NamespacedName, key); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.expiring.set(req.NamespacedName, false)
@@ -133,7 +140,7 @@ func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		}
 	}
 
-	o, err := r.reconcileNormal(ctx, key)
+	o, err := r.reconcileNormal(ctx, key, checkDue)
 	if err != nil {
 		// Status stays what the last pass that succeeded wrote, with the
 		// generation it saw: what this pass half-saw is no status.
@@ -145,7 +152,7 @@ func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		return ctrl.Result{}, err
 	}
 	r.expiring.set(req.NamespacedName, meta.IsStatusConditionTrue(status.Conditions, authv1alpha1.ConditionExpiringSoon))
-	return ctrl.Result{RequeueAfter: r.secretChecks().requeueAfter(next)}, nil
+	return ctrl.Result{RequeueAfter: requeueAfter(next)}, nil
 }
 
 // ExpiringSoonByNamespace counts, by namespace, the keys whose ExpiringSoon
@@ -176,10 +183,11 @@ func (r *ApiKeyReconciler) reconcileDelete(ctx context.Context, key *authv1alpha
 }
 
 // reconcileNormal revokes, mints, rotates or checks delivery, keeps the
-// records' expiry and grace periods, and returns what it observed.
-func (r *ApiKeyReconciler) reconcileNormal(ctx context.Context, key *authv1alpha1.ApiKey) (observation, error) {
+// records' expiry and grace periods, and returns what it observed;
+// checkDue says the walk of periodic checks released the key.
+func (r *ApiKeyReconciler) reconcileNormal(ctx context.Context, key *authv1alpha1.ApiKey, checkDue bool) (observation, error) {
 	checks := r.secretChecks()
-	o := observation{key: key, now: r.Clock.Now(), secretCheckInterval: checks.interval,
+	o := observation{key: key, now: r.Clock.Now(),
 		serviceAccount: r.ServiceAccount, expiryWarning: r.ExpiryWarning}
 	records, err := r.keyRecords(ctx, key)
 	if err != nil {
@@ -194,8 +202,9 @@ func (r *ApiKeyReconciler) reconcileNormal(ctx context.Context, key *authv1alpha
 		return o, err
 	}
 
-	// A pass no change caused (its status is of this generation: a requeue,
-	// a resync) reads the Secret only within the shared budget; a create or
+	// A pass no change caused (its status is of this generation: the
+	// walk's, a retry, a resync) reads the Secret only within the shared
+	// budget, which the walk took from already; a create or
 	// a spec edit reads it at once, and so does a pass with a rotation to
 	// make or to finish (a scheduled one, or one a dead pass left pending,
 	// whose Secret may already hold a key that does not authenticate yet).
@@ -203,7 +212,7 @@ func (r *ApiKeyReconciler) reconcileNormal(ctx context.Context, key *authv1alpha
 	if o.record != nil {
 		_, due = rotationDue(key, o.record, o.now)
 	}
-	if key.Status.ObservedGeneration == key.Generation && len(set.pending) == 0 && !due && !checks.take() {
+	if key.Status.ObservedGeneration == key.Generation && len(set.pending) == 0 && !due && !checkDue && !checks.take() {
 		o.secret = secretDeferred
 		if o.record == nil {
 			return o, nil
@@ -399,14 +408,50 @@ func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager, maxConcurrent int)
 	if _, err := records.AddEventHandler(informers.Handle(seen, seen)); err != nil {
 		return err
 	}
+	walk, err := r.secretCheckWalk(mgr.GetCache())
+	if err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&authv1alpha1.ApiKey{}, builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{},
 			deletionPredicate(),
 		))).
+		WatchesRawSource(walk).
 		WithOptions(controller.Options{MaxConcurrentReconciles: maxConcurrent}).
 		Named("apikey").
 		Complete(r)
+}
+
+// secretCheckWalk is the source that brings keys to their periodic Secret
+// checks (secretChecks.walk), over the keys the cache's informer shows.
+// It runs with the controller, so only on the leader, from once the cache
+// has synced; its passes come after those changes cause.
+func (r *ApiKeyReconciler) secretCheckWalk(c cache.Cache) (source.Source, error) {
+	informer, err := c.GetInformer(context.Background(), &authv1alpha1.ApiKey{}, cache.BlockUntilSynced(false))
+	if err != nil {
+		return nil, err
+	}
+	checks := r.secretChecks()
+	if _, err := informer.AddEventHandler(informers.Handle(checks.visit, checks.leave)); err != nil {
+		return nil, err
+	}
+	return source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
+		reconcileKey := func(key types.NamespacedName) {
+			req := reconcile.Request{NamespacedName: key}
+			if pq, ok := q.(priorityqueue.PriorityQueue[reconcile.Request]); ok {
+				pq.AddWithOpts(priorityqueue.AddOpts{Priority: new(handler.LowPriority)}, req)
+				return
+			}
+			q.Add(req)
+		}
+		go func() {
+			if toolscache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
+				checks.walk(ctx, reconcileKey)
+			}
+		}()
+		return nil
+	}), nil
 }
 
 // deletionPredicate passes updates that start an object's deletion.

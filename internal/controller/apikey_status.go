@@ -49,22 +49,18 @@ type observation struct {
 	// expiryWarning is how long before its expiry a key is ExpiringSoon;
 	// 0 means DefaultExpiryWarning.
 	expiryWarning time.Duration
-	// secretCheckInterval is the least wait between two checks of the
-	// key's Secret.
-	secretCheckInterval time.Duration
 	// serviceAccount is the manager's, namespace:name, for the command
 	// that opts a namespace in.
 	serviceAccount string
 }
 
-// lookAgain is when a pass asks for the key to be looked at again.
+// lookAgain is when a pass asks for the key to be looked at again, besides
+// the walk that checks every key's Secret in turn (secretChecks).
 type lookAgain struct {
-	// scheduled is false when only a change brings the key back (it is
-	// revoked).
-	scheduled bool
-	// checkAfter is the least wait before the next check of the Secret;
-	// the shared budget picks its slot (secretChecks).
-	checkAfter time.Duration
+	// retryIn, if positive, is how soon a delivery that could not be made
+	// yet (the namespace has not opted in) is tried again, within the
+	// budget of periodic checks.
+	retryIn time.Duration
 	// dueIn, if positive, is how soon the key's status changes by the
 	// clock alone (it expires, starts its expiry warning, is rotated on
 	// schedule, or a replaced key's grace period ends): it is looked at
@@ -84,14 +80,11 @@ func computeStatus(o observation) (authv1alpha1.ApiKeyStatus, lookAgain) {
 		b.expiringSoon(o)
 		return b.st, lookAgain{}
 	}
-	next := lookAgain{scheduled: true, checkAfter: o.secretCheckInterval}
-	if o.secret == secretDeferred {
-		// The budget's first free slot; until then a key not minted yet
+	var next lookAgain
+	if o.secret == secretDeferred && o.record == nil {
+		// Until the walk or a change brings it back, a key not minted yet
 		// stays as it was.
-		next.checkAfter = 0
-		if o.record == nil {
-			return b.st, next
-		}
+		return b.st, next
 	}
 	if b.delivery(o, &next) {
 		return b.st, next
@@ -206,7 +199,7 @@ func (b *statusBuilder) delivery(o observation, next *lookAgain) (final bool) {
 			fmt.Sprintf("Secret %q was replaced by one Latchkey did not create; the key still works", secretName)+rotationWaits(o))
 	case secretAccessDenied:
 		if b.accessDenied(o) {
-			next.checkAfter = min(authv1alpha1.KeyDeliveryRetry, next.checkAfter)
+			next.retryIn = authv1alpha1.KeyDeliveryRetry
 			return true
 		}
 	}

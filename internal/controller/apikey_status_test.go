@@ -45,8 +45,8 @@ func TestComputeStatus(t *testing.T) {
 	}
 	failed := notDelivered(authv1alpha1.PhaseFailed, authv1alpha1.ReasonNotDelivered, authv1alpha1.ReasonSecretNotOwned)
 	waiting := notDelivered(authv1alpha1.PhasePending, authv1alpha1.ReasonSecretAccessDenied, authv1alpha1.ReasonSecretAccessDenied)
-	every := lookAgain{scheduled: true, checkAfter: time.Minute}
-	firstFreeSlot := lookAgain{scheduled: true}
+	// Most passes leave the key to the walk of periodic checks.
+	walk := lookAgain{}
 	type cond struct {
 		typ    string
 		status metav1.ConditionStatus
@@ -63,22 +63,22 @@ func TestComputeStatus(t *testing.T) {
 		next   lookAgain
 	}{
 		{name: "a key not minted yet is Pending, being minted",
-			phase: authv1alpha1.PhasePending, next: every,
+			phase: authv1alpha1.PhasePending, next: walk,
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonMinting}}},
-		{name: "a key just delivered is Active and Ready, looked at again at the next Secret check",
-			record: recordFixture(nil), secret: secretDelivered, phase: authv1alpha1.PhaseActive, next: every,
+		{name: "a key just delivered is Active and Ready, and left to the walk of Secret checks",
+			record: recordFixture(nil), secret: secretDelivered, phase: authv1alpha1.PhaseActive, next: walk,
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionTrue, authv1alpha1.ReasonActive},
 				{authv1alpha1.ConditionKeyDelivered, metav1.ConditionTrue, authv1alpha1.ReasonDelivered}}},
-		{name: "an Active key that expires before the next check is looked at again exactly at its expiry",
+		{name: "an Active key that expires is looked at again exactly at its expiry",
 			spec: authv1alpha1.ApiKeySpec{ExpiresAt: in(10 * time.Second)}, prev: active, record: recordFixture(nil), secret: secretDelivered,
-			phase: authv1alpha1.PhaseActive, next: lookAgain{scheduled: true, checkAfter: time.Minute, dueIn: 10 * time.Second},
+			phase: authv1alpha1.PhaseActive, next: lookAgain{dueIn: 10 * time.Second},
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionTrue, authv1alpha1.ReasonActive}}},
-		{name: "an Active key that expires after the next check is looked at again for the check",
+		{name: "an Active key that expires in an hour is looked at again in an hour",
 			spec: authv1alpha1.ApiKeySpec{ExpiresAt: in(time.Hour)}, prev: active, record: recordFixture(nil), secret: secretDelivered,
-			phase: authv1alpha1.PhaseActive, next: lookAgain{scheduled: true, checkAfter: time.Minute, dueIn: time.Hour}},
+			phase: authv1alpha1.PhaseActive, next: lookAgain{dueIn: time.Hour}},
 		{name: "a key is Expired from the instant of its expiry",
 			spec: authv1alpha1.ApiKeySpec{ExpiresAt: in(0)}, prev: active, record: recordFixture(nil), secret: secretDelivered,
-			phase: authv1alpha1.PhaseExpired, next: every,
+			phase: authv1alpha1.PhaseExpired, next: walk,
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonExpired}}},
 		{name: "a revoked key is Revoked and not Ready, and never looked at again on a schedule",
 			spec: authv1alpha1.ApiKeySpec{Revoked: true}, prev: active,
@@ -93,49 +93,49 @@ func TestComputeStatus(t *testing.T) {
 			spec: authv1alpha1.ApiKeySpec{Revoked: true, ExpiresAt: in(-time.Hour)}, prev: active, record: recordFixture(nil),
 			phase: authv1alpha1.PhaseRevoked},
 		{name: "a key whose Secret name is taken is Failed, and says so without confirming more",
-			secret: secretNotOwned, phase: authv1alpha1.PhaseFailed, next: every,
+			secret: secretNotOwned, phase: authv1alpha1.PhaseFailed, next: walk,
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonNotDelivered},
 				{authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretNotOwned}}},
 		{name: "a key whose namespace has not opted in waits Pending, looking again soon",
-			secret: secretAccessDenied, phase: authv1alpha1.PhasePending, next: lookAgain{scheduled: true, checkAfter: 30 * time.Second},
+			secret: secretAccessDenied, phase: authv1alpha1.PhasePending, next: lookAgain{retryIn: 30 * time.Second},
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonSecretAccessDenied},
 				{authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretAccessDenied}}},
 		{name: "a minted key whose namespace opted out again keeps working, delivery unknown",
-			prev: active, record: recordFixture(nil), secret: secretAccessDenied, phase: authv1alpha1.PhaseActive, next: every,
+			prev: active, record: recordFixture(nil), secret: secretAccessDenied, phase: authv1alpha1.PhaseActive, next: walk,
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionTrue, authv1alpha1.ReasonActive},
 				{authv1alpha1.ConditionKeyDelivered, metav1.ConditionUnknown, authv1alpha1.ReasonSecretAccessDenied}}},
 		{name: "a key whose Secret was deleted keeps working, not delivered",
-			prev: active, record: recordFixture(nil), secret: secretMissing, phase: authv1alpha1.PhaseActive, next: every,
+			prev: active, record: recordFixture(nil), secret: secretMissing, phase: authv1alpha1.PhaseActive, next: walk,
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionTrue, authv1alpha1.ReasonActive},
 				{authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretMissing}}},
 		{name: "a key whose Secret was replaced by someone else's keeps working, not delivered",
-			prev: active, record: recordFixture(nil), secret: secretNotOwned, phase: authv1alpha1.PhaseActive, next: every,
+			prev: active, record: recordFixture(nil), secret: secretNotOwned, phase: authv1alpha1.PhaseActive, next: walk,
 			conds: []cond{{authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretNotOwned}}},
 		{name: "a key whose Secret holds another value keeps working, not delivered",
-			prev: active, record: recordFixture(nil), secret: secretChanged, phase: authv1alpha1.PhaseActive, next: every,
+			prev: active, record: recordFixture(nil), secret: secretChanged, phase: authv1alpha1.PhaseActive, next: walk,
 			conds: []cond{{authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretChanged}}},
 		{name: "a key whose Secret was not looked at keeps what status said of delivery",
-			prev: active, record: recordFixture(nil), secret: secretUnchecked, phase: authv1alpha1.PhaseActive, next: every,
+			prev: active, record: recordFixture(nil), secret: secretUnchecked, phase: authv1alpha1.PhaseActive, next: walk,
 			conds: []cond{{authv1alpha1.ConditionKeyDelivered, metav1.ConditionTrue, authv1alpha1.ReasonDelivered}}},
-		{name: "an Active key whose check the budget deferred keeps what status said of delivery, and takes the first free slot",
-			prev: active, record: recordFixture(nil), secret: secretDeferred, phase: authv1alpha1.PhaseActive, next: firstFreeSlot,
+		{name: "an Active key whose check the budget deferred keeps what status said of delivery, and waits for the walk",
+			prev: active, record: recordFixture(nil), secret: secretDeferred, phase: authv1alpha1.PhaseActive, next: walk,
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionTrue, authv1alpha1.ReasonActive},
 				{authv1alpha1.ConditionKeyDelivered, metav1.ConditionTrue, authv1alpha1.ReasonDelivered}}},
 		{name: "a key whose check the budget deferred still expires on time",
 			spec: authv1alpha1.ApiKeySpec{ExpiresAt: in(0)}, prev: active, record: recordFixture(nil), secret: secretDeferred,
-			phase: authv1alpha1.PhaseExpired, next: firstFreeSlot,
+			phase: authv1alpha1.PhaseExpired, next: walk,
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonExpired}}},
 		{name: "a Failed key whose retry the budget deferred stays Failed, as it was",
-			prev: failed, secret: secretDeferred, phase: authv1alpha1.PhaseFailed, next: firstFreeSlot,
+			prev: failed, secret: secretDeferred, phase: authv1alpha1.PhaseFailed, next: walk,
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonNotDelivered},
 				{authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretNotOwned}}},
 		{name: "a Pending key whose retry the budget deferred keeps waiting for its namespace, as it was",
-			prev: waiting, secret: secretDeferred, phase: authv1alpha1.PhasePending, next: firstFreeSlot,
+			prev: waiting, secret: secretDeferred, phase: authv1alpha1.PhasePending, next: walk,
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonSecretAccessDenied},
 				{authv1alpha1.ConditionKeyDelivered, metav1.ConditionFalse, authv1alpha1.ReasonSecretAccessDenied}}},
 		{name: "a Secret deleted from a Failed key's way lets it become Active once minted",
 			prev: authv1alpha1.ApiKeyStatus{Phase: authv1alpha1.PhaseFailed}, record: recordFixture(nil), secret: secretDelivered,
-			phase: authv1alpha1.PhaseActive, next: every,
+			phase: authv1alpha1.PhaseActive, next: walk,
 			conds: []cond{{authv1alpha1.ConditionReady, metav1.ConditionTrue, authv1alpha1.ReasonActive}}},
 	}
 	for _, tt := range tests {
@@ -143,7 +143,7 @@ func TestComputeStatus(t *testing.T) {
 			key := keyFixture(tt.spec, tt.prev)
 			before := key.Status.DeepCopy()
 			st, next := computeStatus(observation{
-				key: key, record: tt.record, secret: tt.secret, now: statusNow, secretCheckInterval: time.Minute,
+				key: key, record: tt.record, secret: tt.secret, now: statusNow,
 			})
 			if st.Phase != tt.phase {
 				t.Errorf("phase = %s, want %s", st.Phase, tt.phase)
@@ -181,13 +181,13 @@ func TestComputeStatus(t *testing.T) {
 func TestLastUseOnlyMovesForward(t *testing.T) {
 	earlier, later := metav1.NewTime(statusNow.Add(-time.Hour)), metav1.NewTime(statusNow)
 	key := keyFixture(authv1alpha1.ApiKeySpec{}, authv1alpha1.ApiKeyStatus{LastUsedAt: &later})
-	st, _ := computeStatus(observation{key: key, secret: secretDelivered, now: statusNow, secretCheckInterval: time.Minute,
+	st, _ := computeStatus(observation{key: key, secret: secretDelivered, now: statusNow,
 		record: recordFixture(func(r *authv1alpha1.ApiKeyRecord) { r.Status.LastUsedAt = &earlier })})
 	if !st.LastUsedAt.Equal(&later) {
 		t.Fatalf("lastUsedAt went back to %v", st.LastUsedAt)
 	}
 	st, _ = computeStatus(observation{key: keyFixture(authv1alpha1.ApiKeySpec{}, authv1alpha1.ApiKeyStatus{LastUsedAt: &earlier}),
-		secret: secretDelivered, now: statusNow, secretCheckInterval: time.Minute,
+		secret: secretDelivered, now: statusNow,
 		record: recordFixture(func(r *authv1alpha1.ApiKeyRecord) { r.Status.LastUsedAt = &later })})
 	if !st.LastUsedAt.Equal(&later) {
 		t.Fatalf("lastUsedAt = %v, want the record's newer use", st.LastUsedAt)
@@ -198,7 +198,7 @@ func TestStatusEvents(t *testing.T) {
 	key := keyFixture(authv1alpha1.ApiKeySpec{}, authv1alpha1.ApiKeyStatus{})
 	status := func(s secretState, rec *authv1alpha1.ApiKeyRecord, spec authv1alpha1.ApiKeySpec) authv1alpha1.ApiKeyStatus {
 		k := keyFixture(spec, key.Status)
-		st, _ := computeStatus(observation{key: k, record: rec, secret: s, now: statusNow, secretCheckInterval: time.Minute})
+		st, _ := computeStatus(observation{key: k, record: rec, secret: s, now: statusNow})
 		return st
 	}
 	activeSt := status(secretDelivered, recordFixture(nil), authv1alpha1.ApiKeySpec{})
@@ -377,7 +377,7 @@ func TestComputeStatusLifecycle(t *testing.T) {
 			record := tt.record
 			st, next := computeStatus(observation{
 				key: keyFixture(tt.spec, authv1alpha1.ApiKeyStatus{}), record: &record, previous: tt.previous,
-				secret: secretDelivered, now: statusNow, secretCheckInterval: time.Minute, expiryWarning: tt.warning,
+				secret: secretDelivered, now: statusNow, expiryWarning: tt.warning,
 			})
 			if st.Phase != tt.phase {
 				t.Errorf("phase = %s, want %s", st.Phase, tt.phase)
@@ -401,7 +401,7 @@ func TestComputeStatusLifecycle(t *testing.T) {
 func TestLifecycleEvents(t *testing.T) {
 	status := func(spec authv1alpha1.ApiKeySpec) authv1alpha1.ApiKeyStatus {
 		st, _ := computeStatus(observation{key: keyFixture(spec, authv1alpha1.ApiKeyStatus{}), record: recordFixture(nil),
-			secret: secretDelivered, now: statusNow, secretCheckInterval: time.Minute})
+			secret: secretDelivered, now: statusNow})
 		return st
 	}
 	soon := &metav1.Time{Time: statusNow.Add(time.Hour)}

@@ -1,12 +1,18 @@
 package controller
 
 import (
+	"context"
+	"maps"
 	"math"
+	"slices"
 	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 )
 
 // DefaultSecretChecksPerSecond is how many Secret reads a second the
@@ -18,35 +24,41 @@ const DefaultSecretChecksPerSecond = 5
 // checking every key on a fixed period would cost API calls in proportion
 // to the number of keys, forever. Instead:
 //
-//   - checks are scheduled in slots 1/perSecond apart, each key's next one
-//     in the first free slot at least the check interval away: with few
-//     keys each is checked every interval, with more than interval ×
-//     perSecond about every keys/perSecond, in turn;
-//   - a pass no change caused (a slot, a resync after a restart) reads the
-//     Secret only with a token from a bucket refilled at perSecond and
-//     holding ceil(perSecond): over any t seconds such passes make at most
-//     perSecond × t + ceil(perSecond) GETs, whatever the key count. One
-//     that finds the bucket empty reads nothing and takes the first free
-//     slot, so that a restart's resync of every key is spread out too;
+//   - one walk over the cache's keys releases them in turn, one a slot:
+//     slots are 1/perSecond apart, stretched so that a round over every key
+//     lasts at least the check interval. With few keys each is checked
+//     every interval, with more than interval × perSecond about every
+//     keys/perSecond seconds;
+//   - a released key's next pass reads its Secret. Between their checks
+//     keys wait in no queue: the walk holds the names of the keys it visits
+//     (fed by the cache's informer, sharing its objects' bytes), its
+//     round's list of them, and the few released and not yet reconciled;
+//     nothing else per key;
+//   - a pass no change caused and the walk did not release (a resync, a
+//     restart's pass over every key, a delivery retry) reads the Secret only
+//     with a token from a bucket refilled at perSecond and holding
+//     ceil(perSecond), from which each release takes one too: over any t
+//     seconds such passes and the walk make at most perSecond × t +
+//     ceil(perSecond) GETs, whatever the key count. One that finds the
+//     bucket empty reads nothing and leaves the key to the walk;
 //   - a pass a change caused (a create, a spec edit) reads at once and
 //     takes nothing, so that what a user does is answered without delay.
-//
-// It keeps nothing per key: a slot lives only in the work queue's requeue.
 type secretChecks struct {
-	clock    clock.PassiveClock
+	clock    clock.Clock
 	interval time.Duration
-	// perKey is the slots' spacing: 1/perSecond.
+	// perKey is the least spacing of releases: 1/perSecond.
 	perKey  time.Duration
 	limiter *rate.Limiter
 
 	mu sync.Mutex
-	// free is the first slot not taken.
-	free time.Time
+	// keys are those the walk visits: not revoked, not being deleted.
+	keys     map[types.NamespacedName]struct{}
+	released map[types.NamespacedName]struct{}
 }
 
 // newSecretChecks returns the budget; zero or negative settings mean the
 // defaults.
-func newSecretChecks(clk clock.PassiveClock, interval time.Duration, perSecond float64) *secretChecks {
+func newSecretChecks(clk clock.Clock, interval time.Duration, perSecond float64) *secretChecks {
 	if interval <= 0 {
 		interval = DefaultSecretCheckInterval
 	}
@@ -58,7 +70,44 @@ func newSecretChecks(clk clock.PassiveClock, interval time.Duration, perSecond f
 		interval: interval,
 		perKey:   time.Duration(float64(time.Second) / perSecond),
 		limiter:  rate.NewLimiter(rate.Limit(perSecond), int(math.Ceil(perSecond))),
+		keys:     map[types.NamespacedName]struct{}{},
+		released: map[types.NamespacedName]struct{}{},
 	}
+}
+
+// visit is the informer's handler for an added or updated ApiKey: the walk
+// visits it while it is neither revoked nor being deleted.
+func (c *secretChecks) visit(key *authv1alpha1.ApiKey) {
+	name := types.NamespacedName{Namespace: key.Namespace, Name: key.Name}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if key.Spec.Revoked || !key.DeletionTimestamp.IsZero() {
+		delete(c.keys, name)
+		return
+	}
+	c.keys[name] = struct{}{}
+}
+
+// leave is the informer's handler for a deleted ApiKey.
+func (c *secretChecks) leave(key *authv1alpha1.ApiKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.keys, types.NamespacedName{Namespace: key.Namespace, Name: key.Name})
+}
+
+// round is the walk's list of the keys to visit.
+func (c *secretChecks) round() []types.NamespacedName {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Collect(maps.Keys(c.keys))
+}
+
+// visits says whether the walk still visits key.
+func (c *secretChecks) visits(key types.NamespacedName) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.keys[key]
+	return ok
 }
 
 // take reports whether a pass no change caused may read a Secret now.
@@ -66,34 +115,74 @@ func (c *secretChecks) take() bool {
 	return c.limiter.AllowN(c.clock.Now(), 1)
 }
 
-// requeueAfter is how soon a key is reconciled again: at its next check's
-// slot, or at the instant its status is due to change if that comes
-// first; 0 if only a change brings it back.
-func (c *secretChecks) requeueAfter(next lookAgain) time.Duration {
-	if !next.scheduled {
-		return 0
-	}
-	if next.dueIn > 0 && next.dueIn <= next.checkAfter {
-		// The pass then takes a slot then.
-		return next.dueIn
-	}
-	slot := c.slot(next.checkAfter)
-	if next.dueIn > 0 {
-		return min(slot, next.dueIn)
-	}
-	return slot
-}
-
-// slot takes the first free slot at least d from now and returns how far
-// away it is.
-func (c *secretChecks) slot(d time.Duration) time.Duration {
-	now := c.clock.Now()
+// release lets key's next pass read its Secret.
+func (c *secretChecks) release(key types.NamespacedName) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	at := now.Add(d)
-	if at.Before(c.free) {
-		at = c.free
+	c.released[key] = struct{}{}
+}
+
+// claim reports whether the walk released key for a check, and forgets
+// that it did: one release, one read.
+func (c *secretChecks) claim(key types.NamespacedName) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.released[key]
+	delete(c.released, key)
+	return ok
+}
+
+// walk releases keys for a check, in rounds over those it visits, until
+// ctx ends; reconcile brings a released key to its next pass. A key
+// revoked or deleted during a round takes no slot.
+func (c *secretChecks) walk(ctx context.Context, reconcile func(types.NamespacedName)) {
+	for {
+		keys := c.round()
+		if len(keys) == 0 {
+			if !c.sleep(ctx, c.interval) {
+				return
+			}
+			continue
+		}
+		slot := max(c.perKey, c.interval/time.Duration(len(keys)))
+		for _, key := range keys {
+			if !c.visits(key) {
+				continue
+			}
+			if !c.sleep(ctx, slot) {
+				return
+			}
+			for !c.take() {
+				if !c.sleep(ctx, c.perKey) {
+					return
+				}
+			}
+			c.release(key)
+			reconcile(key)
+		}
 	}
-	c.free = at.Add(c.perKey)
-	return at.Sub(now)
+}
+
+// sleep waits d on the clock, or until ctx ends: then it reports false.
+func (c *secretChecks) sleep(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-c.clock.After(d):
+		return true
+	}
+}
+
+// requeueAfter is how soon a pass asks for its key again: at the instant
+// its status is due to change by the clock, or to retry its delivery,
+// whichever comes first; 0 if only a change or the walk brings it back.
+func requeueAfter(next lookAgain) time.Duration {
+	switch {
+	case next.retryIn > 0 && next.dueIn > 0:
+		return min(next.retryIn, next.dueIn)
+	case next.retryIn > 0:
+		return next.retryIn
+	default:
+		return next.dueIn
+	}
 }

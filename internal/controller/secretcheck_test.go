@@ -5,10 +5,14 @@ import (
 	"crypto/rand"
 	"fmt"
 	"math"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -25,9 +29,24 @@ import (
 // secretGets records the Secret GETs a fake API server answered, by the
 // simulated time they were made at.
 type secretGets struct {
-	clk *clocktesting.FakeClock
-	at  []time.Time
-	of  map[string]int
+	mu sync.Mutex
+	at []time.Time
+	of map[string]int
+}
+
+func (g *secretGets) count() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.at)
+}
+
+// reset returns the GETs counted so far and starts counting again.
+func (g *secretGets) reset() ([]time.Time, map[string]int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	at, of := g.at, g.of
+	g.at, g.of = nil, map[string]int{}
+	return at, of
 }
 
 // builderIndexer lets IndexRecords add its indexes to a fake client.
@@ -49,14 +68,16 @@ func fakeAPI(t *testing.T, clk *clocktesting.FakeClock, n int) (client.Client, *
 	if err := authv1alpha1.AddToScheme(scheme); err != nil {
 		t.Fatal(err)
 	}
-	gets := &secretGets{clk: clk, of: map[string]int{}}
+	gets := &secretGets{of: map[string]int{}}
 	b := fake.NewClientBuilder().WithScheme(scheme).
 		WithStatusSubresource(&authv1alpha1.ApiKey{}, &authv1alpha1.ApiKeyRecord{}).
 		WithInterceptorFuncs(interceptor.Funcs{
 			Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
 				if _, ok := obj.(*corev1.Secret); ok {
+					gets.mu.Lock()
 					gets.at = append(gets.at, clk.Now())
 					gets.of[key.Name]++
+					gets.mu.Unlock()
 				}
 				return c.Get(ctx, key, obj, opts...)
 			},
@@ -77,43 +98,64 @@ func fakeAPI(t *testing.T, clk *clocktesting.FakeClock, n int) (client.Client, *
 	return b.Build(), gets
 }
 
-// simulation reconciles ApiKeys as a controller's queue would, each when
-// its last pass asked to be looked at again, on a fake clock.
+// simulation runs the walk of periodic checks on a fake clock, against a
+// fake API server, reconciling each key the walk releases in the walk's
+// own goroutine: the test steps the clock only while the walk sleeps.
 type simulation struct {
-	t   *testing.T
-	clk *clocktesting.FakeClock
-	r   *ApiKeyReconciler
-	due map[string]time.Time
+	t     *testing.T
+	clk   *clocktesting.FakeClock
+	r     *ApiKeyReconciler
+	names []string
+	stop  context.CancelFunc
+	done  chan struct{}
+	// requeued counts passes that asked to be looked at again: none
+	// should, the keys having no instant their status changes at.
+	requeued atomic.Int32
 }
 
 func (s *simulation) reconcile(name string) {
 	s.t.Helper()
 	res, err := s.r.Reconcile(context.Background(), ctrl.Request{NamespacedName: types.NamespacedName{Namespace: "tenant", Name: name}})
 	if err != nil {
-		s.t.Fatalf("reconciling %s: %v", name, err)
+		s.t.Errorf("reconciling %s: %v", name, err)
 	}
-	if res.RequeueAfter <= 0 {
-		s.t.Fatalf("%s is never looked at again", name)
+	if res.RequeueAfter > 0 {
+		s.requeued.Add(1)
 	}
-	s.due[name] = s.clk.Now().Add(res.RequeueAfter)
 }
 
-// runUntil reconciles every key that comes due, earliest first, until end.
-func (s *simulation) runUntil(end time.Time) {
-	for {
-		var next string
-		for name, at := range s.due {
-			if next == "" || at.Before(s.due[next]) {
-				next = name
-			}
+// start starts the walk of s.r's checks.
+func (s *simulation) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stop, s.done = cancel, make(chan struct{})
+	go func() {
+		defer close(s.done)
+		checks := s.r.secretChecks()
+		for _, name := range s.names {
+			checks.visit(newKey("tenant", name, authv1alpha1.ApiKeySpec{}))
 		}
-		if !s.due[next].Before(end) {
-			s.clk.SetTime(end)
-			return
-		}
-		s.clk.SetTime(s.due[next])
-		s.reconcile(next)
+		checks.walk(ctx, func(key types.NamespacedName) { s.reconcile(key.Name) })
+	}()
+	s.waitForWalk()
+}
+
+// waitForWalk returns once the walk sleeps on the clock.
+func (s *simulation) waitForWalk() {
+	for !s.clk.HasWaiters() {
+		time.Sleep(50 * time.Microsecond)
 	}
+}
+
+// runUntil steps the clock to end in steps of tick, each once the walk
+// sleeps, and stops the walk there.
+func (s *simulation) runUntil(end time.Time, tick time.Duration) {
+	for s.clk.Now().Before(end) {
+		s.waitForWalk()
+		s.clk.Step(min(tick, end.Sub(s.clk.Now())))
+	}
+	s.waitForWalk()
+	s.stop()
+	<-s.done
 }
 
 // maxInWindow is the most of the sorted times that fall in any window of
@@ -129,78 +171,96 @@ func maxInWindow(at []time.Time, window time.Duration) int {
 	return most
 }
 
-// TestSecretChecksStayWithinTheBudget mints many more keys than the budget
-// can check in one interval, lets the controller run on its own for several
-// cycles, then restarts it, which reconciles every key at once: the Secret
-// GETs of those passes never exceed the budget, and reach every key in turn.
+// TestSecretChecksStayWithinTheBudget mints keys, lets the walk check them
+// for several rounds, then restarts the controller, which reconciles every
+// key at once, and walks again. The Secret GETs of passes no change caused
+// never exceed the budget; the walk keeps to it, reaches every key in
+// each round, and checks no key more often than the check interval; no
+// pass leaves a key waiting in the queue.
 func TestSecretChecksStayWithinTheBudget(t *testing.T) {
-	const (
-		n         = 100
-		perSecond = 2.0
-		interval  = 20 * time.Second
-	)
+	const perSecond = 2.0
 	burst := int(math.Ceil(perSecond))
-	cycle := time.Duration(float64(n) / perSecond * float64(time.Second))
-	clk := clocktesting.NewFakeClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
-	c, gets := fakeAPI(t, clk, n)
-	reconciler := func() *ApiKeyReconciler {
-		return &ApiKeyReconciler{Client: c, APIReader: c, Recorder: &events.FakeRecorder{}, Clock: clk, Random: rand.Reader,
-			SecretCheckInterval: interval, SecretChecksPerSecond: perSecond}
-	}
-	sim := &simulation{t: t, clk: clk, r: reconciler(), due: map[string]time.Time{}}
-
-	// All keys are created at once: each is minted at once.
-	for i := range n {
-		sim.reconcile(fmt.Sprintf("k%05d", i))
-	}
-	if len(gets.at) != n {
-		t.Fatalf("minting %d keys read %d Secrets, want one each", n, len(gets.at))
-	}
-	gets.at, gets.of = nil, map[string]int{}
-
-	start := clk.Now()
-	sim.runUntil(start.Add(5 * cycle))
-	running := gets.at
-	checked := gets.of
-	// A restart: a new reconciler, with a full budget, and every key
-	// reconciled at once.
-	gets.at, gets.of = nil, map[string]int{}
-	restart := clk.Now()
-	sim.r = reconciler()
-	for name := range sim.due {
-		sim.due[name] = restart
-	}
-	sim.runUntil(restart.Add(interval + cycle))
-
-	for _, run := range []struct {
-		name string
-		at   []time.Time
-		of   map[string]int
-		span time.Duration
+	for _, tt := range []struct {
+		name     string
+		n        int
+		interval time.Duration
 	}{
-		{"running", running, checked, 5 * cycle},
-		{"after a restart", gets.at, gets.of, interval + cycle},
+		// More keys than the interval lets the budget check: rounds last
+		// n/perSecond.
+		{"many keys", 100, 20 * time.Second},
+		// Fewer: rounds last the interval.
+		{"few keys", 3, 20 * time.Second},
 	} {
-		if most, bound := maxInWindow(run.at, time.Second), burst+int(perSecond); most > bound {
-			t.Errorf("%s: %d Secret GETs in one second, over the budget's %d", run.name, most, bound)
-		}
-		if bound := int(perSecond*run.span.Seconds()) + burst; len(run.at) > bound {
-			t.Errorf("%s: %d Secret GETs in %v, over the budget's %d", run.name, len(run.at), run.span, bound)
-		}
-		if run.name == "running" && float64(len(run.at)) < 0.8*perSecond*run.span.Seconds() {
-			t.Errorf("%s: %d Secret GETs in %v: the checks fall behind the budget", run.name, len(run.at), run.span)
-		}
-		missed := 0
-		for i := range n {
-			if run.of[fmt.Sprintf("k%05d", i)] == 0 {
-				missed++
+		t.Run(tt.name, func(t *testing.T) {
+			round := max(tt.interval, time.Duration(float64(tt.n)/perSecond*float64(time.Second)))
+			clk := clocktesting.NewFakeClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
+			c, gets := fakeAPI(t, clk, tt.n)
+			reconciler := func() *ApiKeyReconciler {
+				return &ApiKeyReconciler{Client: c, APIReader: c, Recorder: &events.FakeRecorder{}, Clock: clk, Random: rand.Reader,
+					SecretCheckInterval: tt.interval, SecretChecksPerSecond: perSecond}
 			}
-		}
-		if missed > 0 {
-			t.Errorf("%s: %d of %d keys were never checked in %v", run.name, missed, n, run.span)
-		}
-		t.Logf("%s: %d keys, %v checks/s: %d Secret GETs in %v (%.2f/s), at most %d in a second",
-			run.name, n, perSecond, len(run.at), run.span, float64(len(run.at))/run.span.Seconds(), maxInWindow(run.at, time.Second))
+			sim := &simulation{t: t, clk: clk, r: reconciler()}
+			for i := range tt.n {
+				sim.names = append(sim.names, fmt.Sprintf("k%05d", i))
+			}
+
+			// All keys are created at once: each is minted at once.
+			for i := range tt.n {
+				sim.reconcile(fmt.Sprintf("k%05d", i))
+			}
+			if got := gets.count(); got != tt.n {
+				t.Fatalf("minting %d keys read %d Secrets, want one each", tt.n, got)
+			}
+			gets.reset()
+
+			sim.start()
+			sim.runUntil(clk.Now().Add(5*round), time.Second/8)
+			running, checked := gets.reset()
+			// A restart: a new reconciler with a full budget, every key
+			// reconciled at once, then the walk.
+			sim.r = reconciler()
+			for i := range tt.n {
+				sim.reconcile(fmt.Sprintf("k%05d", i))
+			}
+			resync, _ := gets.reset()
+			if len(resync) > burst {
+				t.Errorf("a restart's pass over %d keys read %d Secrets, over the budget's burst of %d", tt.n, len(resync), burst)
+			}
+			sim.start()
+			sim.runUntil(clk.Now().Add(2*round), time.Second/8)
+			after, checkedAfter := gets.reset()
+
+			for _, run := range []struct {
+				name   string
+				at     []time.Time
+				of     map[string]int
+				rounds int
+			}{
+				{"running", running, checked, 5},
+				{"after a restart", after, checkedAfter, 2},
+			} {
+				span := time.Duration(run.rounds) * round
+				if most, bound := maxInWindow(run.at, time.Second), burst+int(perSecond); most > bound {
+					t.Errorf("%s: %d Secret GETs in one second, over the budget's %d", run.name, most, bound)
+				}
+				if bound := int(perSecond*span.Seconds()) + burst; len(run.at) > bound {
+					t.Errorf("%s: %d Secret GETs in %v, over the budget's %d", run.name, len(run.at), span, bound)
+				}
+				for i := range tt.n {
+					switch got := run.of[fmt.Sprintf("k%05d", i)]; {
+					case got < run.rounds-1:
+						t.Errorf("%s: k%05d checked %d times in %d rounds", run.name, i, got, run.rounds)
+					case got > run.rounds:
+						t.Errorf("%s: k%05d checked %d times in %d rounds of %v: more often than the interval", run.name, i, got, run.rounds, round)
+					}
+				}
+				t.Logf("%s: %d keys, %v checks/s, interval %v: %d Secret GETs in %v (%.2f/s), at most %d in a second",
+					run.name, tt.n, perSecond, tt.interval, len(run.at), span, float64(len(run.at))/span.Seconds(), maxInWindow(run.at, time.Second))
+			}
+			if n := sim.requeued.Load(); n > 0 {
+				t.Errorf("%d passes asked to be looked at again: keys with nothing due wait in the queue", n)
+			}
+		})
 	}
 }
 
@@ -214,11 +274,11 @@ func TestAChangeIsCheckedAtOnce(t *testing.T) {
 	r := &ApiKeyReconciler{Client: c, APIReader: c, Recorder: &events.FakeRecorder{}, Clock: clk, Random: rand.Reader,
 		SecretChecksPerSecond: 1}
 	pass := func(name string) int {
-		before := len(gets.at)
+		before := gets.count()
 		if _, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: "tenant", Name: name}}); err != nil {
 			t.Fatal(err)
 		}
-		return len(gets.at) - before
+		return gets.count() - before
 	}
 	if got := pass("k00000"); got != 1 {
 		t.Fatalf("a new key read %d Secrets, want 1", got)
@@ -230,6 +290,14 @@ func TestAChangeIsCheckedAtOnce(t *testing.T) {
 	}
 	if got := pass("k00000"); got != 0 {
 		t.Errorf("a requeue with the budget spent read %d Secrets, want none", got)
+	}
+	// The walk took its token when it released the key.
+	r.secretChecks().release(types.NamespacedName{Namespace: "tenant", Name: "k00000"})
+	if got := pass("k00000"); got != 1 {
+		t.Errorf("a pass the walk released read %d Secrets, want 1", got)
+	}
+	if got := pass("k00000"); got != 0 {
+		t.Errorf("the pass after it read %d Secrets, want none: one release is one read", got)
 	}
 	key := &authv1alpha1.ApiKey{}
 	if err := c.Get(ctx, types.NamespacedName{Namespace: "tenant", Name: "k00000"}, key); err != nil {
@@ -249,36 +317,44 @@ func TestAChangeIsCheckedAtOnce(t *testing.T) {
 	}
 }
 
-func TestSecretCheckSlots(t *testing.T) {
-	tests := []struct {
+func TestRequeueAfter(t *testing.T) {
+	for _, tt := range []struct {
 		name string
-		// passes, made at the same instant, in turn
-		passes []lookAgain
-		want   []time.Duration
+		next lookAgain
+		want time.Duration
 	}{
-		{"a revoked key is never looked at again on a schedule",
-			[]lookAgain{{}}, []time.Duration{0}},
-		{"keys checked at once take slots a second apart at 1 check a second",
-			[]lookAgain{{scheduled: true, checkAfter: time.Minute}, {scheduled: true, checkAfter: time.Minute}, {scheduled: true, checkAfter: time.Minute}},
-			[]time.Duration{time.Minute, time.Minute + time.Second, time.Minute + 2*time.Second}},
-		{"a deferred pass takes the first free slot, after those taken",
-			[]lookAgain{{scheduled: true, checkAfter: time.Minute}, {scheduled: true}},
-			[]time.Duration{time.Minute, time.Minute + time.Second}},
-		{"a key that expires before its check is looked at at its expiry, and takes no slot",
-			[]lookAgain{{scheduled: true, checkAfter: time.Minute, dueIn: 10 * time.Second}, {scheduled: true, checkAfter: time.Minute}},
-			[]time.Duration{10 * time.Second, time.Minute}},
-		{"a key whose slot comes after its expiry is looked at at its expiry",
-			[]lookAgain{{scheduled: true, checkAfter: time.Minute}, {scheduled: true, checkAfter: time.Minute, dueIn: time.Minute + time.Second/2}},
-			[]time.Duration{time.Minute, time.Minute + time.Second/2}},
+		{"a key with nothing due is left to the walk and to changes", lookAgain{}, 0},
+		{"a key is looked at when its status changes by the clock", lookAgain{dueIn: time.Hour}, time.Hour},
+		{"a delivery is retried", lookAgain{retryIn: 30 * time.Second}, 30 * time.Second},
+		{"the sooner of the two", lookAgain{retryIn: 30 * time.Second, dueIn: 10 * time.Second}, 10 * time.Second},
+		{"the sooner of the two, the other way", lookAgain{retryIn: 30 * time.Second, dueIn: time.Hour}, 30 * time.Second},
+	} {
+		if got := requeueAfter(tt.next); got != tt.want {
+			t.Errorf("%s: looked at again after %v, want %v", tt.name, got, tt.want)
+		}
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c := newSecretChecks(clocktesting.NewFakeClock(statusNow), time.Minute, 1)
-			for i, next := range tt.passes {
-				if got := c.requeueAfter(next); got != tt.want[i] {
-					t.Errorf("pass %d looked at again after %v, want %v", i, got, tt.want[i])
-				}
-			}
-		})
+}
+
+// TestTheWalkVisitsKeysInUse: revoked keys, keys being deleted and deleted
+// keys are not walked to.
+func TestTheWalkVisitsKeysInUse(t *testing.T) {
+	c := newSecretChecks(clocktesting.NewFakeClock(statusNow), time.Minute, 1)
+	inUse := newKey("tenant", "in-use", authv1alpha1.ApiKeySpec{})
+	revoked := newKey("tenant", "revoked", authv1alpha1.ApiKeySpec{})
+	deleting := newKey("tenant", "deleting", authv1alpha1.ApiKeySpec{})
+	deleted := newKey("tenant", "deleted", authv1alpha1.ApiKeySpec{})
+	for _, k := range []*authv1alpha1.ApiKey{inUse, revoked, deleting, deleted} {
+		c.visit(k)
+	}
+	revoked = revoked.DeepCopy()
+	revoked.Spec.Revoked = true
+	c.visit(revoked)
+	deleting = deleting.DeepCopy()
+	deleting.DeletionTimestamp = &metav1.Time{Time: statusNow}
+	c.visit(deleting)
+	c.leave(deleted)
+	want := []types.NamespacedName{{Namespace: "tenant", Name: "in-use"}}
+	if got := c.round(); !slices.Equal(got, want) {
+		t.Errorf("the walk visits %v, want %v", got, want)
 	}
 }
