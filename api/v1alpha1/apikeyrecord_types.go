@@ -176,7 +176,13 @@ func (r *ApiKeyRecord) Minted() time.Time {
 // SupersededAt says whether a rotation requested at requested replaces the
 // record's key: the request is later than the instant it was minted.
 func (r *ApiKeyRecord) SupersededAt(requested time.Time) bool {
-	return requested.After(r.Minted())
+	return Superseded(r.Minted(), requested)
+}
+
+// Superseded is SupersededAt for a key minted at minted: the one rule, for
+// readers that keep the instant rather than the record.
+func Superseded(minted, requested time.Time) bool {
+	return requested.After(minted)
 }
 
 // ApiKeyRecordList is a list of ApiKeyRecords.

@@ -30,7 +30,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
-	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/informers"
@@ -388,70 +387,66 @@ func (r *ApiKeyReconciler) secretChecks() *secretChecks {
 // trigger a pass, so the controller's own status writes and label edits by
 // others never make it loop.
 func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager, maxConcurrent int) error {
-	if err := IndexRecords(context.Background(), mgr.GetFieldIndexer()); err != nil {
-		return err
-	}
 	if r.Records == nil {
-		records, err := WatchRecordsByKey(context.Background(), mgr.GetCache())
-		if err != nil {
-			return err
-		}
-		r.Records = records
-	}
-	// The records this process created are forgotten once the cache shows
-	// them, not only when their key's next pass looks (hours away for most).
-	records, err := mgr.GetCache().GetInformer(context.Background(), &authv1alpha1.ApiKeyRecord{}, cache.BlockUntilSynced(false))
-	if err != nil {
-		return err
-	}
-	seen := func(rec *authv1alpha1.ApiKeyRecord) { r.created.forget(types.UID(rec.Spec.KeyUID), rec.Name) }
-	if _, err := records.AddEventHandler(informers.Handle(seen, seen)); err != nil {
-		return err
-	}
-	walk, err := r.secretCheckWalk(mgr.GetCache())
-	if err != nil {
-		return err
+		r.Records = &RecordsByKey{}
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&authv1alpha1.ApiKey{}, builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{},
 			deletionPredicate(),
 		))).
-		WatchesRawSource(walk).
+		WatchesRawSource(&onLeader{start: func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) ([]toolscache.InformerSynced, error) {
+			return r.startOnLeader(ctx, mgr.GetCache(), q)
+		}}).
 		WithOptions(controller.Options{MaxConcurrentReconciles: maxConcurrent}).
 		Named("apikey").
 		Complete(r)
 }
 
-// secretCheckWalk is the source that brings keys to their periodic Secret
-// checks (secretChecks.walk), over the keys the cache's informer shows.
-// It runs with the controller, so only on the leader, from once the cache
-// has synced; its passes come after those changes cause.
-func (r *ApiKeyReconciler) secretCheckWalk(c cache.Cache) (source.Source, error) {
-	informer, err := c.GetInformer(context.Background(), &authv1alpha1.ApiKey{}, cache.BlockUntilSynced(false))
+// startOnLeader feeds the controller's indexes beside the cache (records by
+// key, the records this process created, the keys the walk visits) and
+// starts the walk that brings keys to their periodic Secret checks
+// (secretChecks.walk), from once the cache has synced; its passes come
+// after those changes cause.
+func (r *ApiKeyReconciler) startOnLeader(ctx context.Context, c cache.Cache, q workqueue.TypedRateLimitingInterface[reconcile.Request]) ([]toolscache.InformerSynced, error) {
+	recordsSynced, err := r.Records.watch(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	// The records this process created are forgotten once the cache shows
+	// them, not only when their key's next pass looks (hours away for most).
+	records, err := c.GetInformer(ctx, &authv1alpha1.ApiKeyRecord{}, cache.BlockUntilSynced(false))
+	if err != nil {
+		return nil, err
+	}
+	seen := func(rec *authv1alpha1.ApiKeyRecord) { r.created.forget(types.UID(rec.Spec.KeyUID), rec.Name) }
+	created, err := records.AddEventHandler(informers.Handle(seen, seen))
+	if err != nil {
+		return nil, err
+	}
+	keys, err := c.GetInformer(ctx, &authv1alpha1.ApiKey{}, cache.BlockUntilSynced(false))
 	if err != nil {
 		return nil, err
 	}
 	checks := r.secretChecks()
-	if _, err := informer.AddEventHandler(informers.Handle(checks.visit, checks.leave)); err != nil {
+	visited, err := keys.AddEventHandler(informers.Handle(checks.visit, checks.leave))
+	if err != nil {
 		return nil, err
 	}
-	return source.Func(func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
-		reconcileKey := func(key types.NamespacedName) {
-			req := reconcile.Request{NamespacedName: key}
-			if pq, ok := q.(priorityqueue.PriorityQueue[reconcile.Request]); ok {
-				pq.AddWithOpts(priorityqueue.AddOpts{Priority: new(handler.LowPriority)}, req)
-				return
-			}
-			q.Add(req)
+	reconcileKey := func(key types.NamespacedName) {
+		req := reconcile.Request{NamespacedName: key}
+		if pq, ok := q.(priorityqueue.PriorityQueue[reconcile.Request]); ok {
+			pq.AddWithOpts(priorityqueue.AddOpts{Priority: new(handler.LowPriority)}, req)
+			return
 		}
-		go func() {
-			if toolscache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
-				checks.walk(ctx, reconcileKey)
-			}
-		}()
-		return nil
-	}), nil
+		q.Add(req)
+	}
+	go func() {
+		if toolscache.WaitForCacheSync(ctx.Done(), visited.HasSynced) {
+			checks.walk(ctx, reconcileKey)
+		}
+	}()
+	return []toolscache.InformerSynced{recordsSynced, created.HasSynced, visited.HasSynced}, nil
 }
 
 // deletionPredicate passes updates that start an object's deletion.

@@ -9,6 +9,8 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -152,14 +154,17 @@ func (r *ApiKeyRecordReconciler) keyExists(ctx context.Context, record *authv1al
 // SetupWithManager registers the controller.
 func (r *ApiKeyRecordReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Records == nil {
-		records, err := WatchRecordsByKey(context.Background(), mgr.GetCache())
-		if err != nil {
-			return err
-		}
-		r.Records = records
+		r.Records = &RecordsByKey{}
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&authv1alpha1.ApiKeyRecord{}).
+		WatchesRawSource(&onLeader{start: func(ctx context.Context, _ workqueue.TypedRateLimitingInterface[reconcile.Request]) ([]toolscache.InformerSynced, error) {
+			if err := IndexRecords(ctx, mgr.GetFieldIndexer()); err != nil {
+				return nil, err
+			}
+			synced, err := r.Records.watch(ctx, mgr.GetCache())
+			return []toolscache.InformerSynced{synced}, err
+		}}).
 		// A deleted ApiKey's record must be looked at again once the key is gone.
 		// Records are named by hash: they are found by the key's UID.
 		Watches(&authv1alpha1.ApiKey{}, handler.EnqueueRequestsFromMapFunc(

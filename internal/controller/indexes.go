@@ -2,11 +2,16 @@ package controller
 
 import (
 	"context"
+	"fmt"
+	"sync"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/informers"
@@ -32,23 +37,54 @@ func IndexRecords(ctx context.Context, indexer client.FieldIndexer) error {
 // RecordsByKey finds the cache's records by their ApiKey's UID. A cache
 // field index keeps a set and a string per distinct value, so one per
 // record here (≈ 300 bytes each); this keeps one map entry whose strings
-// are the cached record's own.
+// are the cached record's own. The zero value is empty; the first
+// controller to start on the leader feeds it (watch).
 type RecordsByKey struct {
-	names informers.Names[string]
+	names  informers.Names[string]
+	once   sync.Once
+	synced func() bool
+	err    error
 }
 
-// WatchRecordsByKey returns the index, fed by the cache's record informer.
-func WatchRecordsByKey(ctx context.Context, c cache.Informers) (*RecordsByKey, error) {
-	inf, err := c.GetInformer(ctx, &authv1alpha1.ApiKeyRecord{}, cache.BlockUntilSynced(false))
-	if err != nil {
-		return nil, err
+// watch feeds x from the cache's record informer, once for every
+// controller that shares x, and returns when x holds what the informer
+// held.
+func (x *RecordsByKey) watch(ctx context.Context, c cache.Informers) (synced func() bool, err error) {
+	x.once.Do(func() {
+		var inf cache.Informer
+		if inf, x.err = c.GetInformer(ctx, &authv1alpha1.ApiKeyRecord{}, cache.BlockUntilSynced(false)); x.err != nil {
+			return
+		}
+		// An update adds nothing new: spec.keyUID is immutable.
+		reg, err := inf.AddEventHandler(informers.Handle(
+			func(r *authv1alpha1.ApiKeyRecord) { x.names.Add(r.Spec.KeyUID, r.Name) },
+			func(r *authv1alpha1.ApiKeyRecord) { x.names.Remove(r.Spec.KeyUID, r.Name) }))
+		x.synced, x.err = func() bool { return reg != nil && reg.HasSynced() }, err
+	})
+	return x.synced, x.err
+}
+
+// onLeader is a source that adds a controller's handlers and indexes to
+// the cache's informers when the controller starts, so only on the leader:
+// a replica that only serves caches no ApiKey or record (the key index
+// has a watch of its own). The controller's workers wait until every
+// handler has seen what its informer held.
+type onLeader struct {
+	start  func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) ([]toolscache.InformerSynced, error)
+	synced []toolscache.InformerSynced
+}
+
+func (s *onLeader) Start(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
+	var err error
+	s.synced, err = s.start(ctx, q)
+	return err
+}
+
+func (s *onLeader) WaitForSync(ctx context.Context) error {
+	if !toolscache.WaitForCacheSync(ctx.Done(), s.synced...) {
+		return fmt.Errorf("waiting for the leader's handlers to sync: %w", ctx.Err())
 	}
-	x := &RecordsByKey{}
-	// An update adds nothing new: spec.keyUID is immutable.
-	_, err = inf.AddEventHandler(informers.Handle(
-		func(r *authv1alpha1.ApiKeyRecord) { x.names.Add(r.Spec.KeyUID, r.Name) },
-		func(r *authv1alpha1.ApiKeyRecord) { x.names.Remove(r.Spec.KeyUID, r.Name) }))
-	return x, err
+	return nil
 }
 
 // recordsOfKey returns the records of the ApiKey with uid: read by name

@@ -25,7 +25,6 @@ import (
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 	"sigs.k8s.io/yaml"
@@ -85,21 +84,18 @@ func startReplica(t *testing.T, ns, name, dir string, peers Peers, bind string) 
 func startReplicaWith(t *testing.T, ns, name, dir string, peers Peers, bind string, tune func(*Replica)) *Replica {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	c, err := cache.New(env.Config, cache.Options{Scheme: env.Scheme})
+	c, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
 	if err != nil {
 		t.Fatal(err)
 	}
 	v := verifier.New(clock.RealClock{}, 0)
-	if err := v.Watch(ctx, c); err != nil {
-		t.Fatal(err)
-	}
+	v.Watch(ctx, c)
 	r := &Replica{
 		Name: name, Namespace: ns, Client: env.Client, Reader: env.Client, Verifier: v, Peers: peers,
 		Lease: testLease, FenceTimeout: testFenceTimeout, BindAddress: bind, CertDir: dir, Clock: clock.RealClock{},
 	}
 	tune(r)
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = c.Start(ctx) })
 	wg.Go(func() { _ = r.Start(ctx) })
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	return r

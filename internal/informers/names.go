@@ -45,3 +45,17 @@ func (n *Names[K]) Of(k K) []string {
 	defer n.mu.RUnlock()
 	return slices.Clone(n.m[k])
 }
+
+// Replace files exactly what fill files, in place of everything filed
+// before, at once: readers see the old names or the new, never a mix.
+func (n *Names[K]) Replace(fill func(file func(K, string))) {
+	m := map[K][]string{}
+	fill(func(k K, name string) {
+		if !slices.Contains(m[k], name) {
+			m[k] = append(m[k], name)
+		}
+	})
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.m = m
+}

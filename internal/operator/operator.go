@@ -4,7 +4,6 @@
 package operator
 
 import (
-	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"errors"
@@ -14,7 +13,6 @@ import (
 	"net/netip"
 	"strings"
 	"time"
-	"unique"
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
@@ -31,6 +29,7 @@ import (
 	"github.com/latchkey-dev/latchkey/internal/endpoints"
 	"github.com/latchkey-dev/latchkey/internal/extauthz"
 	"github.com/latchkey-dev/latchkey/internal/fencing"
+	"github.com/latchkey-dev/latchkey/internal/informers"
 	"github.com/latchkey-dev/latchkey/internal/metrics"
 	"github.com/latchkey-dev/latchkey/internal/serving"
 	"github.com/latchkey-dev/latchkey/internal/usage/activity"
@@ -209,8 +208,14 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 	if fence == nil {
 		fence = v
 	}
-	if err := v.Watch(context.Background(), mgr.GetCache()); err != nil {
+	watchClient, err := client.NewWithWatch(mgr.GetConfig(), client.Options{
+		Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper(), HTTPClient: mgr.GetHTTPClient(),
+	})
+	if err != nil {
 		return nil, fmt.Errorf("watching keys: %w", err)
+	}
+	if err := mgr.Add(verifier.Watching{Verifier: v, Client: watchClient}); err != nil {
+		return nil, err
 	}
 	if replica != nil {
 		replica.Verifier = v
@@ -258,7 +263,7 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 	}
 
 	if o.Webhooks {
-		if err := (&webhookv1alpha1.ApiKeyValidator{Clock: o.Clock, Fence: fence}).SetupWebhookWithManager(mgr); err != nil {
+		if err := (&webhookv1alpha1.ApiKeyValidator{Clock: o.Clock, Fence: fence, Keys: v}).SetupWebhookWithManager(mgr); err != nil {
 			return nil, fmt.Errorf("apikey webhook: %w", err)
 		}
 	}
@@ -355,11 +360,11 @@ func compactKey(obj any) (any, error) {
 		return obj, nil
 	}
 	compactMeta(&k.TypeMeta, &k.ObjectMeta)
-	k.Spec.Format = intern(k.Spec.Format)
-	k.Status.Phase = intern(k.Status.Phase)
+	k.Spec.Format = informers.Intern(k.Spec.Format)
+	k.Status.Phase = informers.Intern(k.Status.Phase)
 	for i := range k.Status.Conditions {
 		c := &k.Status.Conditions[i]
-		c.Type, c.Status, c.Reason, c.Message = intern(c.Type), intern(c.Status), intern(c.Reason), intern(c.Message)
+		c.Type, c.Status, c.Reason, c.Message = informers.Intern(c.Type), informers.Intern(c.Status), informers.Intern(c.Reason), informers.Intern(c.Message)
 	}
 	return k, nil
 }
@@ -374,28 +379,19 @@ func compactRecord(obj any) (any, error) {
 	if r.Spec.Hash == r.Name {
 		r.Spec.Hash = r.Name // the same text: one copy of its bytes
 	}
-	r.Spec.Tenant = intern(r.Spec.Tenant)
-	r.Spec.Format = intern(r.Spec.Format)
-	r.Spec.RevocationReason = intern(r.Spec.RevocationReason)
+	r.Spec.Tenant = informers.Intern(r.Spec.Tenant)
+	r.Spec.Format = informers.Intern(r.Spec.Format)
+	r.Spec.RevocationReason = informers.Intern(r.Spec.RevocationReason)
 	return r, nil
 }
 
 func compactMeta(t *metav1.TypeMeta, m *metav1.ObjectMeta) {
-	t.APIVersion, t.Kind = intern(t.APIVersion), intern(t.Kind)
+	t.APIVersion, t.Kind = informers.Intern(t.APIVersion), informers.Intern(t.Kind)
 	m.ManagedFields, m.Annotations, m.Labels = nil, nil, nil
-	m.Namespace = intern(m.Namespace)
+	m.Namespace = informers.Intern(m.Namespace)
 	for i := range m.Finalizers {
-		m.Finalizers[i] = intern(m.Finalizers[i])
+		m.Finalizers[i] = informers.Intern(m.Finalizers[i])
 	}
-}
-
-// intern is s held once however many objects repeat it; unique lets go of
-// a text no object holds any more.
-func intern[S ~string](s S) S {
-	if s == "" {
-		return s
-	}
-	return unique.Make(s).Value()
 }
 
 // ClientOptions never cache Secrets: a Secret cache would list and watch

@@ -60,7 +60,7 @@ const catchUpPage = 1000
 // showing the change.
 func (v *Verifier) CatchUp(ctx context.Context, reader client.Reader) error {
 	v.mu.RLock()
-	before := make(map[types.UID]*authv1alpha1.ApiKey, len(v.keys))
+	before := make(map[types.UID]*key, len(v.keys))
 	for uid, k := range v.keys {
 		before[uid] = k
 	}
@@ -86,16 +86,16 @@ func (v *Verifier) CatchUp(ctx context.Context, reader client.Reader) error {
 				}
 				continue
 			}
-			stop := Stop{Revoked: !m.DeletionTimestamp.IsZero() && indexed.DeletionTimestamp.IsZero()}
-			if m.Generation > indexed.Generation {
-				changed, err := v.changedSince(ctx, reader, indexed)
+			stop := Stop{Revoked: !m.DeletionTimestamp.IsZero() && !indexed.deleting}
+			if m.Generation > indexed.generation {
+				changed, err := v.changedSince(ctx, reader, indexed.apiKey())
 				if err != nil {
 					return err
 				}
 				stop = stop.merge(changed)
 			}
 			if !stop.IsZero() {
-				if err := v.fences.add(indexed, stop); err != nil {
+				if err := v.fences.add(indexed.apiKey(), stop); err != nil {
 					return err
 				}
 			}
@@ -106,7 +106,7 @@ func (v *Verifier) CatchUp(ctx context.Context, reader client.Reader) error {
 	}
 	for uid, k := range before {
 		if !listed[uid] {
-			if err := v.fences.add(k, Stop{Revoked: true}); err != nil {
+			if err := v.fences.add(k.apiKey(), Stop{Revoked: true}); err != nil {
 				return err
 			}
 		}

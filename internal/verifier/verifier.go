@@ -13,10 +13,11 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
@@ -86,20 +87,52 @@ type Verifier struct {
 	// fences has its own lock: fencing never takes the index's.
 	fences *fenceTable
 
-	// The index holds the watch's own objects, which nobody changes (an
-	// informer's objects are shared and read-only), rather than copies of
-	// their fields: one pointer per key and per record instead of a second
-	// copy of each, so that the index costs little beside the cache that
-	// holds them anyway.
-	mu     sync.RWMutex
-	byHash map[[32]byte]*authv1alpha1.ApiKeyRecord
-	keys   map[types.UID]*authv1alpha1.ApiKey
-	// scopeLists holds the joined scopes of the keys that have any, built
-	// once per change rather than per request.
-	scopeLists map[types.UID]string
-	synced     func() bool
+	// The index keeps of each record and ApiKey only the fields a verdict
+	// and an Identity read, copied out of the watch's objects (which it
+	// never holds): a few strings and instants per key rather than two
+	// typed objects, their metadata and a store's keys and indexes. Its
+	// entries are never changed once indexed, only replaced, so an
+	// Identity may point into them.
+	mu      sync.RWMutex
+	byHash  map[[32]byte]*record
+	keys    map[types.UID]*key
+	streams []interface{ Synced() bool }
+	// keySinks are fed the ApiKeys the watch brings, after the index.
+	keySinks []informers.Sink[*authv1alpha1.ApiKey]
 	// gate, when set, must allow every answer.
 	gate Gate
+}
+
+// record is what the index keeps of a delivered ApiKeyRecord.
+type record struct {
+	name, keyUID, tenant, keyName, hint string
+	format                              authv1alpha1.KeyFormat
+	created                             time.Time
+	// expiresAt is the zero time when the record has no expiry.
+	expiresAt time.Time
+	// minted (ApiKeyRecord.Minted) and validUntil (0: none) in Unix
+	// nanoseconds: only compared.
+	minted, validUntil int64
+	revoked, rotated   bool
+}
+
+// key is what the index keeps of an ApiKey.
+type key struct {
+	uid             types.UID
+	namespace, name string
+	generation      int64
+	revoked         bool
+	deleting        bool
+	suspended       bool
+	grace           time.Duration
+	// rotationRequested is spec.rotation.requestedAt (the zero time: none).
+	rotationRequested time.Time
+	// expiresAt is the zero time when the key has no expiry.
+	expiresAt time.Time
+	scopes    []string
+	// scopeList is scopes joined, as the X-Latchkey-Scopes header
+	// carries them: built once per change rather than per request.
+	scopeList string
 }
 
 // New returns an empty verifier.
@@ -112,14 +145,12 @@ func New(clk clock.PassiveClock, fenceTTL time.Duration, opts ...Option) *Verifi
 		opt(&o)
 	}
 	return &Verifier{
-		gate:       o.gate,
-		log:        ctrllog.Log.WithName("verifier"),
-		clock:      clk,
-		fences:     newFenceTable(clk, fenceTTL, o.confirmAfter, o.maxFences),
-		byHash:     map[[32]byte]*authv1alpha1.ApiKeyRecord{},
-		keys:       map[types.UID]*authv1alpha1.ApiKey{},
-		scopeLists: map[types.UID]string{},
-		synced:     func() bool { return false },
+		gate:   o.gate,
+		log:    ctrllog.Log.WithName("verifier"),
+		clock:  clk,
+		fences: newFenceTable(clk, fenceTTL, o.confirmAfter, o.maxFences),
+		byHash: map[[32]byte]*record{},
+		keys:   map[types.UID]*key{},
 	}
 }
 
@@ -154,54 +185,60 @@ func (v *Verifier) Resolve(raw string) (id Identity, tenant string, err error) {
 	if !ok {
 		return Identity{}, "", ErrUnknown
 	}
-	keyUID := types.UID(rec.Spec.KeyUID)
-	key, ok := v.keys[keyUID]
-	if !ok || key.Spec.Revoked || !key.DeletionTimestamp.IsZero() {
-		return Identity{}, rec.Spec.Tenant, ErrRevoked
+	keyUID := types.UID(rec.keyUID)
+	k, ok := v.keys[keyUID]
+	if !ok || k.revoked || k.deleting {
+		return Identity{}, rec.tenant, ErrRevoked
 	}
-	if rec.Spec.Revoked {
-		if rec.Spec.RevocationReason == authv1alpha1.RevocationRotated {
-			return Identity{}, rec.Spec.Tenant, ErrRotated
+	if rec.revoked {
+		if rec.rotated {
+			return Identity{}, rec.tenant, ErrRotated
 		}
-		return Identity{}, rec.Spec.Tenant, ErrRevoked
+		return Identity{}, rec.tenant, ErrRevoked
 	}
 	fenced := v.fences.holds(keyUID, now)
 	switch {
 	case fenced.Revoked:
-		return Identity{}, rec.Spec.Tenant, ErrRevoked
-	case key.Spec.Suspended || fenced.Suspended:
-		return Identity{}, rec.Spec.Tenant, ErrSuspended
-	case rec.Spec.ValidUntil != nil && !now.Before(rec.Spec.ValidUntil.Time),
-		key.GracePeriod() == 0 && key.Supersedes(rec),
-		!fenced.RotationRequested.IsZero() && rec.SupersededAt(fenced.RotationRequested):
-		return Identity{}, rec.Spec.Tenant, ErrRotated
+		return Identity{}, rec.tenant, ErrRevoked
+	case k.suspended || fenced.Suspended:
+		return Identity{}, rec.tenant, ErrSuspended
+	case rec.validUntil != 0 && now.UnixNano() >= rec.validUntil,
+		k.grace == 0 && rec.supersededAt(k.rotationRequested),
+		rec.supersededAt(fenced.RotationRequested):
+		return Identity{}, rec.tenant, ErrRotated
 	}
-	expiresAt := rec.Spec.ExpiresAt
-	if key.Spec.ExpiresAt != nil {
-		expiresAt = key.Spec.ExpiresAt
+	expiresAt := &rec.expiresAt
+	if !k.expiresAt.IsZero() {
+		expiresAt = &k.expiresAt
 	}
-	if expiresAt != nil && !now.Before(expiresAt.Time) {
-		return Identity{}, rec.Spec.Tenant, ErrExpired
+	if !expiresAt.IsZero() && !now.Before(*expiresAt) {
+		return Identity{}, rec.tenant, ErrExpired
 	}
 	id = Identity{
-		Tenant:    rec.Spec.Tenant,
-		KeyName:   rec.Spec.KeyName,
-		KeyUID:    keyUID,
-		Record:    rec.Name,
-		Hint:      rec.Spec.Hint,
-		Format:    rec.Spec.Format,
-		CreatedAt: rec.CreationTimestamp.Time,
-		Scopes:    key.Spec.Scopes,
-		ScopeList: v.scopeLists[keyUID],
+		Tenant:    rec.tenant,
+		KeyName:   rec.keyName,
+		KeyUID:    k.uid,
+		Record:    rec.name,
+		Hint:      rec.hint,
+		Format:    rec.format,
+		CreatedAt: rec.created,
+		Scopes:    k.scopes,
+		ScopeList: k.scopeList,
 	}
-	if expiresAt != nil {
-		id.ExpiresAt = &expiresAt.Time
+	if !expiresAt.IsZero() {
+		id.ExpiresAt = expiresAt
 	}
 	if len(fenced.Scopes) > 0 {
 		id.Scopes = slices.DeleteFunc(slices.Clone(id.Scopes), func(s string) bool { return slices.Contains(fenced.Scopes, s) })
 		id.ScopeList = strings.Join(id.Scopes, ",")
 	}
 	return id, id.Tenant, nil
+}
+
+// supersededAt says whether a rotation requested at requested (the zero
+// time: none) replaces the record's key (ApiKeyRecord.SupersededAt).
+func (r *record) supersededAt(requested time.Time) bool {
+	return !requested.IsZero() && authv1alpha1.Superseded(time.Unix(0, r.minted), requested)
 }
 
 // Fence stops what stop takes away from the key until fenceTTL passes,
@@ -225,15 +262,24 @@ func (v *Verifier) Fences() int { return v.fences.len() }
 
 // Synced reports whether the index holds everything the API server had
 // when it started watching.
-func (v *Verifier) Synced() bool { return v.synced() }
+func (v *Verifier) Synced() bool {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	for _, s := range v.streams {
+		if !s.Synced() {
+			return false
+		}
+	}
+	return len(v.streams) > 0
+}
 
-// SetRecord indexes a record; the watch calls it, as do tests. The index
-// keeps r itself: the caller never changes it afterwards. A pending record
-// is not indexed: its key has not been delivered. A hash belongs to the
-// first record indexed with it: the API server names records by hash, so a
-// second one is a fault, refused and logged — never a way for a key value,
-// revoked or of another tenant, to authenticate anew. A record's hash never
-// changes (the schema says so), so a record is found again by it.
+// SetRecord indexes a record; the watch calls it, as do tests. A pending
+// record is not indexed: its key has not been delivered. A hash belongs to
+// the first key whose record is indexed with it: the API server names
+// records by hash, so a record of another key with the same hash is a
+// fault, refused and logged — never a way for a key value, revoked or of
+// another tenant, to authenticate anew. A record's hash never changes (the
+// schema says so), so a record is found again by it.
 func (v *Verifier) SetRecord(r *authv1alpha1.ApiKeyRecord) {
 	if r.Spec.Pending {
 		return
@@ -242,18 +288,44 @@ func (v *Verifier) SetRecord(r *authv1alpha1.ApiKeyRecord) {
 	if !ok {
 		return // the API server's schema admits no other hash
 	}
+	e := &record{
+		name: r.Name, keyUID: r.Spec.KeyUID, tenant: informers.Intern(r.Spec.Tenant), keyName: r.Spec.KeyName,
+		hint: r.Spec.Hint, format: informers.Intern(r.Spec.Format), created: r.CreationTimestamp.Time,
+		minted: r.Minted().UnixNano(), revoked: r.Spec.Revoked,
+		rotated: r.Spec.Revoked && r.Spec.RevocationReason == authv1alpha1.RevocationRotated,
+	}
+	if r.Spec.Hash == r.Name {
+		e.name = r.Spec.Hash // the same text: one copy of its bytes
+	}
+	if t := r.Spec.ExpiresAt; t != nil {
+		e.expiresAt = t.Time
+	}
+	if t := r.Spec.ValidUntil; t != nil {
+		e.validUntil = t.UnixNano()
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if held, ok := v.byHash[hash]; ok && held.UID != r.UID {
+	if k, ok := v.keys[types.UID(e.keyUID)]; ok {
+		e.keyUID, e.keyName = string(k.uid), shared(e.keyName, k.name) // one copy of the key's texts
+	}
+	if held, ok := v.byHash[hash]; ok && held.keyUID != e.keyUID {
 		v.log.Error(nil, "Refused to index a second record of a key value already recorded",
 			"record", klog.KObj(r), "tenant", r.Spec.Tenant, "keyName", r.Spec.KeyName,
-			"heldByTenant", held.Spec.Tenant, "heldByKeyName", held.Spec.KeyName)
+			"heldByTenant", held.tenant, "heldByKeyName", held.keyName)
 		return
 	}
 	// A revoked record lifts no fence: a key's records are revoked one by
 	// one, and the others, in their grace period, must stay fenced until
 	// the ApiKey itself shows the revocation.
-	v.byHash[hash] = r
+	v.byHash[hash] = e
+}
+
+// shared is a, in b's bytes when they are the same text.
+func shared(a, b string) string {
+	if a == b {
+		return b
+	}
+	return a
 }
 
 // RemoveRecord drops a record from the index; a refused duplicate held
@@ -265,7 +337,7 @@ func (v *Verifier) RemoveRecord(r *authv1alpha1.ApiKeyRecord) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if held, ok := v.byHash[hash]; ok && held.UID == r.UID {
+	if held, ok := v.byHash[hash]; ok && held.keyUID == r.Spec.KeyUID {
 		delete(v.byHash, hash)
 	}
 }
@@ -277,21 +349,23 @@ func hashOf(r *authv1alpha1.ApiKeyRecord) (hash [32]byte, ok bool) {
 }
 
 // SetKey notes an ApiKey's revocation, deletion, suspension, rotation,
-// scopes and expiry. The index keeps k itself: the caller never changes it
-// afterwards.
+// scopes and expiry.
 func (v *Verifier) SetKey(k *authv1alpha1.ApiKey) {
-	var list string
+	e := &key{
+		uid: k.UID, namespace: informers.Intern(k.Namespace), name: k.Name, generation: k.Generation,
+		revoked: k.Spec.Revoked, deleting: !k.DeletionTimestamp.IsZero(), suspended: k.Spec.Suspended,
+		grace: k.GracePeriod(), rotationRequested: k.RotationRequested(),
+	}
+	if t := k.Spec.ExpiresAt; t != nil {
+		e.expiresAt = t.Time
+	}
 	if len(k.Spec.Scopes) > 0 {
-		list = strings.Join(k.Spec.Scopes, ",")
+		e.scopes = slices.Clone(k.Spec.Scopes)
+		e.scopeList = strings.Join(e.scopes, ",")
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.keys[k.UID] = k
-	if list != "" {
-		v.scopeLists[k.UID] = list
-	} else {
-		delete(v.scopeLists, k.UID)
-	}
+	v.keys[k.UID] = e
 	v.fences.dropSeen(k)
 }
 
@@ -299,33 +373,112 @@ func (v *Verifier) SetKey(k *authv1alpha1.ApiKey) {
 func (v *Verifier) RemoveKey(k *authv1alpha1.ApiKey) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	delete(v.keys, k.UID)
-	delete(v.scopeLists, k.UID)
-	v.fences.drop(k.UID)
+	v.removeKeyLocked(k.UID)
 }
 
-// Watch feeds the index from the cache's informers for ApiKeyRecords and
-// ApiKeys. It runs on every replica, leader or not: every replica answers
-// verification requests.
-func (v *Verifier) Watch(ctx context.Context, c cache.Cache) error {
-	recInf, err := c.GetInformer(ctx, &authv1alpha1.ApiKeyRecord{}, cache.BlockUntilSynced(false))
-	if err != nil {
-		return err
+func (v *Verifier) removeKeyLocked(uid types.UID) {
+	delete(v.keys, uid)
+	v.fences.drop(uid)
+}
+
+// apiKey is the ApiKey as far as the index knows it: what TakenAway and
+// the fences read.
+func (k *key) apiKey() *authv1alpha1.ApiKey {
+	a := &authv1alpha1.ApiKey{}
+	a.Namespace, a.Name, a.UID, a.Generation = k.namespace, k.name, k.uid, k.generation
+	if k.deleting {
+		a.DeletionTimestamp = &metav1.Time{}
 	}
-	keyInf, err := c.GetInformer(ctx, &authv1alpha1.ApiKey{}, cache.BlockUntilSynced(false))
-	if err != nil {
-		return err
+	a.Spec.Revoked, a.Spec.Suspended, a.Spec.Scopes = k.revoked, k.suspended, k.scopes
+	a.Spec.Rotation = &authv1alpha1.RotationSpec{GracePeriod: &metav1.Duration{Duration: k.grace}}
+	if !k.rotationRequested.IsZero() {
+		a.Spec.Rotation.RequestedAt = &metav1.Time{Time: k.rotationRequested}
 	}
-	recReg, err := recInf.AddEventHandler(informers.Handle(v.SetRecord, v.RemoveRecord))
-	if err != nil {
-		return err
-	}
-	keyReg, err := keyInf.AddEventHandler(informers.Handle(v.SetKey, v.RemoveKey))
-	if err != nil {
-		return err
+	return a
+}
+
+// records is the index as the record stream's Sink.
+type records Verifier
+
+func (s *records) Set(r *authv1alpha1.ApiKeyRecord)    { (*Verifier)(s).SetRecord(r) }
+func (s *records) Remove(r *authv1alpha1.ApiKeyRecord) { (*Verifier)(s).RemoveRecord(r) }
+
+func (s *records) Replace(list []*authv1alpha1.ApiKeyRecord) {
+	v := (*Verifier)(s)
+	listed := make(map[[32]byte]bool, len(list))
+	for _, r := range list {
+		if hash, ok := hashOf(r); ok && !r.Spec.Pending {
+			listed[hash] = true
+		}
+		v.SetRecord(r)
 	}
 	v.mu.Lock()
-	v.synced = func() bool { return recReg.HasSynced() && keyReg.HasSynced() }
+	defer v.mu.Unlock()
+	for hash := range v.byHash {
+		if !listed[hash] {
+			delete(v.byHash, hash)
+		}
+	}
+}
+
+// apiKeys is the index as the ApiKey stream's Sink.
+type apiKeys Verifier
+
+func (s *apiKeys) Set(k *authv1alpha1.ApiKey)    { (*Verifier)(s).SetKey(k) }
+func (s *apiKeys) Remove(k *authv1alpha1.ApiKey) { (*Verifier)(s).RemoveKey(k) }
+
+func (s *apiKeys) Replace(list []*authv1alpha1.ApiKey) {
+	v := (*Verifier)(s)
+	listed := make(map[types.UID]bool, len(list))
+	for _, k := range list {
+		listed[k.UID] = true
+		v.SetKey(k)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for uid := range v.keys {
+		if !listed[uid] {
+			v.removeKeyLocked(uid)
+		}
+	}
+}
+
+// Watch feeds the index from watches of its own on ApiKeyRecords and
+// ApiKeys through c, until ctx ends. It runs on every replica, leader or
+// not: every replica answers verification requests.
+func (v *Verifier) Watch(ctx context.Context, c client.WithWatch) {
+	recs := informers.NewStream(c,
+		func() *authv1alpha1.ApiKeyRecordList { return &authv1alpha1.ApiKeyRecordList{} },
+		func() *authv1alpha1.ApiKeyRecord { return &authv1alpha1.ApiKeyRecord{} }, (*records)(v))
+	apis := informers.NewStream(c,
+		func() *authv1alpha1.ApiKeyList { return &authv1alpha1.ApiKeyList{} },
+		func() *authv1alpha1.ApiKey { return &authv1alpha1.ApiKey{} }, append([]informers.Sink[*authv1alpha1.ApiKey]{(*apiKeys)(v)}, v.keySinks...)...)
+	v.mu.Lock()
+	v.streams = append(v.streams, recs, apis)
 	v.mu.Unlock()
+	go recs.Run(ctx)
+	go apis.Run(ctx)
+}
+
+// FeedKeysTo has Watch feed sink the ApiKeys it brings too, so that what
+// else needs a few fields of every ApiKey shares the index's watch rather
+// than caching the objects. It must come before Watch.
+func (v *Verifier) FeedKeysTo(sink informers.Sink[*authv1alpha1.ApiKey]) {
+	v.keySinks = append(v.keySinks, sink)
+}
+
+// Watching runs Watch as a manager's Runnable, on every replica.
+type Watching struct {
+	Verifier *Verifier
+	Client   client.WithWatch
+}
+
+// Start watches until ctx ends.
+func (w Watching) Start(ctx context.Context) error {
+	w.Verifier.Watch(ctx, w.Client)
+	<-ctx.Done()
 	return nil
 }
+
+// NeedLeaderElection is false: every replica answers keys.
+func (Watching) NeedLeaderElection() bool { return false }

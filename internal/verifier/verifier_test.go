@@ -381,3 +381,46 @@ func TestARevokedRecordLiftsNoFence(t *testing.T) {
 		t.Fatalf("the previous key, in its grace period, authenticates after the revocation: %v", err)
 	}
 }
+
+// TestARelistDropsWhatItLacks: a relist after the watch fell behind holds
+// every object there is; a key or record it lacks was deleted meanwhile,
+// and its key no longer authenticates, its fence gone with it.
+func TestARelistDropsWhatItLacks(t *testing.T) {
+	f := newFixture(t)
+	other := newFixture(t)
+	(*apiKeys)(f.v).Set(other.key)
+	(*records)(f.v).Set(other.rec)
+	if _, err := f.v.Verify(other.raw); err != nil {
+		t.Fatalf("Verify = %v", err)
+	}
+	_ = f.v.Fence(context.Background(), f.key, Stop{Suspended: true})
+
+	(*records)(f.v).Replace([]*authv1alpha1.ApiKeyRecord{f.rec})
+	if _, err := f.v.Verify(other.raw); !errors.Is(err, ErrUnknown) {
+		t.Fatalf("a record the relist lacks: Verify = %v, want ErrUnknown", err)
+	}
+	if f.v.Size() != 1 {
+		t.Fatalf("the index holds %d records after a relist of one", f.v.Size())
+	}
+	(*apiKeys)(f.v).Replace(nil)
+	if _, err := f.v.Verify(f.raw); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("a key whose ApiKey the relist lacks: Verify = %v, want ErrRevoked", err)
+	}
+	if f.v.Fences() != 0 {
+		t.Fatal("the fence of a deleted key outlived it")
+	}
+}
+
+// TestTheIndexHoldsNoObjectOfTheWatch: an object the watch brings may be
+// changed or dropped after; the index keeps its own copy of what it reads.
+func TestTheIndexHoldsNoObjectOfTheWatch(t *testing.T) {
+	f := newFixture(t)
+	k := f.withKey(func(k *authv1alpha1.ApiKey) { k.Spec.Scopes = []string{"read", "write"} })
+	f.v.SetKey(k)
+	k.Spec.Scopes[0], k.Spec.Revoked = "admin", true
+	f.rec.Spec.Tenant, f.rec.Spec.Revoked = "tenant-b", true
+	id, err := f.v.Verify(f.raw)
+	if err != nil || id.Tenant != "tenant-a" || id.ScopeList != "read,write" || !id.HasScope("read") {
+		t.Fatalf("Verify = %+v, %v: the index changed with objects it was given", id, err)
+	}
+}

@@ -12,11 +12,9 @@ import (
 	. "github.com/onsi/gomega"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
-	"github.com/latchkey-dev/latchkey/internal/operator"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 	"github.com/latchkey-dev/latchkey/pkg/protocol"
 )
@@ -85,19 +83,14 @@ func takeAwayTrials(t *testing.T, what string, spec authv1alpha1.ApiKeySpec, tak
 	ns := env.Namespace(t)
 	ctx := context.Background()
 
-	opts := operator.CacheOptions()
-	opts.Scheme = env.Scheme
-	replicaCache, err := cache.New(env.Config, opts)
+	watchClient, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
 	if err != nil {
 		t.Fatal(err)
 	}
 	replica := verifier.New(clock.RealClock{}, verifier.DefaultFenceTTL)
-	if err := replica.Watch(ctx, replicaCache); err != nil {
-		t.Fatal(err)
-	}
-	cacheCtx, stop := context.WithCancel(ctx)
+	watchCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	go func() { _ = replicaCache.Start(cacheCtx) }()
+	replica.Watch(watchCtx, watchClient)
 	NewWithT(t).Eventually(replica.Synced).Should(BeTrue())
 
 	const trials, hammers = 50, 4

@@ -6,16 +6,17 @@ package v1alpha1
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/informers"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 )
 
@@ -36,6 +37,11 @@ type ApiKeyValidator struct {
 	Clock clock.PassiveClock
 	// Fence is told of revocations; nil means no verifier runs in this process.
 	Fence RevocationFence
+	// Keys feeds the index of Secret names from its watch of ApiKeys (the
+	// key index's, verifier.Verifier).
+	Keys interface {
+		FeedKeysTo(informers.Sink[*authv1alpha1.ApiKey])
+	}
 
 	secretNames secretNames
 }
@@ -43,16 +49,13 @@ type ApiKeyValidator struct {
 // +kubebuilder:webhook:path=/validate-auth-latchkey-dev-v1alpha1-apikey,mutating=false,failurePolicy=fail,sideEffects=NoneOnDryRun,groups=auth.latchkey.dev,resources=apikeys,verbs=create;update;delete,versions=v1alpha1,name=vapikey-v1alpha1.latchkey.dev,admissionReviewVersions=v1,timeoutSeconds=5
 
 // SetupWebhookWithManager registers the validator on the manager's webhook
-// server, and feeds the index of Secret names it reads from the manager's
-// cache.
+// server, and has Keys feed the index of Secret names it reads. It must
+// come before Keys' watch starts.
 func (v *ApiKeyValidator) SetupWebhookWithManager(mgr ctrl.Manager) error {
-	inf, err := mgr.GetCache().GetInformer(context.Background(), &authv1alpha1.ApiKey{}, cache.BlockUntilSynced(false))
-	if err != nil {
-		return err
+	if v.Keys == nil {
+		return errors.New("the ApiKey validator needs a watch of ApiKeys (Keys)")
 	}
-	if _, err := inf.AddEventHandler(v.secretNames.handler()); err != nil {
-		return err
-	}
+	v.Keys.FeedKeysTo(&v.secretNames)
 	return ctrl.NewWebhookManagedBy(mgr, &authv1alpha1.ApiKey{}).WithValidator(v).Complete()
 }
 

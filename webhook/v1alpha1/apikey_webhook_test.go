@@ -80,7 +80,15 @@ func TestMain(m *testing.M) {
 	testenv.Main(m, testenv.Options{Webhooks: true}, func(e *testenv.Env) error {
 		env = e
 		_, err := env.StartManager(nil, ctrl.Options{WebhookServer: serving.New(env.ServingOptions())}, func(mgr ctrl.Manager) error {
-			return (&ApiKeyValidator{Clock: clock.RealClock{}, Fence: fence}).SetupWebhookWithManager(mgr)
+			keys := verifier.New(clock.RealClock{}, 0)
+			watchClient, err := client.NewWithWatch(mgr.GetConfig(), client.Options{Scheme: mgr.GetScheme()})
+			if err != nil {
+				return err
+			}
+			if err := (&ApiKeyValidator{Clock: clock.RealClock{}, Fence: fence, Keys: keys}).SetupWebhookWithManager(mgr); err != nil {
+				return err
+			}
+			return mgr.Add(verifier.Watching{Verifier: keys, Client: watchClient})
 		})
 		return err
 	})

@@ -1,19 +1,16 @@
 package v1alpha1
 
 import (
-	toolscache "k8s.io/client-go/tools/cache"
-
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/informers"
 )
 
-// secretNames finds the ApiKeys that deliver to a Secret, fed by the
-// cache's ApiKey informer, so that admitting an ApiKey reads only those
-// sharing its Secret's name (minting N keys in one namespace would
-// otherwise copy O(N²) ApiKeys out of the cache). It replaces a cache field
-// index, which keeps a set and two strings per ApiKey for each of its
-// namespace and all-namespaces forms (≈ 450 bytes per key): this keeps one
-// map entry, whose strings are the cached object's own.
+// secretNames finds the ApiKeys that deliver to a Secret, fed by the key
+// index's watch, so that admitting an ApiKey reads only those sharing its
+// Secret's name, with no ApiKey cached whole on a replica that only serves.
+// It replaces a cache field index, which keeps a set and two strings per
+// ApiKey for each of its namespace and all-namespaces forms (≈ 450 bytes
+// per key): this keeps one map entry per ApiKey.
 type secretNames struct {
 	holders informers.Names[secretRef]
 }
@@ -23,36 +20,20 @@ type secretRef struct{ namespace, name string }
 
 func refOf(k *authv1alpha1.ApiKey) secretRef { return secretRef{k.Namespace, k.SecretName()} }
 
-// handler keeps the index as the informer's ApiKeys come and go.
-func (s *secretNames) handler() toolscache.ResourceEventHandler {
-	return toolscache.ResourceEventHandlerFuncs{
-		AddFunc: func(obj any) { withKey(obj, s.add) },
-		UpdateFunc: func(old, obj any) {
-			// spec.secretName is immutable, so an update almost never moves
-			// an ApiKey (a relist's update may follow a missed delete and
-			// create under the same name): moving it anyway would delete
-			// and re-insert its entry, under the lock admission reads
-			// through, on every status write.
-			o, ok1 := informers.As[*authv1alpha1.ApiKey](old)
-			n, ok2 := informers.As[*authv1alpha1.ApiKey](obj)
-			if ok1 && ok2 && refOf(o) == refOf(n) {
-				return
-			}
-			withKey(old, s.remove)
-			withKey(obj, s.add)
-		},
-		DeleteFunc: func(obj any) { withKey(obj, s.remove) },
-	}
-}
+// Set, Remove and Replace keep the index as the watch's ApiKeys come and
+// go (informers.Sink). spec.secretName is immutable, so an ApiKey filed
+// once stays where it is; one that moved (a delete the watch missed and a
+// create under the same name) is filed anew by the relist that follows.
+func (s *secretNames) Set(k *authv1alpha1.ApiKey)    { s.holders.Add(refOf(k), k.Name) }
+func (s *secretNames) Remove(k *authv1alpha1.ApiKey) { s.holders.Remove(refOf(k), k.Name) }
 
-func withKey(obj any, f func(*authv1alpha1.ApiKey)) {
-	if k, ok := informers.As[*authv1alpha1.ApiKey](obj); ok {
-		f(k)
-	}
+func (s *secretNames) Replace(list []*authv1alpha1.ApiKey) {
+	s.holders.Replace(func(file func(secretRef, string)) {
+		for _, k := range list {
+			file(refOf(k), k.Name)
+		}
+	})
 }
-
-func (s *secretNames) add(k *authv1alpha1.ApiKey)    { s.holders.Add(refOf(k), k.Name) }
-func (s *secretNames) remove(k *authv1alpha1.ApiKey) { s.holders.Remove(refOf(k), k.Name) }
 
 // otherHolder names an ApiKey other than k that delivers to k's Secret, or "".
 func (s *secretNames) otherHolder(k *authv1alpha1.ApiKey) string {

@@ -1,0 +1,107 @@
+package informers
+
+import (
+	"context"
+	"sync/atomic"
+	"unique"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// A Sink takes a watch's objects as they come and keeps what it needs of
+// them, never the objects: an informer's store would keep every object
+// whole, typed, for as long as it exists, where an index of a few fields
+// per object is all a reader needs.
+type Sink[T client.Object] interface {
+	// Set is an object added or changed.
+	Set(T)
+	// Remove is an object deleted.
+	Remove(T)
+	// Replace is every object there is, from a list: the first, or a
+	// relist after the watch fell too far behind. What the sink holds
+	// that the list lacks was deleted meanwhile.
+	Replace([]T)
+}
+
+// Stream lists and watches the objects of L's kind through c into its
+// sinks, in turn, until ctx ends, with client-go's Reflector (relists,
+// bookmarks, backoff) and no store of its own. Synced reports whether the
+// first list is in the sinks.
+type Stream[T client.Object, L client.ObjectList] struct {
+	synced atomic.Bool
+	sinks  []Sink[T]
+	lw     *toolscache.ListWatch
+	newObj func() T
+}
+
+// NewStream is a stream of L's objects through c into sinks; newList and
+// newObj make an empty L and T.
+func NewStream[T client.Object, L client.ObjectList](c client.WithWatch, newList func() L, newObj func() T, sinks ...Sink[T]) *Stream[T, L] {
+	return &Stream[T, L]{
+		sinks:  sinks,
+		newObj: newObj,
+		lw: &toolscache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
+				list := newList()
+				return list, c.List(ctx, list, &client.ListOptions{Raw: &opts})
+			},
+			WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+				return c.Watch(ctx, newList(), &client.ListOptions{Raw: &opts})
+			},
+		},
+	}
+}
+
+// Run feeds the sink until ctx ends.
+func (s *Stream[T, L]) Run(ctx context.Context) {
+	r := toolscache.NewReflectorWithOptions(s.lw, s.newObj(), (*streamStore[T, L])(s), toolscache.ReflectorOptions{})
+	r.RunWithContext(ctx)
+}
+
+// Synced reports whether the sink holds the first list.
+func (s *Stream[T, L]) Synced() bool { return s.synced.Load() }
+
+// streamStore is the Reflector's view of a Stream.
+type streamStore[T client.Object, L client.ObjectList] Stream[T, L]
+
+func (s *streamStore[T, L]) Add(obj any) error    { return s.call(obj, Sink[T].Set) }
+func (s *streamStore[T, L]) Update(obj any) error { return s.call(obj, Sink[T].Set) }
+func (s *streamStore[T, L]) Delete(obj any) error { return s.call(obj, Sink[T].Remove) }
+func (s *streamStore[T, L]) Resync() error        { return nil }
+
+func (s *streamStore[T, L]) Replace(list []any, _ string) error {
+	objs := make([]T, 0, len(list))
+	for _, obj := range list {
+		if t, ok := As[T](obj); ok {
+			objs = append(objs, t)
+		}
+	}
+	for _, sink := range s.sinks {
+		sink.Replace(objs)
+	}
+	s.synced.Store(true)
+	return nil
+}
+
+func (s *streamStore[T, L]) call(obj any, f func(Sink[T], T)) error {
+	if t, ok := As[T](obj); ok {
+		for _, sink := range s.sinks {
+			f(sink, t)
+		}
+	}
+	return nil
+}
+
+// Intern is s held once however many objects repeat it (a namespace, a
+// kind, a format, a condition's text); unique lets go of a text no object
+// holds any more.
+func Intern[S ~string](s S) S {
+	if s == "" {
+		return s
+	}
+	return unique.Make(s).Value()
+}
