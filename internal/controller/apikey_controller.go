@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -13,26 +14,18 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
-	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/builder"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
-	"sigs.k8s.io/controller-runtime/pkg/controller/priorityqueue"
-	"sigs.k8s.io/controller-runtime/pkg/event"
-	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
-	"github.com/latchkey-dev/latchkey/internal/informers"
+	"github.com/latchkey-dev/latchkey/internal/verifier"
 )
 
 // Event reasons of an ApiKey.
@@ -74,13 +67,14 @@ const (
 // ApiKeyReconciler mints each ApiKey's key once, keeps its hashed record, and
 // reports the key's state in status.
 type ApiKeyReconciler struct {
-	// Client reads ApiKeys and records from the cache; Secrets are never cached.
+	// Client writes; nothing the controller reads is cached.
 	Client client.Client
-	// Records finds the cache's records of a key; SetupWithManager makes
-	// one when it is nil, and without one they are listed through Client.
-	Records *RecordsByKey
-	// APIReader reads from the API server: records the cache does not
-	// show yet, and Secrets.
+	// Index is the key index, whose watches bring the passes
+	// (SetupWithManager) and which names each key's records; without one
+	// they are listed through APIReader.
+	Index *verifier.Verifier
+	// APIReader reads the ApiKey a pass is for, its records and its Secret
+	// from the API server.
 	APIReader client.Reader
 	Recorder  events.EventRecorder
 	Clock     clock.Clock
@@ -121,7 +115,7 @@ type ApiKeyReconciler struct {
 func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	key := &authv1alpha1.ApiKey{}
 	checkDue := r.secretChecks().claim(req.NamespacedName)
-	if err := r.Client.Get(ctx, req.NamespacedName, key); err != nil {
+	if err := r.APIReader.Get(ctx, req.NamespacedName, key); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.expiring.set(req.NamespacedName, false)
 		}
@@ -383,77 +377,48 @@ func (r *ApiKeyReconciler) secretChecks() *secretChecks {
 	return r.checks
 }
 
-// SetupWithManager registers the controller. Only spec changes and deletion
-// trigger a pass, so the controller's own status writes and label edits by
-// others never make it loop.
+// SetupWithManager registers the controller, fed by the key index's
+// watches (apiKeyEvents): only a spec the status has not caught up with
+// and a deletion bring a pass, so the controller's own status writes and
+// label edits by others never make it loop.
 func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager, maxConcurrent int) error {
-	if r.Records == nil {
-		r.Records = &RecordsByKey{}
+	if r.Index == nil {
+		return errors.New("the ApiKey controller needs the key index (Index)")
 	}
+	passes := &apiKeyEvents{indexSource: newIndexSource(r.Index, r.catchUp), checks: r.secretChecks()}
+	r.Index.FeedKeysTo(passes)
+	r.Index.FeedRecordsTo(createdEvents{&r.created})
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&authv1alpha1.ApiKey{}, builder.WithPredicates(predicate.Or(
-			predicate.GenerationChangedPredicate{},
-			deletionPredicate(),
-		))).
-		WatchesRawSource(&onLeader{start: func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) ([]toolscache.InformerSynced, error) {
-			return r.startOnLeader(ctx, mgr.GetCache(), q)
-		}}).
-		WithOptions(controller.Options{MaxConcurrentReconciles: maxConcurrent}).
 		Named("apikey").
+		WatchesRawSource(passes).
+		WithOptions(controller.Options{MaxConcurrentReconciles: maxConcurrent}).
 		Complete(r)
 }
 
-// startOnLeader feeds the controller's indexes beside the cache (records by
-// key, the records this process created, the keys the walk visits) and
-// starts the walk that brings keys to their periodic Secret checks
-// (secretChecks.walk), from once the cache has synced; its passes come
-// after those changes cause.
-func (r *ApiKeyReconciler) startOnLeader(ctx context.Context, c cache.Cache, q workqueue.TypedRateLimitingInterface[reconcile.Request]) ([]toolscache.InformerSynced, error) {
-	recordsSynced, err := r.Records.watch(ctx, c)
-	if err != nil {
-		return nil, err
-	}
-	// The records this process created are forgotten once the cache shows
-	// them, not only when their key's next pass looks (hours away for most).
-	records, err := c.GetInformer(ctx, &authv1alpha1.ApiKeyRecord{}, cache.BlockUntilSynced(false))
-	if err != nil {
-		return nil, err
-	}
-	seen := func(rec *authv1alpha1.ApiKeyRecord) { r.created.forget(types.UID(rec.Spec.KeyUID), rec.Name) }
-	created, err := records.AddEventHandler(informers.Handle(seen, seen))
-	if err != nil {
-		return nil, err
-	}
-	keys, err := c.GetInformer(ctx, &authv1alpha1.ApiKey{}, cache.BlockUntilSynced(false))
-	if err != nil {
-		return nil, err
-	}
-	checks := r.secretChecks()
-	visited, err := keys.AddEventHandler(informers.Handle(checks.visit, checks.leave))
-	if err != nil {
-		return nil, err
-	}
-	reconcileKey := func(key types.NamespacedName) {
-		req := reconcile.Request{NamespacedName: key}
-		if pq, ok := q.(priorityqueue.PriorityQueue[reconcile.Request]); ok {
-			pq.AddWithOpts(priorityqueue.AddOpts{Priority: new(handler.LowPriority)}, req)
-			return
-		}
-		q.Add(req)
-	}
-	go func() {
-		if toolscache.WaitForCacheSync(ctx.Done(), visited.HasSynced) {
-			checks.walk(ctx, reconcileKey)
-		}
-	}()
-	return []toolscache.InformerSynced{recordsSynced, created.HasSynced, visited.HasSynced}, nil
-}
+// catchUpPage is how many ApiKeys one list call of catchUp reads.
+const catchUpPage = 500
 
-// deletionPredicate passes updates that start an object's deletion.
-func deletionPredicate() predicate.Funcs {
-	return predicate.Funcs{
-		UpdateFunc: func(e event.UpdateEvent) bool {
-			return e.ObjectOld.GetDeletionTimestamp().IsZero() && !e.ObjectNew.GetDeletionTimestamp().IsZero()
-		},
+// catchUp is what a new leader does once the index has synced: it starts
+// the walk that brings keys to their periodic Secret checks
+// (secretChecks.walk), and reads every ApiKey once, a page at a time and
+// keeping none, to queue the passes the last leader's queue held (dueIn):
+// a key with nothing due, most of them, costs nothing more.
+func (r *ApiKeyReconciler) catchUp(ctx context.Context, s *indexSource) error {
+	go r.secretChecks().walk(ctx, func(key types.NamespacedName) { s.addLow(reconcile.Request{NamespacedName: key}) })
+	now := r.Clock.Now()
+	list := &authv1alpha1.ApiKeyList{}
+	for cont := ""; ; {
+		list.Items = nil
+		if err := r.APIReader.List(ctx, list, client.Limit(catchUpPage), client.Continue(cont)); err != nil {
+			return fmt.Errorf("listing ApiKeys: %w", err)
+		}
+		for i := range list.Items {
+			if d := dueIn(&list.Items[i], r.ExpiryWarning, now); d >= 0 {
+				s.addLowAfter(requestFor(&list.Items[i]), d)
+			}
+		}
+		if cont = list.Continue; cont == "" {
+			return nil
+		}
 	}
 }

@@ -76,11 +76,11 @@ func (r *ApiKeyReconciler) ensureKey(ctx context.Context, key *authv1alpha1.ApiK
 	case record != nil:
 		return record, secretDelivered, nil
 	case secret != nil:
-		// The Secret holds no key the cache shows recorded for this
-		// ApiKey: unless the API server has a record of it (the cache is
+		// The Secret holds no key the index shows recorded for this
+		// ApiKey: unless the API server has a record of it (the index is
 		// behind), it is not ours.
 		if rec, err := r.recordOfSecret(ctx, secret); err != nil || (rec != nil && rec.Spec.KeyUID == string(key.UID)) {
-			return nil, secretUnchecked, errors.Join(err, fmt.Errorf("the record of the key in secret %s is not in the cache yet", secret.Name))
+			return nil, secretUnchecked, errors.Join(err, fmt.Errorf("the record of the key in secret %s is not in the key index yet", secret.Name))
 		}
 		return nil, secretNotOwned, nil
 	}
@@ -122,9 +122,9 @@ func (r *ApiKeyReconciler) ensureRotated(ctx context.Context, key *authv1alpha1.
 }
 
 // confirmChanged makes sure that the Secret holding another key than the
-// current one is not a newer key of this ApiKey the cache has not seen yet
+// current one is not a newer key of this ApiKey the index has not seen yet
 // (records are named by hash): that would be reported as a changed Secret,
-// and never rotated again. The pass is then retried, with the cache caught
+// and never rotated again. The pass is then retried, with the index caught
 // up. An older key of this ApiKey put back into the Secret is a change.
 func (r *ApiKeyReconciler) confirmChanged(ctx context.Context, key *authv1alpha1.ApiKey, current *authv1alpha1.ApiKeyRecord, secret *corev1.Secret) error {
 	rec, err := r.recordOfSecret(ctx, secret)
@@ -132,7 +132,7 @@ func (r *ApiKeyReconciler) confirmChanged(ctx context.Context, key *authv1alpha1
 	case err != nil:
 		return err
 	case rec != nil && rec.Spec.KeyUID == string(key.UID) && (rec.Spec.Pending || rec.Spec.Rotation > current.Spec.Rotation):
-		return fmt.Errorf("record %s of the key in secret %s is not in the cache yet", rec.Name, secret.Name)
+		return fmt.Errorf("record %s of the key in secret %s is not in the key index yet", rec.Name, secret.Name)
 	}
 	return nil
 }
@@ -433,14 +433,15 @@ func (r *ApiKeyReconciler) deletePending(ctx context.Context, records []authv1al
 }
 
 // keyRecords returns the records of the ApiKey (by its UID), pending ones
-// among them, from the cache, with those this process created that the
-// cache does not show yet read by name. Minting on a stale miss would
-// deliver a second key: a miss for a key its status shows delivered is
-// confirmed against the API server (a list across all records, so only
-// then); for a key never delivered, the Secret's atomic creation is the
-// guard (deliver), and ensureKey looks up a key its Secret already holds.
+// among them, as the index names them, with those this process created
+// that the index does not show yet, each read by name from the API server.
+// Minting on a stale miss would deliver a second key: a miss for a key its
+// status shows delivered is confirmed against the API server (a list
+// across all records, so only then); for a key never delivered, the
+// Secret's atomic creation is the guard (deliver), and ensureKey looks up
+// a key its Secret already holds.
 func (r *ApiKeyReconciler) keyRecords(ctx context.Context, key *authv1alpha1.ApiKey) ([]authv1alpha1.ApiKeyRecord, error) {
-	cached, err := recordsOfKey(ctx, r.Client, r.Records, key.UID)
+	cached, err := recordsOfKey(ctx, r.APIReader, r.Index, key.UID)
 	if err != nil {
 		return nil, fmt.Errorf("listing the records of %s: %w", key.Name, err)
 	}

@@ -90,12 +90,61 @@ func computeStatus(o observation) (authv1alpha1.ApiKeyStatus, lookAgain) {
 		return b.st, next
 	}
 	b.readiness(o)
-	instants := []*metav1.Time{o.key.Spec.ExpiresAt, b.expiringSoon(o), b.st.NextRotationAt}
-	for i := range b.st.PreviousKeys {
-		instants = append(instants, &b.st.PreviousKeys[i].ValidUntil)
-	}
-	next.dueIn = soonest(o.now, instants...)
+	next.dueIn = soonest(o.now, clockInstants(o.key, &b.st, b.expiringSoon(o))...)
 	return b.st, next
+}
+
+// clockInstants are the instants at which the key's status st changes by
+// the clock alone: it expires, its expiry warning starts (warnAt), it is
+// rotated on schedule, a replaced key's grace period ends.
+func clockInstants(key *authv1alpha1.ApiKey, st *authv1alpha1.ApiKeyStatus, warnAt *metav1.Time) []*metav1.Time {
+	instants := make([]*metav1.Time, 0, 3+len(st.PreviousKeys))
+	instants = append(instants, key.Spec.ExpiresAt, warnAt, st.NextRotationAt)
+	for i := range st.PreviousKeys {
+		instants = append(instants, &st.PreviousKeys[i].ValidUntil)
+	}
+	return instants
+}
+
+// dueIn is how soon the key, as the last pass left its status, needs a
+// pass (0: now; negative: not for the clock), for a new leader, which
+// holds no requeue of the last one's: now for a spec or deletion the
+// status has not caught up with, a key never delivered, or an instant of
+// clockInstants passed that the status does not show yet; else at the
+// next of them.
+func dueIn(key *authv1alpha1.ApiKey, warning time.Duration, now time.Time) time.Duration {
+	if needsPass(key) || key.Spec.Revoked && key.Status.Phase != authv1alpha1.PhaseRevoked {
+		return 0
+	}
+	if key.Spec.Revoked {
+		return -1
+	}
+	st := &key.Status
+	if st.Phase == "" || st.Phase == authv1alpha1.PhasePending {
+		return 0
+	}
+	var warnAt *metav1.Time
+	if exp := key.Spec.ExpiresAt; exp != nil {
+		if warning <= 0 {
+			warning = DefaultExpiryWarning
+		}
+		warnAt = &metav1.Time{Time: exp.Add(-warning)}
+		expired := !now.Before(exp.Time)
+		if expired && st.Phase != authv1alpha1.PhaseExpired ||
+			!expired && !warnAt.After(now) && !meta.IsStatusConditionTrue(st.Conditions, authv1alpha1.ConditionExpiringSoon) {
+			return 0
+		}
+	}
+	instants := clockInstants(key, st, warnAt)
+	for _, at := range instants[2:] { // a rotation or a grace period's end that passed
+		if at != nil && !at.After(now) {
+			return 0
+		}
+	}
+	if d := soonest(now, instants...); d > 0 {
+		return d
+	}
+	return -1
 }
 
 // soonest is how far from now the earliest of the instants still to come

@@ -430,3 +430,57 @@ func TestLifecycleEvents(t *testing.T) {
 		})
 	}
 }
+
+// TestDueIn: what a new leader queues of each key, from the status the
+// last leader's passes wrote: now what the status has not caught up with,
+// later the next instant the clock changes it, never a key with nothing due.
+func TestDueIn(t *testing.T) {
+	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) *metav1.Time { return &metav1.Time{Time: now.Add(d)} }
+	key := func(change func(k *authv1alpha1.ApiKey)) *authv1alpha1.ApiKey {
+		k := newKey("tenant", "ci", authv1alpha1.ApiKeySpec{})
+		k.Generation, k.Status.ObservedGeneration, k.Status.Phase = 2, 2, authv1alpha1.PhaseActive
+		k.Finalizers = []string{authv1alpha1.Finalizer}
+		if change != nil {
+			change(k)
+		}
+		return k
+	}
+	soon := func(k *authv1alpha1.ApiKey) {
+		meta.SetStatusCondition(&k.Status.Conditions, metav1.Condition{Type: authv1alpha1.ConditionExpiringSoon, Status: metav1.ConditionTrue})
+	}
+	const week = 7 * 24 * time.Hour
+	for _, tc := range []struct {
+		name string
+		key  *authv1alpha1.ApiKey
+		want time.Duration
+	}{
+		{"an Active key that never expires: nothing", key(nil), -1},
+		{"a spec the status has not caught up with: now", key(func(k *authv1alpha1.ApiKey) { k.Generation = 3 }), 0},
+		{"a deletion its finalizer holds: now", key(func(k *authv1alpha1.ApiKey) { k.DeletionTimestamp = at(-time.Second) }), 0},
+		{"a deletion already let go: nothing", key(func(k *authv1alpha1.ApiKey) { k.DeletionTimestamp, k.Finalizers = at(-time.Second), nil }), -1},
+		{"a key never delivered: now", key(func(k *authv1alpha1.ApiKey) { k.Status.Phase = authv1alpha1.PhasePending }), 0},
+		{"a revoked key its status shows revoked: nothing", key(func(k *authv1alpha1.ApiKey) {
+			k.Spec.Revoked, k.Status.Phase = true, authv1alpha1.PhaseRevoked
+		}), -1},
+		{"expiry beyond the warning: when the warning starts", key(func(k *authv1alpha1.ApiKey) { k.Spec.ExpiresAt = at(week + time.Hour) }), time.Hour},
+		{"within the warning, ExpiringSoon shown: at expiry", key(func(k *authv1alpha1.ApiKey) { k.Spec.ExpiresAt = at(time.Hour); soon(k) }), time.Hour},
+		{"within the warning, ExpiringSoon not shown yet: now", key(func(k *authv1alpha1.ApiKey) { k.Spec.ExpiresAt = at(time.Hour) }), 0},
+		{"expired, the status not Expired yet: now", key(func(k *authv1alpha1.ApiKey) { k.Spec.ExpiresAt = at(-time.Minute) }), 0},
+		{"expired and shown: nothing", key(func(k *authv1alpha1.ApiKey) {
+			k.Spec.ExpiresAt, k.Status.Phase = at(-time.Minute), authv1alpha1.PhaseExpired
+		}), -1},
+		{"a scheduled rotation: then", key(func(k *authv1alpha1.ApiKey) { k.Status.NextRotationAt = at(2 * time.Hour) }), 2 * time.Hour},
+		{"a scheduled rotation passed: now", key(func(k *authv1alpha1.ApiKey) { k.Status.NextRotationAt = at(-time.Second) }), 0},
+		{"a grace period ending: then", key(func(k *authv1alpha1.ApiKey) {
+			k.Status.PreviousKeys = []authv1alpha1.PreviousKey{{ValidUntil: *at(30 * time.Minute)}}
+		}), 30 * time.Minute},
+		{"a grace period over, the key still listed: now", key(func(k *authv1alpha1.ApiKey) {
+			k.Status.PreviousKeys = []authv1alpha1.PreviousKey{{ValidUntil: *at(-time.Second)}}
+		}), 0},
+	} {
+		if got := dueIn(tc.key, week, now); got != tc.want {
+			t.Errorf("%s: dueIn = %s, want %s", tc.name, got, tc.want)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -9,20 +10,14 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
-	toolscache "k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/event"
-	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/controller-runtime/pkg/predicate"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/verifier"
 )
 
 // DefaultRecordRetention is how long the record of a deleted key is kept
@@ -39,10 +34,13 @@ const DefaultMaxDeletedRecordsPerTenant = 1000
 // seen going, and deletes revoked records of deleted keys once their
 // retention has passed.
 type ApiKeyRecordReconciler struct {
+	// Client writes; APIReader reads the record a pass is for, and its
+	// ApiKey when the index does not hold it.
 	Client client.Client
-	// Records finds the cache's records of a key; SetupWithManager makes
-	// one when it is nil (the ApiKey controller's can be shared).
-	Records   *RecordsByKey
+	// Index is the key index: its watches bring the passes
+	// (SetupWithManager), and it tells which keys exist and which records
+	// a tenant keeps of deleted keys.
+	Index     *verifier.Verifier
 	APIReader client.Reader
 	Clock     clock.PassiveClock
 	// Retention is how long a revoked record of a deleted key is kept.
@@ -56,7 +54,7 @@ type ApiKeyRecordReconciler struct {
 // Reconcile handles one record.
 func (r *ApiKeyRecordReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	record := &authv1alpha1.ApiKeyRecord{}
-	if err := r.Client.Get(ctx, req.NamespacedName, record); err != nil {
+	if err := r.APIReader.Get(ctx, req.NamespacedName, record); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 
@@ -95,33 +93,33 @@ func (r *ApiKeyRecordReconciler) delete(ctx context.Context, record *authv1alpha
 }
 
 // trimTenant deletes the longest-revoked records of the tenant's deleted
-// keys past MaxDeletedPerTenant. A record revoked for Deleted or Orphaned
-// belongs to a key that is gone: its ApiKey cannot come back with that UID.
+// keys past MaxDeletedPerTenant, as the index holds them. A record revoked
+// for Deleted or Orphaned belongs to a key that is gone: its ApiKey cannot
+// come back with that UID.
 func (r *ApiKeyRecordReconciler) trimTenant(ctx context.Context, tenant string) error {
 	limit := r.MaxDeletedPerTenant
 	if limit <= 0 {
 		limit = DefaultMaxDeletedRecordsPerTenant
 	}
-	var list authv1alpha1.ApiKeyRecordList
-	if err := r.Client.List(ctx, &list, client.MatchingFields{IndexRecordTenant: tenant}); err != nil {
-		return fmt.Errorf("listing the records of tenant %s: %w", tenant, err)
-	}
-	gone := slices.DeleteFunc(list.Items, func(rec authv1alpha1.ApiKeyRecord) bool {
-		reason := rec.Spec.RevocationReason
-		return !rec.Spec.Revoked || rec.Spec.RevokedAt == nil ||
-			(reason != authv1alpha1.RevocationDeleted && reason != authv1alpha1.RevocationOrphaned)
-	})
+	gone := r.Index.GoneRecords(tenant)
 	if len(gone) <= limit {
 		return nil
 	}
-	slices.SortFunc(gone, func(a, b authv1alpha1.ApiKeyRecord) int {
-		if c := a.Spec.RevokedAt.Compare(b.Spec.RevokedAt.Time); c != 0 {
+	slices.SortFunc(gone, func(a, b verifier.GoneRecord) int {
+		if c := a.RevokedAt.Compare(b.RevokedAt); c != 0 {
 			return c
 		}
 		return strings.Compare(a.Name, b.Name)
 	})
-	for i := range gone[:len(gone)-limit] {
-		if err := r.delete(ctx, &gone[i], "Deleted the record of a deleted key: its namespace keeps at most the newest"); err != nil {
+	for _, g := range gone[:len(gone)-limit] {
+		rec := &authv1alpha1.ApiKeyRecord{}
+		if err := r.APIReader.Get(ctx, types.NamespacedName{Name: g.Name}, rec); err != nil {
+			if apierrors.IsNotFound(err) {
+				continue
+			}
+			return err
+		}
+		if err := r.delete(ctx, rec, "Deleted the record of a deleted key: its namespace keeps at most the newest"); err != nil {
 			return err
 		}
 	}
@@ -129,19 +127,14 @@ func (r *ApiKeyRecordReconciler) trimTenant(ctx context.Context, tenant string) 
 }
 
 // keyExists reports whether the record's own ApiKey (same UID) still exists.
-// A miss in the cache is confirmed against the API server before a record is
-// revoked or deleted on its strength.
+// A miss in the index is confirmed against the API server before a record
+// is revoked or deleted on its strength.
 func (r *ApiKeyRecordReconciler) keyExists(ctx context.Context, record *authv1alpha1.ApiKeyRecord) (bool, error) {
-	name := types.NamespacedName{Namespace: record.Spec.Tenant, Name: record.Spec.KeyName}
-	key := &authv1alpha1.ApiKey{}
-	err := r.Client.Get(ctx, name, key)
-	if err == nil && string(key.UID) == record.Spec.KeyUID {
+	if r.Index.HasKey(types.UID(record.Spec.KeyUID)) {
 		return true, nil
 	}
-	if err != nil && !apierrors.IsNotFound(err) {
-		return false, err
-	}
-	err = r.APIReader.Get(ctx, name, key)
+	key := &authv1alpha1.ApiKey{}
+	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: record.Spec.Tenant, Name: record.Spec.KeyName}, key)
 	if apierrors.IsNotFound(err) {
 		return false, nil
 	}
@@ -151,38 +144,21 @@ func (r *ApiKeyRecordReconciler) keyExists(ctx context.Context, record *authv1al
 	return string(key.UID) == record.Spec.KeyUID, nil
 }
 
-// SetupWithManager registers the controller.
+// SetupWithManager registers the controller, fed by the key index's
+// watches: a record whose ApiKey the index does not hold, the records of
+// an ApiKey deleted, and, when it starts, every record of a key gone.
 func (r *ApiKeyRecordReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	if r.Records == nil {
-		r.Records = &RecordsByKey{}
+	if r.Index == nil {
+		return errors.New("the record controller needs the key index (Index)")
 	}
+	events := orphanEvents{newIndexSource(r.Index, func(_ context.Context, s *indexSource) error {
+		orphanEvents{s}.addOrphans()
+		return nil
+	})}
+	r.Index.FeedRecordsTo(events)
+	r.Index.FeedKeysTo(deletedKeyEvents{events})
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&authv1alpha1.ApiKeyRecord{}).
-		WatchesRawSource(&onLeader{start: func(ctx context.Context, _ workqueue.TypedRateLimitingInterface[reconcile.Request]) ([]toolscache.InformerSynced, error) {
-			if err := IndexRecords(ctx, mgr.GetFieldIndexer()); err != nil {
-				return nil, err
-			}
-			synced, err := r.Records.watch(ctx, mgr.GetCache())
-			return []toolscache.InformerSynced{synced}, err
-		}}).
-		// A deleted ApiKey's record must be looked at again once the key is gone.
-		// Records are named by hash: they are found by the key's UID.
-		Watches(&authv1alpha1.ApiKey{}, handler.EnqueueRequestsFromMapFunc(
-			func(ctx context.Context, key client.Object) []reconcile.Request {
-				list, err := recordsOfKey(ctx, r.Client, r.Records, key.GetUID())
-				if err != nil {
-					log.FromContext(ctx).Error(err, "Listing the records of a deleted key", "apiKey", klog.KObj(key))
-					return nil
-				}
-				reqs := make([]reconcile.Request, 0, len(list))
-				for _, rec := range list {
-					reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Name: rec.Name}})
-				}
-				return reqs
-			}), builder.WithPredicates(predicate.Funcs{
-			CreateFunc: func(event.CreateEvent) bool { return false },
-			UpdateFunc: func(event.UpdateEvent) bool { return false },
-		})).
 		Named("apikeyrecord").
+		WatchesRawSource(events.indexSource).
 		Complete(r)
 }

@@ -16,6 +16,7 @@ import (
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/keys"
+	"github.com/latchkey-dev/latchkey/internal/verifier"
 )
 
 // goneRecord creates the record of a key that no longer exists, revoked
@@ -52,12 +53,14 @@ func TestRecordsOfDeletedKeysAreBoundedPerTenant(t *testing.T) {
 	ctx := context.Background()
 	ns := env.Namespace(t)
 	clk := clocktesting.NewFakeClock(time.Now().Truncate(time.Second))
-	r := &ApiKeyRecordReconciler{Client: env.Client, APIReader: env.Client, Clock: clk, Retention: 90 * 24 * time.Hour, MaxDeletedPerTenant: 3}
+	index := watchedIndex(t, ns)
+	r := &ApiKeyRecordReconciler{Client: env.Client, Index: index, APIReader: env.Client, Clock: clk, Retention: 90 * 24 * time.Hour, MaxDeletedPerTenant: 3}
 
 	recs := make([]*authv1alpha1.ApiKeyRecord, 0, 5)
 	for i := range 5 {
 		recs = append(recs, goneRecord(g, ns, fmt.Sprintf("%s-%04d", ns, i), authv1alpha1.RevocationDeleted, clk.Now().Add(time.Duration(i)*time.Minute)))
 	}
+	g.Eventually(func() []verifier.GoneRecord { return index.GoneRecords(ns) }).Should(HaveLen(5))
 	// Another tenant's records and a revoked, not deleted, key's are not counted.
 	other := goneRecord(g, env.Namespace(t), ns+"-other", authv1alpha1.RevocationDeleted, clk.Now().Add(-time.Hour))
 
@@ -73,8 +76,9 @@ func TestPendingRecordOfAVanishedKeyIsDeleted(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()
 	clk := clocktesting.NewFakeClock(time.Now())
-	r := &ApiKeyRecordReconciler{Client: env.Client, APIReader: env.Client, Clock: clk, Retention: time.Hour}
-	rec := goneRecord(g, env.Namespace(t), "pending-of-a-vanished-key", "", time.Time{})
+	ns := env.Namespace(t)
+	r := &ApiKeyRecordReconciler{Client: env.Client, Index: watchedIndex(t, ns), APIReader: env.Client, Clock: clk, Retention: time.Hour}
+	rec := goneRecord(g, ns, "pending-of-a-vanished-key", "", time.Time{})
 	_, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(rec)})
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(recordExists(g, rec)).To(BeFalse(), "its key never authenticated: there is nothing to keep")

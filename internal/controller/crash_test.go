@@ -22,6 +22,7 @@ import (
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/keys"
+	"github.com/latchkey-dev/latchkey/internal/verifier"
 )
 
 var errInjected = errors.New("injected fault")
@@ -240,7 +241,7 @@ func TestExpiryAtItsInstant(t *testing.T) {
 func TestRecordRetentionAndOrphans(t *testing.T) {
 	ctx := context.Background()
 	clk := clocktesting.NewFakeClock(time.Now().Truncate(time.Second))
-	r := &ApiKeyRecordReconciler{Client: env.Client, APIReader: env.Client, Clock: clk, Retention: 90 * 24 * time.Hour}
+	r := &ApiKeyRecordReconciler{Client: env.Client, Index: verifier.New(clk, 0), APIReader: env.Client, Clock: clk, Retention: 90 * 24 * time.Hour}
 	newRecord := func(g Gomega, ns string, revoked bool) *authv1alpha1.ApiKeyRecord {
 		rec := &authv1alpha1.ApiKeyRecord{
 			ObjectMeta: metav1.ObjectMeta{Name: keys.Hash(ns)},

@@ -8,10 +8,10 @@ import (
 )
 
 // createdRecords remembers, by ApiKey UID, the records this process created
-// that its cache has not shown yet (the expectations of Kubernetes' own
+// that the key index has not shown yet (the expectations of Kubernetes' own
 // controllers). A pass that follows its own mint before the watch does
 // reads those by name, instead of listing every record in the cluster to
-// confirm that the cache's miss is real: that list, on every new key, made
+// confirm that the index's miss is real: that list, on every new key, made
 // minting N keys cost the API server O(N²).
 type createdRecords struct {
 	names informers.Names[types.UID]
@@ -28,5 +28,5 @@ func (c *createdRecords) unseen(uid types.UID, cached []authv1alpha1.ApiKeyRecor
 	return c.names.Of(uid)
 }
 
-// forget drops a record the cache shows, or the API server no longer has.
+// forget drops a record the index shows, or the API server no longer has.
 func (c *createdRecords) forget(uid types.UID, name string) { c.names.Remove(uid, name) }

@@ -423,8 +423,10 @@ func TestRotationWaitsForACacheBehind(t *testing.T) {
 			return nil
 		},
 	})
-	_, err = directReconciler(behind, clk).Reconcile(ctx, ctrl.Request{NamespacedName: nn})
-	g.Expect(err).To(MatchError(ContainSubstring("not in the cache yet")))
+	r := directReconciler(behind, clk)
+	r.APIReader = behind
+	_, err = r.Reconcile(ctx, ctrl.Request{NamespacedName: nn})
+	g.Expect(err).To(MatchError(ContainSubstring("not in the key index yet")))
 	g.Expect(getKey(g, ns, "k").Status.Conditions).To(Equal(before.Conditions), "status is not written from a cache behind")
 
 	secret := getSecret(g, ns, "k")

@@ -13,6 +13,7 @@ import (
 	"k8s.io/utils/clock"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/informers"
 )
 
 // DefaultSecretChecksPerSecond is how many Secret reads a second the
@@ -24,18 +25,18 @@ const DefaultSecretChecksPerSecond = 5
 // checking every key on a fixed period would cost API calls in proportion
 // to the number of keys, forever. Instead:
 //
-//   - one walk over the cache's keys releases them in turn, one a slot:
+//   - one walk over the keys in use releases them in turn, one a slot:
 //     slots are 1/perSecond apart, stretched so that a round over every key
 //     lasts at least the check interval. With few keys each is checked
 //     every interval, with more than interval × perSecond about every
 //     keys/perSecond seconds;
 //   - a released key's next pass reads its Secret. Between their checks
 //     keys wait in no queue: the walk holds the names of the keys it visits
-//     (fed by the cache's informer, sharing its objects' bytes), its
+//     (fed by the key index's watch), its
 //     round's list of them, and the few released and not yet reconciled;
 //     nothing else per key;
 //   - a pass no change caused and the walk did not release (a resync, a
-//     restart's pass over every key, a delivery retry) reads the Secret only
+//     new leader's catch-up, a delivery retry) reads the Secret only
 //     with a token from a bucket refilled at perSecond and holding
 //     ceil(perSecond), from which each release takes one too: over any t
 //     seconds such passes and the walk make at most perSecond × t +
@@ -75,24 +76,41 @@ func newSecretChecks(clk clock.Clock, interval time.Duration, perSecond float64)
 	}
 }
 
-// visit is the informer's handler for an added or updated ApiKey: the walk
+// visit is the watch's handler for an added or updated ApiKey: the walk
 // visits it while it is neither revoked nor being deleted.
 func (c *secretChecks) visit(key *authv1alpha1.ApiKey) {
-	name := types.NamespacedName{Namespace: key.Namespace, Name: key.Name}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.visitLocked(key)
+}
+
+func (c *secretChecks) visitLocked(key *authv1alpha1.ApiKey) {
+	name := types.NamespacedName{Namespace: key.Namespace, Name: key.Name}
 	if key.Spec.Revoked || !key.DeletionTimestamp.IsZero() {
 		delete(c.keys, name)
 		return
 	}
-	c.keys[name] = struct{}{}
+	if _, ok := c.keys[name]; !ok {
+		name.Namespace = informers.Intern(name.Namespace)
+		c.keys[name] = struct{}{}
+	}
 }
 
-// leave is the informer's handler for a deleted ApiKey.
+// leave is the watch's handler for a deleted ApiKey.
 func (c *secretChecks) leave(key *authv1alpha1.ApiKey) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.keys, types.NamespacedName{Namespace: key.Namespace, Name: key.Name})
+}
+
+// replace is the watch's relist: the keys to visit are those it lists.
+func (c *secretChecks) replace(list []*authv1alpha1.ApiKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.keys)
+	for _, k := range list {
+		c.visitLocked(k)
+	}
 }
 
 // round is the walk's list of the keys to visit.

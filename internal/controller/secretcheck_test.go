@@ -49,14 +49,6 @@ func (g *secretGets) reset() ([]time.Time, map[string]int) {
 	return at, of
 }
 
-// builderIndexer lets IndexRecords add its indexes to a fake client.
-type builderIndexer struct{ b *fake.ClientBuilder }
-
-func (i builderIndexer) IndexField(_ context.Context, obj client.Object, field string, extract client.IndexerFunc) error {
-	i.b.WithIndex(obj, field, extract)
-	return nil
-}
-
 // fakeAPI is a fake API server holding n ApiKeys at generation 1, which
 // counts the Secret GETs made of it.
 func fakeAPI(t *testing.T, clk *clocktesting.FakeClock, n int) (client.Client, *secretGets) {
@@ -82,9 +74,6 @@ func fakeAPI(t *testing.T, clk *clocktesting.FakeClock, n int) (client.Client, *
 				return c.Get(ctx, key, obj, opts...)
 			},
 		})
-	if err := IndexRecords(context.Background(), builderIndexer{b}); err != nil {
-		t.Fatal(err)
-	}
 	// The fake client finds records by key as the API server does.
 	b.WithIndex(&authv1alpha1.ApiKeyRecord{}, IndexRecordKeyUID, func(o client.Object) []string {
 		return []string{o.(*authv1alpha1.ApiKeyRecord).Spec.KeyUID}

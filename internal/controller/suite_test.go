@@ -19,6 +19,7 @@ import (
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/testenv"
+	"github.com/latchkey-dev/latchkey/internal/verifier"
 )
 
 var env *testenv.Env
@@ -80,8 +81,17 @@ func startManager(t testing.TB, ns string, o managerOptions) *running {
 		},
 		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}},
 	}, func(mgr ctrl.Manager) error {
+		index := verifier.New(clock.RealClock{}, 0)
+		watchClient, err := client.NewWithWatch(mgr.GetConfig(), client.Options{Scheme: mgr.GetScheme()})
+		if err != nil {
+			return err
+		}
+		if err := mgr.Add(verifier.Watching{Verifier: index, Client: watchClient, Namespace: ns}); err != nil {
+			return err
+		}
 		reconciler = &ApiKeyReconciler{
 			Client:              mgr.GetClient(),
+			Index:               index,
 			APIReader:           mgr.GetAPIReader(),
 			Recorder:            mgr.GetEventRecorder("latchkey"),
 			Clock:               clock.RealClock{},
@@ -95,7 +105,7 @@ func startManager(t testing.TB, ns string, o managerOptions) *running {
 			return nil
 		}
 		return (&ApiKeyRecordReconciler{
-			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Clock: clock.RealClock{}, Retention: o.retention,
+			Client: mgr.GetClient(), Index: index, APIReader: mgr.GetAPIReader(), Clock: clock.RealClock{}, Retention: o.retention,
 		}).SetupWithManager(mgr)
 	})
 	if err != nil {
@@ -107,6 +117,22 @@ func startManager(t testing.TB, ns string, o managerOptions) *running {
 		}
 	})
 	return &running{ns: ns, logs: logs, reconciler: reconciler}
+}
+
+// watchedIndex is a key index fed by a watch of ns's ApiKeys and records,
+// synced, for a reconciler a test calls itself.
+func watchedIndex(t testing.TB, ns string) *verifier.Verifier {
+	t.Helper()
+	c, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	index := verifier.New(clock.RealClock{}, 0)
+	index.WatchNamespace(ctx, c, ns)
+	NewWithT(t).Eventually(index.Synced).Should(BeTrue())
+	return index
 }
 
 // newKey returns an ApiKey in ns with the given spec.

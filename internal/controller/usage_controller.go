@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -15,20 +16,23 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/usage"
+	"github.com/latchkey-dev/latchkey/internal/verifier"
 )
 
 // UsageReconciler keeps one Usage per tenant namespace with an ApiKey, and
 // summarises the tenant's ledger and keys into its status.
 type UsageReconciler struct {
 	Client client.Client
-	Clock  clock.PassiveClock
+	// Index is the key index: its watch of ApiKeys brings the passes
+	// (SetupWithManager), and it counts a tenant's keys.
+	Index *verifier.Verifier
+	Clock clock.PassiveClock
 	// WriteInterval is the least time between two writes of a Usage's
 	// status (default DefaultUsageWriteInterval) while its spec is
 	// unchanged: minting a tenant's keys would otherwise rewrite the
@@ -69,10 +73,7 @@ func (r *UsageReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl
 	if err := r.Client.Get(ctx, types.NamespacedName{Namespace: u.Namespace, Name: authv1alpha1.UsageLedgerStateName}, l); client.IgnoreNotFound(err) != nil {
 		return ctrl.Result{}, err
 	}
-	counts, err := r.countKeys(ctx, u.Namespace)
-	if err != nil {
-		return ctrl.Result{}, err
-	}
+	counts, _ := r.Index.CountKeys(u.Namespace, now)
 
 	window := int(u.Spec.WindowDays)
 	if window == 0 {
@@ -138,11 +139,7 @@ func (r *UsageReconciler) writeWait(u *authv1alpha1.Usage, now time.Time) time.D
 // create makes the tenant's Usage when the namespace has an ApiKey; it
 // returns nil when it has none.
 func (r *UsageReconciler) create(ctx context.Context, ns string) (*authv1alpha1.Usage, error) {
-	var keys authv1alpha1.ApiKeyList
-	if err := r.Client.List(ctx, &keys, client.InNamespace(ns), client.Limit(1)); err != nil {
-		return nil, err
-	}
-	if len(keys.Items) == 0 {
+	if _, found := r.Index.CountKeys(ns, r.Clock.Now()); !found {
 		return nil, nil
 	}
 	u := &authv1alpha1.Usage{ObjectMeta: metav1.ObjectMeta{
@@ -155,56 +152,27 @@ func (r *UsageReconciler) create(ctx context.Context, ns string) (*authv1alpha1.
 	return u, nil
 }
 
-// countKeys reads the cache's own ApiKeys, uncopied (it only reads them): a
-// tenant's whole list copied on every summary would be garbage the size of
-// the tenant's keys.
-func (r *UsageReconciler) countKeys(ctx context.Context, ns string) (authv1alpha1.UsageKeys, error) {
-	var keys authv1alpha1.ApiKeyList
-	var counts authv1alpha1.UsageKeys
-	if err := r.Client.List(ctx, &keys, client.InNamespace(ns), client.UnsafeDisableDeepCopy); err != nil {
-		return counts, err
-	}
-	now := r.Clock.Now()
-	for i := range keys.Items {
-		switch keys.Items[i].State(now) {
-		case authv1alpha1.PhaseRevoked:
-			counts.Revoked++
-		case authv1alpha1.PhaseExpired:
-			counts.Expired++
-		case authv1alpha1.PhaseActive:
-			counts.Active++
-		}
-	}
-	return counts, nil
-}
-
-// SetupWithManager registers the controller. ApiKeys and ledger states of a
-// namespace all lead to its one Usage; the controller's own status writes
-// do not (they leave the generation alone), nor do changes to an ApiKey
-// that leave its count where it was (last use, conditions): each summary
-// reads all of the tenant's keys.
+// SetupWithManager registers the controller. ApiKeys (from the key
+// index's watch) and ledger states of a namespace all lead to its one
+// Usage; the controller's own status writes do not (they leave the
+// generation alone). Each summary counts the tenant's keys in the index.
 func (r *UsageReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.Index == nil {
+		return errors.New("the Usage controller needs the key index (Index)")
+	}
+	events := usageEvents{newIndexSource(r.Index, func(context.Context, *indexSource) error { return nil })}
+	r.Index.FeedKeysTo(events)
 	toUsage := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []reconcile.Request {
-		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: obj.GetNamespace(), Name: authv1alpha1.UsageName}}}
+		return []reconcile.Request{usageOf(obj.GetNamespace())}
 	})
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&authv1alpha1.Usage{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
-		Watches(&authv1alpha1.ApiKey{}, toUsage, builder.WithPredicates(predicate.Funcs{UpdateFunc: countChanged})).
+		WatchesRawSource(events.indexSource).
 		Watches(&authv1alpha1.UsageLedger{}, toUsage, builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
 			return o.GetName() == authv1alpha1.UsageLedgerStateName // batch-key segments change no summary
 		}))).
 		Named("usage").
 		Complete(r)
-}
-
-// countChanged reports whether an update can move an ApiKey from one of
-// Usage's counts to another: State's inputs, and expiry, which moves it
-// later.
-func countChanged(e event.UpdateEvent) bool {
-	oldKey, ok1 := e.ObjectOld.(*authv1alpha1.ApiKey)
-	newKey, ok2 := e.ObjectNew.(*authv1alpha1.ApiKey)
-	return !ok1 || !ok2 || oldKey.Spec.Revoked != newKey.Spec.Revoked || oldKey.Status.Phase != newKey.Status.Phase ||
-		!oldKey.Spec.ExpiresAt.Equal(newKey.Spec.ExpiresAt)
 }
 
 func toMap(v any) (map[string]any, error) {

@@ -14,6 +14,7 @@ import (
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
 	"github.com/latchkey-dev/latchkey/internal/usage"
 	"github.com/latchkey-dev/latchkey/internal/usage/store"
+	"github.com/latchkey-dev/latchkey/internal/verifier"
 )
 
 // TestUsageWindowRollsOverAtUTCMidnight summarises a ledger with an injected
@@ -24,7 +25,8 @@ func TestUsageWindowRollsOverAtUTCMidnight(t *testing.T) {
 	ctx := context.Background()
 	ns := env.Namespace(t)
 	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 22, 18, 0, 0, 0, time.UTC))
-	r := &UsageReconciler{Client: env.Client, Clock: clk}
+	index := watchedIndex(t, ns)
+	r := &UsageReconciler{Client: env.Client, Index: index, Clock: clk}
 	req := ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: authv1alpha1.UsageName}}
 
 	_, err := r.Reconcile(ctx, req)
@@ -32,6 +34,7 @@ func TestUsageWindowRollsOverAtUTCMidnight(t *testing.T) {
 	g.Expect(env.Client.Get(ctx, req.NamespacedName, &authv1alpha1.Usage{})).NotTo(Succeed(), "no Usage without an ApiKey")
 
 	g.Expect(env.Client.Create(ctx, newKey(ns, "k", authv1alpha1.ApiKeySpec{}))).To(Succeed())
+	waitCounted(g, index, ns)
 	ledgers := &store.Store{Client: env.Client, Reader: env.Client, Clock: clk}
 	started := time.Date(2026, 11, 16, 9, 0, 0, 0, time.UTC) // six days ago
 	finished := started.Add(3 * time.Second)
@@ -76,12 +79,14 @@ func TestUsageWritesAreSpacedOut(t *testing.T) {
 	ctx := context.Background()
 	ns := env.Namespace(t)
 	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 22, 18, 0, 0, 0, time.UTC))
-	r := &UsageReconciler{Client: env.Client, Clock: clk, WriteInterval: 5 * time.Second}
+	index := watchedIndex(t, ns)
+	r := &UsageReconciler{Client: env.Client, Index: index, Clock: clk, WriteInterval: 5 * time.Second}
 	req := ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: authv1alpha1.UsageName}}
 	u := &authv1alpha1.Usage{}
 	pass := func() time.Duration { return usagePass(g, r, req, u) }
 
 	g.Expect(env.Client.Create(ctx, newKey(ns, "a", authv1alpha1.ApiKeySpec{}))).To(Succeed())
+	waitCounted(g, index, ns)
 	ledgers := &store.Store{Client: env.Client, Reader: env.Client, Clock: clk}
 	report := func(id string) {
 		_, err := ledgers.Report(ctx, ns, "svc", &usage.Batch{IdempotencyKey: id, Executions: []usage.Execution{
@@ -119,6 +124,14 @@ func TestUsageWritesAreSpacedOut(t *testing.T) {
 }
 
 // usagePass reconciles req, reads its Usage into u and returns the requeue.
+// waitCounted waits until the index holds an ApiKey of ns.
+func waitCounted(g Gomega, index *verifier.Verifier, ns string) {
+	g.Eventually(func() bool {
+		_, found := index.CountKeys(ns, time.Now())
+		return found
+	}).Should(BeTrue())
+}
+
 func usagePass(g Gomega, r *UsageReconciler, req ctrl.Request, u *authv1alpha1.Usage) time.Duration {
 	ctx := context.Background()
 	res, err := r.Reconcile(ctx, req)

@@ -38,19 +38,25 @@ type Stream[T client.Object, L client.ObjectList] struct {
 	newObj func() T
 }
 
-// NewStream is a stream of L's objects through c into sinks; newList and
-// newObj make an empty L and T.
-func NewStream[T client.Object, L client.ObjectList](c client.WithWatch, newList func() L, newObj func() T, sinks ...Sink[T]) *Stream[T, L] {
+// NewStream is a stream of L's objects through c into sinks, of those
+// scope selects (its namespace and field selector; the zero value: all);
+// newList and newObj make an empty L and T.
+func NewStream[T client.Object, L client.ObjectList](c client.WithWatch, scope client.ListOptions, newList func() L, newObj func() T, sinks ...Sink[T]) *Stream[T, L] {
+	options := func(opts metav1.ListOptions) *client.ListOptions {
+		o := scope
+		o.Raw = &opts
+		return &o
+	}
 	return &Stream[T, L]{
 		sinks:  sinks,
 		newObj: newObj,
 		lw: &toolscache.ListWatch{
 			ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
 				list := newList()
-				return list, c.List(ctx, list, &client.ListOptions{Raw: &opts})
+				return list, c.List(ctx, list, options(opts))
 			},
 			WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
-				return c.Watch(ctx, newList(), &client.ListOptions{Raw: &opts})
+				return c.Watch(ctx, newList(), options(opts))
 			},
 		},
 	}
@@ -68,9 +74,9 @@ func (s *Stream[T, L]) Synced() bool { return s.synced.Load() }
 // streamStore is the Reflector's view of a Stream.
 type streamStore[T client.Object, L client.ObjectList] Stream[T, L]
 
-func (s *streamStore[T, L]) Add(obj any) error    { return s.call(obj, Sink[T].Set) }
-func (s *streamStore[T, L]) Update(obj any) error { return s.call(obj, Sink[T].Set) }
-func (s *streamStore[T, L]) Delete(obj any) error { return s.call(obj, Sink[T].Remove) }
+func (s *streamStore[T, L]) Add(obj any) error    { s.call(obj, Sink[T].Set); return nil }
+func (s *streamStore[T, L]) Update(obj any) error { s.call(obj, Sink[T].Set); return nil }
+func (s *streamStore[T, L]) Delete(obj any) error { s.call(obj, Sink[T].Remove); return nil }
 func (s *streamStore[T, L]) Resync() error        { return nil }
 
 func (s *streamStore[T, L]) Replace(list []any, _ string) error {
@@ -87,13 +93,12 @@ func (s *streamStore[T, L]) Replace(list []any, _ string) error {
 	return nil
 }
 
-func (s *streamStore[T, L]) call(obj any, f func(Sink[T], T)) error {
+func (s *streamStore[T, L]) call(obj any, f func(Sink[T], T)) {
 	if t, ok := As[T](obj); ok {
 		for _, sink := range s.sinks {
 			f(sink, t)
 		}
 	}
-	return nil
 }
 
 // Intern is s held once however many objects repeat it (a namespace, a

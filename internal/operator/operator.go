@@ -16,7 +16,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/utils/clock"
@@ -29,7 +28,6 @@ import (
 	"github.com/latchkey-dev/latchkey/internal/endpoints"
 	"github.com/latchkey-dev/latchkey/internal/extauthz"
 	"github.com/latchkey-dev/latchkey/internal/fencing"
-	"github.com/latchkey-dev/latchkey/internal/informers"
 	"github.com/latchkey-dev/latchkey/internal/metrics"
 	"github.com/latchkey-dev/latchkey/internal/serving"
 	"github.com/latchkey-dev/latchkey/internal/usage/activity"
@@ -164,36 +162,6 @@ type Operator struct {
 
 // Setup adds everything Latchkey runs to mgr.
 func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
-	apiKeys := &controller.ApiKeyReconciler{
-		Client:                mgr.GetClient(),
-		APIReader:             mgr.GetAPIReader(),
-		Recorder:              mgr.GetEventRecorder("latchkey"),
-		Clock:                 o.Clock,
-		Random:                o.Random,
-		SecretCheckInterval:   o.SecretCheckInterval,
-		SecretChecksPerSecond: o.SecretChecksPerSecond,
-		ServiceAccount:        o.ServiceAccount,
-		ExpiryWarning:         o.ExpiryWarning,
-	}
-	if err := apiKeys.SetupWithManager(mgr, o.MaxConcurrentReconciles); err != nil {
-		return nil, fmt.Errorf("apikey controller: %w", err)
-	}
-	if err := (&controller.ApiKeyRecordReconciler{
-		Client:    mgr.GetClient(),
-		Records:   apiKeys.Records,
-		APIReader: mgr.GetAPIReader(),
-		Clock:     o.Clock,
-		Retention: o.RecordRetention,
-
-		MaxDeletedPerTenant: o.MaxDeletedRecordsPerTenant,
-	}).SetupWithManager(mgr); err != nil {
-		return nil, fmt.Errorf("apikeyrecord controller: %w", err)
-	}
-
-	if err := (&controller.UsageReconciler{Client: mgr.GetClient(), Clock: o.Clock}).SetupWithManager(mgr); err != nil {
-		return nil, fmt.Errorf("usage controller: %w", err)
-	}
-
 	replica, err := newReplica(mgr, o)
 	if err != nil {
 		return nil, err
@@ -208,6 +176,37 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 	if fence == nil {
 		fence = v
 	}
+	apiKeys := &controller.ApiKeyReconciler{
+		Client:                mgr.GetClient(),
+		Index:                 v,
+		APIReader:             mgr.GetAPIReader(),
+		Recorder:              mgr.GetEventRecorder("latchkey"),
+		Clock:                 o.Clock,
+		Random:                o.Random,
+		SecretCheckInterval:   o.SecretCheckInterval,
+		SecretChecksPerSecond: o.SecretChecksPerSecond,
+		ServiceAccount:        o.ServiceAccount,
+		ExpiryWarning:         o.ExpiryWarning,
+	}
+	if err := apiKeys.SetupWithManager(mgr, o.MaxConcurrentReconciles); err != nil {
+		return nil, fmt.Errorf("apikey controller: %w", err)
+	}
+	if err := (&controller.ApiKeyRecordReconciler{
+		Client:    mgr.GetClient(),
+		Index:     v,
+		APIReader: mgr.GetAPIReader(),
+		Clock:     o.Clock,
+		Retention: o.RecordRetention,
+
+		MaxDeletedPerTenant: o.MaxDeletedRecordsPerTenant,
+	}).SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("apikeyrecord controller: %w", err)
+	}
+
+	if err := (&controller.UsageReconciler{Client: mgr.GetClient(), Index: v, Clock: o.Clock}).SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("usage controller: %w", err)
+	}
+
 	watchClient, err := client.NewWithWatch(mgr.GetConfig(), client.Options{
 		Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper(), HTTPClient: mgr.GetHTTPClient(),
 	})
@@ -331,21 +330,14 @@ func addExtAuthz(mgr ctrl.Manager, es *endpoints.Server, o Options, ready func()
 	return l, mgr.Add(l)
 }
 
-// CacheOptions keep the manager's cache small, since it holds every ApiKey
-// and record: no managed fields, and no annotations or labels on ApiKeys and
-// records (kubectl's last-applied-configuration would double each ApiKey;
-// a record's labels repeat its spec). Nothing reads them from the cache,
-// and no patch computed from a cached object changes them, so a patch from
-// a stripped base leaves them as they are. The strings every object repeats
-// (its tenant, kind, format, the controller's own condition texts) are held
-// once, and a record's hash shares its name's bytes: records are named by
-// their hash.
+// CacheOptions keep the manager's cache small. It holds no ApiKey and no
+// record: the key index keeps what it reads of them from watches of its
+// own, and the controllers read the one a pass is for from the API server
+// (ClientOptions). No managed fields are kept of what it does hold.
 func CacheOptions() cache.Options {
 	return cache.Options{
 		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
-			&authv1alpha1.ApiKey{}:       {Transform: compactKey},
-			&authv1alpha1.ApiKeyRecord{}: {Transform: compactRecord},
 			// Only ledger states are summarised; batch-key segments (up to
 			// 160 kB each) are read from the API server when needed.
 			&authv1alpha1.UsageLedger{}: {Label: labels.SelectorFromSet(labels.Set{authv1alpha1.LabelLedger: authv1alpha1.LedgerPartState})},
@@ -353,49 +345,12 @@ func CacheOptions() cache.Options {
 	}
 }
 
-// compactKey is CacheOptions' transform of an ApiKey.
-func compactKey(obj any) (any, error) {
-	k, ok := obj.(*authv1alpha1.ApiKey)
-	if !ok {
-		return obj, nil
-	}
-	compactMeta(&k.TypeMeta, &k.ObjectMeta)
-	k.Spec.Format = informers.Intern(k.Spec.Format)
-	k.Status.Phase = informers.Intern(k.Status.Phase)
-	for i := range k.Status.Conditions {
-		c := &k.Status.Conditions[i]
-		c.Type, c.Status, c.Reason, c.Message = informers.Intern(c.Type), informers.Intern(c.Status), informers.Intern(c.Reason), informers.Intern(c.Message)
-	}
-	return k, nil
-}
-
-// compactRecord is CacheOptions' transform of an ApiKeyRecord.
-func compactRecord(obj any) (any, error) {
-	r, ok := obj.(*authv1alpha1.ApiKeyRecord)
-	if !ok {
-		return obj, nil
-	}
-	compactMeta(&r.TypeMeta, &r.ObjectMeta)
-	if r.Spec.Hash == r.Name {
-		r.Spec.Hash = r.Name // the same text: one copy of its bytes
-	}
-	r.Spec.Tenant = informers.Intern(r.Spec.Tenant)
-	r.Spec.Format = informers.Intern(r.Spec.Format)
-	r.Spec.RevocationReason = informers.Intern(r.Spec.RevocationReason)
-	return r, nil
-}
-
-func compactMeta(t *metav1.TypeMeta, m *metav1.ObjectMeta) {
-	t.APIVersion, t.Kind = informers.Intern(t.APIVersion), informers.Intern(t.Kind)
-	m.ManagedFields, m.Annotations, m.Labels = nil, nil, nil
-	m.Namespace = informers.Intern(m.Namespace)
-	for i := range m.Finalizers {
-		m.Finalizers[i] = informers.Intern(m.Finalizers[i])
-	}
-}
-
-// ClientOptions never cache Secrets: a Secret cache would list and watch
-// every Secret in the cluster. They are read by name.
+// ClientOptions never cache Secrets, ApiKeys or records: a Secret cache
+// would list and watch every Secret in the cluster, and a cache of ApiKeys
+// and records would hold each whole, beside the key index. They are read
+// by name.
 func ClientOptions() client.Options {
-	return client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}}
+	return client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{
+		&corev1.Secret{}, &authv1alpha1.ApiKey{}, &authv1alpha1.ApiKeyRecord{},
+	}}}
 }

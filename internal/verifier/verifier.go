@@ -14,6 +14,7 @@ import (
 
 	"github.com/go-logr/logr"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
@@ -93,12 +94,17 @@ type Verifier struct {
 	// typed objects, their metadata and a store's keys and indexes. Its
 	// entries are never changed once indexed, only replaced, so an
 	// Identity may point into them.
-	mu      sync.RWMutex
-	byHash  map[[32]byte]*record
-	keys    map[types.UID]*key
+	mu     sync.RWMutex
+	byHash map[[32]byte]*record
+	keys   map[types.UID]*key
+	// byKey names each key's records, pending ones among them, for the
+	// leader's controllers.
+	byKey   map[string][]string
 	streams []interface{ Synced() bool }
-	// keySinks are fed the ApiKeys the watch brings, after the index.
-	keySinks []informers.Sink[*authv1alpha1.ApiKey]
+	// keySinks and recordSinks are fed what the watches bring, after the
+	// index.
+	keySinks    []informers.Sink[*authv1alpha1.ApiKey]
+	recordSinks []informers.Sink[*authv1alpha1.ApiKeyRecord]
 	// gate, when set, must allow every answer.
 	gate Gate
 }
@@ -113,7 +119,10 @@ type record struct {
 	// minted (ApiKeyRecord.Minted) and validUntil (0: none) in Unix
 	// nanoseconds: only compared.
 	minted, validUntil int64
-	revoked, rotated   bool
+	// revokedAt is when it was revoked, in Unix nanoseconds (0: not), and
+	// keyGone says it was for its key's deletion (Deleted or Orphaned).
+	revokedAt                 int64
+	revoked, rotated, keyGone bool
 }
 
 // key is what the index keeps of an ApiKey.
@@ -124,7 +133,9 @@ type key struct {
 	revoked         bool
 	deleting        bool
 	suspended       bool
-	grace           time.Duration
+	// phase is status.phase as the controller last wrote it.
+	phase authv1alpha1.Phase
+	grace time.Duration
 	// rotationRequested is spec.rotation.requestedAt (the zero time: none).
 	rotationRequested time.Time
 	// expiresAt is the zero time when the key has no expiry.
@@ -151,6 +162,7 @@ func New(clk clock.PassiveClock, fenceTTL time.Duration, opts ...Option) *Verifi
 		fences: newFenceTable(clk, fenceTTL, o.confirmAfter, o.maxFences),
 		byHash: map[[32]byte]*record{},
 		keys:   map[types.UID]*key{},
+		byKey:  map[string][]string{},
 	}
 }
 
@@ -281,18 +293,26 @@ func (v *Verifier) Synced() bool {
 // another tenant, to authenticate anew. A record's hash never changes (the
 // schema says so), so a record is found again by it.
 func (v *Verifier) SetRecord(r *authv1alpha1.ApiKeyRecord) {
-	if r.Spec.Pending {
-		return
-	}
 	hash, ok := hashOf(r)
 	if !ok {
 		return // the API server's schema admits no other hash
+	}
+	if r.Spec.Pending {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		v.fileLocked(r.Spec.KeyUID, r.Name)
+		return
 	}
 	e := &record{
 		name: r.Name, keyUID: r.Spec.KeyUID, tenant: informers.Intern(r.Spec.Tenant), keyName: r.Spec.KeyName,
 		hint: r.Spec.Hint, format: informers.Intern(r.Spec.Format), created: r.CreationTimestamp.Time,
 		minted: r.Minted().UnixNano(), revoked: r.Spec.Revoked,
 		rotated: r.Spec.Revoked && r.Spec.RevocationReason == authv1alpha1.RevocationRotated,
+		keyGone: r.Spec.Revoked && (r.Spec.RevocationReason == authv1alpha1.RevocationDeleted ||
+			r.Spec.RevocationReason == authv1alpha1.RevocationOrphaned),
+	}
+	if t := r.Spec.RevokedAt; t != nil && r.Spec.Revoked {
+		e.revokedAt = t.UnixNano()
 	}
 	if r.Spec.Hash == r.Name {
 		e.name = r.Spec.Hash // the same text: one copy of its bytes
@@ -308,6 +328,7 @@ func (v *Verifier) SetRecord(r *authv1alpha1.ApiKeyRecord) {
 	if k, ok := v.keys[types.UID(e.keyUID)]; ok {
 		e.keyUID, e.keyName = string(k.uid), shared(e.keyName, k.name) // one copy of the key's texts
 	}
+	v.fileLocked(e.keyUID, e.name)
 	if held, ok := v.byHash[hash]; ok && held.keyUID != e.keyUID {
 		v.log.Error(nil, "Refused to index a second record of a key value already recorded",
 			"record", klog.KObj(r), "tenant", r.Spec.Tenant, "keyName", r.Spec.KeyName,
@@ -337,9 +358,108 @@ func (v *Verifier) RemoveRecord(r *authv1alpha1.ApiKeyRecord) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	v.unfileLocked(r.Spec.KeyUID, r.Name)
 	if held, ok := v.byHash[hash]; ok && held.keyUID == r.Spec.KeyUID {
 		delete(v.byHash, hash)
 	}
+}
+
+// fileLocked files a record's name under its key's UID.
+func (v *Verifier) fileLocked(keyUID, name string) {
+	if names := v.byKey[keyUID]; !slices.Contains(names, name) {
+		v.byKey[keyUID] = append(names, name)
+	}
+}
+
+func (v *Verifier) unfileLocked(keyUID, name string) {
+	names := slices.DeleteFunc(v.byKey[keyUID], func(n string) bool { return n == name })
+	if len(names) == 0 {
+		delete(v.byKey, keyUID)
+		return
+	}
+	v.byKey[keyUID] = names
+}
+
+// RecordNames names the records of the ApiKey with uid, pending ones
+// among them: a copy the caller may keep.
+func (v *Verifier) RecordNames(uid types.UID) []string {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return slices.Clone(v.byKey[string(uid)])
+}
+
+// Orphans names the records whose ApiKey the index does not hold: the
+// record controller's work once the index has synced.
+func (v *Verifier) Orphans() []string {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	var out []string
+	for uid, names := range v.byKey {
+		if _, ok := v.keys[types.UID(uid)]; !ok {
+			out = append(out, names...)
+		}
+	}
+	return out
+}
+
+// A GoneRecord is a record revoked for its key's deletion.
+type GoneRecord struct {
+	Name      string
+	RevokedAt time.Time
+}
+
+// GoneRecords are the tenant's records revoked for their keys' deletion
+// (Deleted or Orphaned), as the record controller trims them.
+func (v *Verifier) GoneRecords(tenant string) []GoneRecord {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	var out []GoneRecord
+	for _, r := range v.byHash {
+		if r.keyGone && r.revokedAt != 0 && r.tenant == tenant {
+			out = append(out, GoneRecord{Name: r.name, RevokedAt: time.Unix(0, r.revokedAt)})
+		}
+	}
+	return out
+}
+
+// CountKeys counts the namespace's ApiKeys by state at now (ApiKey.State),
+// for its Usage.
+func (v *Verifier) CountKeys(namespace string, now time.Time) (counts authv1alpha1.UsageKeys, found bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	for _, k := range v.keys {
+		if k.namespace != namespace {
+			continue
+		}
+		found = true
+		switch k.state(now) {
+		case authv1alpha1.PhaseRevoked:
+			counts.Revoked++
+		case authv1alpha1.PhaseExpired:
+			counts.Expired++
+		case authv1alpha1.PhaseActive:
+			counts.Active++
+		}
+	}
+	return counts, found
+}
+
+// state is ApiKey.State of the key as the index holds it.
+func (k *key) state(now time.Time) authv1alpha1.Phase {
+	var a authv1alpha1.ApiKey
+	a.Spec.Revoked, a.Spec.Suspended, a.Status.Phase = k.revoked, k.suspended, k.phase
+	if !k.expiresAt.IsZero() {
+		a.Spec.ExpiresAt = &metav1.Time{Time: k.expiresAt}
+	}
+	return a.State(now)
+}
+
+// HasKey says whether the index holds the ApiKey with uid.
+func (v *Verifier) HasKey(uid types.UID) bool {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	_, ok := v.keys[uid]
+	return ok
 }
 
 // hashOf is a record's hash as the index's key.
@@ -354,7 +474,7 @@ func (v *Verifier) SetKey(k *authv1alpha1.ApiKey) {
 	e := &key{
 		uid: k.UID, namespace: informers.Intern(k.Namespace), name: k.Name, generation: k.Generation,
 		revoked: k.Spec.Revoked, deleting: !k.DeletionTimestamp.IsZero(), suspended: k.Spec.Suspended,
-		grace: k.GracePeriod(), rotationRequested: k.RotationRequested(),
+		phase: informers.Intern(k.Status.Phase), grace: k.GracePeriod(), rotationRequested: k.RotationRequested(),
 	}
 	if t := k.Spec.ExpiresAt; t != nil {
 		e.expiresAt = t.Time
@@ -406,10 +526,12 @@ func (s *records) Remove(r *authv1alpha1.ApiKeyRecord) { (*Verifier)(s).RemoveRe
 func (s *records) Replace(list []*authv1alpha1.ApiKeyRecord) {
 	v := (*Verifier)(s)
 	listed := make(map[[32]byte]bool, len(list))
+	named := make(map[string]bool, len(list))
 	for _, r := range list {
 		if hash, ok := hashOf(r); ok && !r.Spec.Pending {
 			listed[hash] = true
 		}
+		named[r.Name] = true
 		v.SetRecord(r)
 	}
 	v.mu.Lock()
@@ -417,6 +539,14 @@ func (s *records) Replace(list []*authv1alpha1.ApiKeyRecord) {
 	for hash := range v.byHash {
 		if !listed[hash] {
 			delete(v.byHash, hash)
+		}
+	}
+	for uid, names := range v.byKey {
+		kept := slices.DeleteFunc(slices.Clone(names), func(n string) bool { return !named[n] })
+		if len(kept) == 0 {
+			delete(v.byKey, uid)
+		} else {
+			v.byKey[uid] = kept
 		}
 	}
 }
@@ -446,11 +576,21 @@ func (s *apiKeys) Replace(list []*authv1alpha1.ApiKey) {
 // Watch feeds the index from watches of its own on ApiKeyRecords and
 // ApiKeys through c, until ctx ends. It runs on every replica, leader or
 // not: every replica answers verification requests.
-func (v *Verifier) Watch(ctx context.Context, c client.WithWatch) {
-	recs := informers.NewStream(c,
+func (v *Verifier) Watch(ctx context.Context, c client.WithWatch) { v.WatchNamespace(ctx, c, "") }
+
+// WatchNamespace is Watch of one namespace's ApiKeys and records (those of
+// its tenant), or of all when namespace is empty.
+func (v *Verifier) WatchNamespace(ctx context.Context, c client.WithWatch, namespace string) {
+	var keyScope, recordScope client.ListOptions
+	if namespace != "" {
+		keyScope.Namespace = namespace
+		recordScope.FieldSelector = fields.OneTermEqualSelector("spec.tenant", namespace)
+	}
+	recs := informers.NewStream(c, recordScope,
 		func() *authv1alpha1.ApiKeyRecordList { return &authv1alpha1.ApiKeyRecordList{} },
-		func() *authv1alpha1.ApiKeyRecord { return &authv1alpha1.ApiKeyRecord{} }, (*records)(v))
-	apis := informers.NewStream(c,
+		func() *authv1alpha1.ApiKeyRecord { return &authv1alpha1.ApiKeyRecord{} },
+		append([]informers.Sink[*authv1alpha1.ApiKeyRecord]{(*records)(v)}, v.recordSinks...)...)
+	apis := informers.NewStream(c, keyScope,
 		func() *authv1alpha1.ApiKeyList { return &authv1alpha1.ApiKeyList{} },
 		func() *authv1alpha1.ApiKey { return &authv1alpha1.ApiKey{} }, append([]informers.Sink[*authv1alpha1.ApiKey]{(*apiKeys)(v)}, v.keySinks...)...)
 	v.mu.Lock()
@@ -460,6 +600,12 @@ func (v *Verifier) Watch(ctx context.Context, c client.WithWatch) {
 	go apis.Run(ctx)
 }
 
+// FeedRecordsTo has Watch feed sink the records it brings too, after the
+// index. It must come before Watch.
+func (v *Verifier) FeedRecordsTo(sink informers.Sink[*authv1alpha1.ApiKeyRecord]) {
+	v.recordSinks = append(v.recordSinks, sink)
+}
+
 // FeedKeysTo has Watch feed sink the ApiKeys it brings too, so that what
 // else needs a few fields of every ApiKey shares the index's watch rather
 // than caching the objects. It must come before Watch.
@@ -467,15 +613,17 @@ func (v *Verifier) FeedKeysTo(sink informers.Sink[*authv1alpha1.ApiKey]) {
 	v.keySinks = append(v.keySinks, sink)
 }
 
-// Watching runs Watch as a manager's Runnable, on every replica.
+// Watching runs Watch as a manager's Runnable, on every replica: of
+// Namespace only when it is set.
 type Watching struct {
-	Verifier *Verifier
-	Client   client.WithWatch
+	Verifier  *Verifier
+	Client    client.WithWatch
+	Namespace string
 }
 
 // Start watches until ctx ends.
 func (w Watching) Start(ctx context.Context) error {
-	w.Verifier.Watch(ctx, w.Client)
+	w.Verifier.WatchNamespace(ctx, w.Client, w.Namespace)
 	<-ctx.Done()
 	return nil
 }
