@@ -123,9 +123,21 @@ type apiKeyEvents struct {
 	checks *secretChecks
 }
 
-func (e *apiKeyEvents) Set(k *authv1alpha1.ApiKey) {
+func (e *apiKeyEvents) Add(k *authv1alpha1.ApiKey) {
 	e.checks.visit(k)
 	if needsPass(k) {
+		e.add(requestFor(k))
+	}
+}
+
+// Set is an ApiKey changed. The finalizer a new key's first pass adds
+// brings no second pass: the first is under way, and if it fails it is
+// retried.
+func (e *apiKeyEvents) Set(k *authv1alpha1.ApiKey) {
+	e.checks.visit(k)
+	firstPassUnderWay := k.Generation == 1 && k.Status.ObservedGeneration == 0 && k.DeletionTimestamp.IsZero() &&
+		controllerutil.ContainsFinalizer(k, authv1alpha1.Finalizer)
+	if needsPass(k) && !firstPassUnderWay {
 		e.add(requestFor(k))
 	}
 }

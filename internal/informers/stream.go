@@ -27,6 +27,12 @@ type Sink[T client.Object] interface {
 	Replace([]T)
 }
 
+// An Adder is a Sink that tells an object the watch shows added from one
+// changed: Add is called in place of Set for the first.
+type Adder[T client.Object] interface {
+	Add(T)
+}
+
 // Stream lists and watches the objects of L's kind through c into its
 // sinks, in turn, until ctx ends, with client-go's Reflector (relists,
 // bookmarks, backoff) and no store of its own. Synced reports whether the
@@ -74,7 +80,16 @@ func (s *Stream[T, L]) Synced() bool { return s.synced.Load() }
 // streamStore is the Reflector's view of a Stream.
 type streamStore[T client.Object, L client.ObjectList] Stream[T, L]
 
-func (s *streamStore[T, L]) Add(obj any) error    { s.call(obj, Sink[T].Set); return nil }
+func (s *streamStore[T, L]) Add(obj any) error {
+	s.call(obj, func(sink Sink[T], t T) {
+		if a, ok := sink.(Adder[T]); ok {
+			a.Add(t)
+			return
+		}
+		sink.Set(t)
+	})
+	return nil
+}
 func (s *streamStore[T, L]) Update(obj any) error { s.call(obj, Sink[T].Set); return nil }
 func (s *streamStore[T, L]) Delete(obj any) error { s.call(obj, Sink[T].Remove); return nil }
 func (s *streamStore[T, L]) Resync() error        { return nil }
