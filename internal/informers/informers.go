@@ -1,10 +1,11 @@
-// Package informers holds what the handlers Latchkey adds to its cache's
-// informers share.
+// Package informers holds Latchkey's own watches (Stream, a Reflector into
+// sinks that keep only what they need of each object) and what the small
+// indexes beside them share.
 package informers
 
 import toolscache "k8s.io/client-go/tools/cache"
 
-// As is an informer's object as a T, the last state known of one whose
+// As is a watch's object as a T, the last state known of one whose
 // deletion the watch missed included.
 func As[T any](obj any) (T, bool) {
 	if d, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
@@ -12,22 +13,4 @@ func As[T any](obj any) (T, bool) {
 	}
 	t, ok := obj.(T)
 	return t, ok
-}
-
-// Handle calls f with every object of type T the informer adds, updates
-// (the new state) or deletes: f is add for the first two and remove for the
-// last.
-func Handle[T any](add, remove func(T)) toolscache.ResourceEventHandlerFuncs {
-	call := func(f func(T)) func(any) {
-		return func(obj any) {
-			if t, ok := As[T](obj); ok {
-				f(t)
-			}
-		}
-	}
-	return toolscache.ResourceEventHandlerFuncs{
-		AddFunc:    call(add),
-		UpdateFunc: func(_, obj any) { call(add)(obj) },
-		DeleteFunc: call(remove),
-	}
 }
