@@ -28,7 +28,9 @@ type adder struct {
 
 func (a *adder) Add(o *corev1.ConfigMap) { a.added = append(a.added, o.Name) }
 
-func cm(name string) *corev1.ConfigMap { return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name}} }
+func cm(name string) *corev1.ConfigMap {
+	return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name}}
+}
 
 // TestStreamFeedsEverySink drives a stream's store as the Reflector does:
 // every sink gets each object in turn, an Adder its additions apart, a
