@@ -603,13 +603,25 @@ func (v *Verifier) WatchNamespace(ctx context.Context, c client.WithWatch, names
 // FeedRecordsTo has Watch feed sink the records it brings too, after the
 // index. It must come before Watch.
 func (v *Verifier) FeedRecordsTo(sink informers.Sink[*authv1alpha1.ApiKeyRecord]) {
+	v.mustNotWatchYet()
 	v.recordSinks = append(v.recordSinks, sink)
+}
+
+// mustNotWatchYet panics once Watch has started: a sink added later would
+// miss the first list, and whatever it indexes would stay incomplete.
+func (v *Verifier) mustNotWatchYet() {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	if len(v.streams) > 0 {
+		panic("verifier: a sink was added after Watch started")
+	}
 }
 
 // FeedKeysTo has Watch feed sink the ApiKeys it brings too, so that what
 // else needs a few fields of every ApiKey shares the index's watch rather
 // than caching the objects. It must come before Watch.
 func (v *Verifier) FeedKeysTo(sink informers.Sink[*authv1alpha1.ApiKey]) {
+	v.mustNotWatchYet()
 	v.keySinks = append(v.keySinks, sink)
 }
 

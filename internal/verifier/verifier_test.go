@@ -424,3 +424,17 @@ func TestTheIndexHoldsNoObjectOfTheWatch(t *testing.T) {
 		t.Fatalf("Verify = %+v, %v: the index changed with objects it was given", id, err)
 	}
 }
+
+// TestASinkAddedAfterWatchIsRefused: it would miss the first list.
+func TestASinkAddedAfterWatchIsRefused(t *testing.T) {
+	v := New(clocktesting.NewFakeClock(time.Now()), 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	v.Watch(ctx, nil)
+	defer func() {
+		if recover() == nil {
+			t.Fatal("FeedKeysTo after Watch did not panic")
+		}
+	}()
+	v.FeedKeysTo(&apiKeys{})
+}
