@@ -160,7 +160,14 @@ func (r *UsageReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Index == nil {
 		return errors.New("the Usage controller needs the key index (Index)")
 	}
-	events := usageEvents{newIndexSource(r.Index, func(context.Context, *indexSource) error { return nil })}
+	// A new leader summarises every tenant with keys: one whose Usage is
+	// missing (its keys made while no leader ran) gets one.
+	events := usageEvents{newIndexSource(r.Index, func(_ context.Context, s *indexSource) error {
+		for _, ns := range r.Index.Namespaces() {
+			s.addLow(usageOf(ns))
+		}
+		return nil
+	})}
 	r.Index.FeedKeysTo(events)
 	toUsage := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []reconcile.Request {
 		return []reconcile.Request{usageOf(obj.GetNamespace())}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -442,6 +443,17 @@ func (v *Verifier) CountKeys(namespace string, now time.Time) (counts authv1alph
 		}
 	}
 	return counts, found
+}
+
+// Namespaces are those the index holds an ApiKey of.
+func (v *Verifier) Namespaces() []string {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	seen := map[string]bool{}
+	for _, k := range v.keys {
+		seen[k.namespace] = true
+	}
+	return slices.Collect(maps.Keys(seen))
 }
 
 // state is ApiKey.State of the key as the index holds it.

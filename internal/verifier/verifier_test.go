@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -437,4 +438,25 @@ func TestASinkAddedAfterWatchIsRefused(t *testing.T) {
 		}
 	}()
 	v.FeedKeysTo(&apiKeys{})
+}
+
+// TestTheIndexCountsATenantsKeys: what Usage reads of the index.
+func TestTheIndexCountsATenantsKeys(t *testing.T) {
+	f := newFixture(t)
+	f.v.SetKey(&authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant-a", Name: "old", UID: "uid-2"},
+		Spec: authv1alpha1.ApiKeySpec{Revoked: true}})
+	f.v.SetKey(&authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant-b", Name: "b", UID: "uid-3"},
+		Status: authv1alpha1.ApiKeyStatus{Phase: authv1alpha1.PhaseActive}})
+	counts, found := f.v.CountKeys("tenant-a", f.clk.Now())
+	if !found || counts.Revoked != 1 || counts.Active != 0 {
+		t.Errorf("tenant-a: %+v, %v; want one revoked (the fixture's key has no phase yet: Pending)", counts, found)
+	}
+	if _, found := f.v.CountKeys("tenant-c", f.clk.Now()); found {
+		t.Error("a tenant with no keys has some")
+	}
+	ns := f.v.Namespaces()
+	slices.Sort(ns)
+	if !slices.Equal(ns, []string{"tenant-a", "tenant-b"}) {
+		t.Errorf("Namespaces = %v", ns)
+	}
 }
