@@ -95,6 +95,7 @@ type ApiKeyReconciler struct {
 
 	checksOnce sync.Once
 	checks     *secretChecks
+	walkOnce   sync.Once
 	expiring   expiringKeys
 	created    createdRecords
 }
@@ -391,7 +392,7 @@ func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager, maxConcurrent int)
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("apikey").
 		WatchesRawSource(passes).
-		WithOptions(controller.Options{MaxConcurrentReconciles: maxConcurrent}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: maxConcurrent, CacheSyncTimeout: SyncTimeout}).
 		Complete(r)
 }
 
@@ -404,7 +405,9 @@ const catchUpPage = 500
 // keeping none, to queue the passes the last leader's queue held (dueIn):
 // a key with nothing due, most of them, costs nothing more.
 func (r *ApiKeyReconciler) catchUp(ctx context.Context, s *indexSource) error {
-	go r.secretChecks().walk(ctx, func(key types.NamespacedName) { s.addLow(reconcile.Request{NamespacedName: key}) })
+	r.walkOnce.Do(func() {
+		go r.secretChecks().walk(ctx, func(key types.NamespacedName) { s.addLow(reconcile.Request{NamespacedName: key}) })
+	})
 	now := r.Clock.Now()
 	list := &authv1alpha1.ApiKeyList{}
 	for cont := ""; ; {

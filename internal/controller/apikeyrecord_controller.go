@@ -14,6 +14,7 @@ import (
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
@@ -159,6 +160,7 @@ func (r *ApiKeyRecordReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.Index.FeedKeysTo(deletedKeyEvents{events})
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("apikeyrecord").
+		WithOptions(controller.Options{CacheSyncTimeout: SyncTimeout}).
 		WatchesRawSource(events.indexSource).
 		Complete(r)
 }

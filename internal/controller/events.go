@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/controller/priorityqueue"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
@@ -27,9 +28,9 @@ import (
 
 // indexSource is a controller's source fed by the key index's watches.
 // The watches run on every replica, the controller only on the leader:
-// until it starts, what they bring adds to no queue, and when it starts
-// catchUp adds whatever needs a pass, once the index has synced. The
-// controller's workers start after that.
+// until it starts, what they bring adds to no queue. When it starts, its
+// workers wait for the index to sync, and catchUp then adds whatever needs
+// a pass, beside them (a list of every ApiKey must not hold them up).
 type indexSource struct {
 	index *verifier.Verifier
 	// catchUp adds the passes due, when the controller starts.
@@ -82,23 +83,41 @@ func (s *indexSource) Start(ctx context.Context, q workqueue.TypedRateLimitingIn
 			case <-tick.C:
 			}
 		}
-		s.done <- s.catchUp(ctx, s)
+		s.done <- nil
+		for {
+			err := s.catchUp(ctx, s)
+			if err == nil || ctx.Err() != nil {
+				return
+			}
+			log.FromContext(ctx).Error(err, "Catching up with the key index; trying again")
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(5 * time.Second):
+			}
+		}
 	}()
 	return nil
 }
 
-// WaitForSync holds the controller's workers until catchUp has run.
+// WaitForSync holds the controller's workers until the index has synced.
 func (s *indexSource) WaitForSync(ctx context.Context) error {
 	select {
 	case err := <-s.done:
 		if err != nil {
-			return fmt.Errorf("catching up with the key index: %w", err)
+			return fmt.Errorf("waiting for the key index: %w", err)
 		}
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
+
+// SyncTimeout is how long a controller fed by the index waits for it to
+// sync when it starts: the first lists of every ApiKey and record, which
+// at a million keys take minutes on a core (controller-runtime's default
+// is 2 minutes).
+const SyncTimeout = 15 * time.Minute
 
 // needsPass says whether the ApiKey, as the watch shows it, asks for a
 // pass: a spec its status has not caught up with (a create, an edit, a

@@ -16,6 +16,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -179,6 +180,7 @@ func (r *UsageReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			return o.GetName() == authv1alpha1.UsageLedgerStateName // batch-key segments change no summary
 		}))).
 		Named("usage").
+		WithOptions(controller.Options{CacheSyncTimeout: SyncTimeout}).
 		Complete(r)
 }
 

@@ -50,7 +50,9 @@ type Stream[T client.Object, L client.ObjectList] struct {
 func NewStream[T client.Object, L client.ObjectList](c client.WithWatch, scope client.ListOptions, newList func() L, newObj func() T, sinks ...Sink[T]) *Stream[T, L] {
 	options := func(opts metav1.ListOptions) *client.ListOptions {
 		o := scope
-		o.Raw = &opts
+		// client.ListOptions writes its own limit and continue over Raw's:
+		// they must be the Reflector's, or a relist comes in one piece.
+		o.Raw, o.Limit, o.Continue = &opts, opts.Limit, opts.Continue
 		return &o
 	}
 	return &Stream[T, L]{

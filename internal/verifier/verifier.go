@@ -591,7 +591,8 @@ func (s *apiKeys) Replace(list []*authv1alpha1.ApiKey) {
 func (v *Verifier) Watch(ctx context.Context, c client.WithWatch) { v.WatchNamespace(ctx, c, "") }
 
 // WatchNamespace is Watch of one namespace's ApiKeys and records (those of
-// its tenant), or of all when namespace is empty.
+// its tenant), or of all when namespace is empty. A Verifier is fed by one
+// Watch: a relist drops what its own list lacks.
 func (v *Verifier) WatchNamespace(ctx context.Context, c client.WithWatch, namespace string) {
 	var keyScope, recordScope client.ListOptions
 	if namespace != "" {
