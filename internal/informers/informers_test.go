@@ -6,7 +6,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	toolscache "k8s.io/client-go/tools/cache"
 )
 
 // sink records what a stream feeds it.
@@ -33,8 +32,9 @@ func cm(name string) *corev1.ConfigMap {
 }
 
 // TestStreamFeedsEverySink drives a stream's store as the Reflector does:
-// every sink gets each object in turn, an Adder its additions apart, a
-// missed delete unwrapped, and the stream is synced once a list is in.
+// every sink gets each object in turn, an Adder its additions apart, what
+// is not of the stream's type is skipped, and the stream is synced once a
+// list is in.
 func TestStreamFeedsEverySink(t *testing.T) {
 	plain, adds := &sink{}, &adder{}
 	s := &Stream[*corev1.ConfigMap, *corev1.ConfigMapList]{sinks: []Sink[*corev1.ConfigMap]{plain, adds}}
@@ -49,14 +49,14 @@ func TestStreamFeedsEverySink(t *testing.T) {
 	_ = store.Add(cm("c"))
 	_ = store.Update(cm("a"))
 	_ = store.Delete(cm("b"))
-	_ = store.Delete(toolscache.DeletedFinalStateUnknown{Key: "d", Obj: cm("d")})
+	_ = store.Delete(cm("d"))
 	for _, tc := range []struct {
 		name      string
 		got, want []string
 	}{
 		{"plain: replaced", plain.replaced, []string{"a", "b"}},
 		{"plain: set (added and changed)", plain.set, []string{"c", "a"}},
-		{"plain: removed, a missed delete unwrapped", plain.removed, []string{"b", "d"}},
+		{"plain: removed", plain.removed, []string{"b", "d"}},
 		{"adder: added", adds.added, []string{"c"}},
 		{"adder: set (changed only)", adds.set, []string{"a"}},
 		{"adder: removed", adds.removed, []string{"b", "d"}},

@@ -1,3 +1,6 @@
+// Package informers holds Latchkey's own watches (Stream, a Reflector into
+// sinks that keep only what they need of each object) and what the small
+// indexes beside them share.
 package informers
 
 import (
@@ -99,7 +102,7 @@ func (s *streamStore[T, L]) Resync() error        { return nil }
 func (s *streamStore[T, L]) Replace(list []any, _ string) error {
 	objs := make([]T, 0, len(list))
 	for _, obj := range list {
-		if t, ok := As[T](obj); ok {
+		if t, ok := obj.(T); ok {
 			objs = append(objs, t)
 		}
 	}
@@ -111,7 +114,7 @@ func (s *streamStore[T, L]) Replace(list []any, _ string) error {
 }
 
 func (s *streamStore[T, L]) call(obj any, f func(Sink[T], T)) {
-	if t, ok := As[T](obj); ok {
+	if t, ok := obj.(T); ok {
 		for _, sink := range s.sinks {
 			f(sink, t)
 		}
