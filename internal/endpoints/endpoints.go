@@ -127,10 +127,14 @@ func (s *Server) WhoAmI(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(protocol.WhoAmI{
-		Tenant: id.Tenant, KeyName: id.KeyName, KeyHint: id.Hint, CreatedAt: id.CreatedAt.UTC(), ExpiresAt: id.ExpiresAt,
-		Scopes: id.Scopes,
-	})
+	who := protocol.WhoAmI{
+		Tenant: id.Tenant, KeyName: id.KeyName, KeyHint: id.Hint, CreatedAt: id.CreatedAt.UTC(), Scopes: id.Scopes,
+	}
+	if !id.ExpiresAt.IsZero() {
+		at := id.ExpiresAt.UTC()
+		who.ExpiresAt = &at
+	}
+	_ = json.NewEncoder(w).Encode(who)
 }
 
 // verifyKey verifies the request's key through Check, with what the route

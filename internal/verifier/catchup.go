@@ -60,9 +60,11 @@ const catchUpPage = 1000
 // showing the change.
 func (v *Verifier) CatchUp(ctx context.Context, reader client.Reader) error {
 	v.mu.RLock()
-	before := make(map[types.UID]*key, len(v.keys))
-	for uid, k := range v.keys {
-		before[uid] = k
+	before := make(map[types.UID]*key, len(v.slots))
+	for uid, s := range v.slots {
+		if s.key != nil {
+			before[uid] = s.key
+		}
 	}
 	v.mu.RUnlock()
 

@@ -63,13 +63,14 @@ type Identity struct {
 	Tenant  string
 	KeyName string
 	KeyUID  types.UID
-	// Record is the name of the key's ApiKeyRecord (its hash), where last
-	// use is written.
-	Record    string
-	Hint      string
-	Format    authv1alpha1.KeyFormat
-	CreatedAt time.Time
-	ExpiresAt *time.Time
+	// RecordHash is the hash of the key, which names its ApiKeyRecord
+	// (RecordName), where last use is written.
+	RecordHash [32]byte
+	Hint       string
+	Format     authv1alpha1.KeyFormat
+	CreatedAt  time.Time
+	// ExpiresAt is the zero time when the key does not expire.
+	ExpiresAt time.Time
 	// Scopes are the key's (its ApiKey's spec.scopes, shared: never
 	// changed), and ScopeList the same joined with commas, as the
 	// X-Latchkey-Scopes header carries them. Scopes a fence holds off
@@ -77,6 +78,9 @@ type Identity struct {
 	Scopes    []string
 	ScopeList string
 }
+
+// RecordName is the name of the key's ApiKeyRecord: its hash in hex.
+func (id *Identity) RecordName() string { return hex.EncodeToString(id.RecordHash[:]) }
 
 // HasScope says whether the key has scope.
 func (id *Identity) HasScope(scope string) bool { return slices.Contains(id.Scopes, scope) }
@@ -92,15 +96,17 @@ type Verifier struct {
 	// The index keeps of each record and ApiKey only the fields a verdict
 	// and an Identity read, copied out of the watch's objects (which it
 	// never holds): a few strings and instants per key rather than two
-	// typed objects, their metadata and a store's keys and indexes. Its
-	// entries are never changed once indexed, only replaced, so an
-	// Identity may point into them.
+	// typed objects, their metadata and a store's keys and indexes. A
+	// record and a key are never changed once indexed, only replaced, so
+	// what an Identity or a snapshot holds of them stays true to the
+	// instant it was taken.
 	mu     sync.RWMutex
 	byHash map[[32]byte]*record
-	keys   map[types.UID]*key
-	// byKey names each key's records, pending ones among them, for the
-	// leader's controllers.
-	byKey   map[string][]string
+	// slots holds, per key UID, the ApiKey and the hashes of its records,
+	// pending ones among them, while either is indexed: a record points
+	// to its key's slot, so a verdict takes one map lookup, and the
+	// leader's controllers find a key's records without a map of their own.
+	slots   map[types.UID]*slot
 	streams []interface{ Synced() bool }
 	// keySinks and recordSinks are fed what the watches bring, after the
 	// index.
@@ -110,41 +116,72 @@ type Verifier struct {
 	gate Gate
 }
 
-// record is what the index keeps of a delivered ApiKeyRecord.
+// A slot is the index's place for one key UID.
+type slot struct {
+	// key is nil while the ApiKey is not indexed (not yet, or deleted).
+	key *key
+	uid types.UID
+	// hashes are the key's records' hashes (their names), pending ones
+	// among them.
+	hashes [][32]byte
+}
+
+// record is what the index keeps of a delivered ApiKeyRecord; instants
+// are Unix nanoseconds, 0 for none, so that a record takes one small
+// allocation.
 type record struct {
-	name, keyUID, tenant, keyName, hint string
-	format                              authv1alpha1.KeyFormat
-	created                             time.Time
-	// expiresAt is the zero time when the record has no expiry.
-	expiresAt time.Time
-	// minted (ApiKeyRecord.Minted) and validUntil (0: none) in Unix
-	// nanoseconds: only compared.
-	minted, validUntil int64
-	// revokedAt is when it was revoked, in Unix nanoseconds (0: not), and
-	// keyGone says it was for its key's deletion (Deleted or Orphaned).
+	slot         *slot
+	tenant, hint string
+	format       authv1alpha1.KeyFormat
+	created      int64
+	expiresAt    int64
+	minted       int64
+	validUntil   int64
+	// revokedAt is when it was revoked (0: not), and keyGone says it was
+	// for its key's deletion (Deleted or Orphaned).
 	revokedAt                 int64
 	revoked, rotated, keyGone bool
 }
 
-// key is what the index keeps of an ApiKey.
+// key is what the index keeps of an ApiKey; instants as in record.
 type key struct {
 	uid             types.UID
 	namespace, name string
-	generation      int64
-	revoked         bool
-	deleting        bool
-	suspended       bool
 	// phase is status.phase as the controller last wrote it.
-	phase authv1alpha1.Phase
-	grace time.Duration
-	// rotationRequested is spec.rotation.requestedAt (the zero time: none).
-	rotationRequested time.Time
-	// expiresAt is the zero time when the key has no expiry.
-	expiresAt time.Time
-	scopes    []string
-	// scopeList is scopes joined, as the X-Latchkey-Scopes header
-	// carries them: built once per change rather than per request.
-	scopeList string
+	phase      authv1alpha1.Phase
+	generation int64
+	grace      time.Duration
+	// rotationRequested is spec.rotation.requestedAt.
+	rotationRequested int64
+	expiresAt         int64
+	// scopes is nil for a key without scopes, as most are.
+	scopes    *scopes
+	revoked   bool
+	deleting  bool
+	suspended bool
+}
+
+// scopes are a key's scopes and the same joined, as the X-Latchkey-Scopes
+// header carries them: built once per change rather than per request.
+type scopes struct {
+	list   []string
+	joined string
+}
+
+// nanos is t in Unix nanoseconds, 0 for the zero time.
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// instant is nanos undone.
+func instant(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
 }
 
 // New returns an empty verifier.
@@ -162,8 +199,7 @@ func New(clk clock.PassiveClock, fenceTTL time.Duration, opts ...Option) *Verifi
 		clock:  clk,
 		fences: newFenceTable(clk, fenceTTL, o.confirmAfter, o.maxFences),
 		byHash: map[[32]byte]*record{},
-		keys:   map[types.UID]*key{},
-		byKey:  map[string][]string{},
+		slots:  map[types.UID]*slot{},
 	}
 }
 
@@ -198,9 +234,8 @@ func (v *Verifier) Resolve(raw string) (id Identity, tenant string, err error) {
 	if !ok {
 		return Identity{}, "", ErrUnknown
 	}
-	keyUID := types.UID(rec.keyUID)
-	k, ok := v.keys[keyUID]
-	if !ok || k.revoked || k.deleting {
+	k := rec.slot.key
+	if k == nil || k.revoked || k.deleting {
 		return Identity{}, rec.tenant, ErrRevoked
 	}
 	if rec.revoked {
@@ -209,37 +244,36 @@ func (v *Verifier) Resolve(raw string) (id Identity, tenant string, err error) {
 		}
 		return Identity{}, rec.tenant, ErrRevoked
 	}
-	fenced := v.fences.holds(keyUID, now)
+	fenced := v.fences.holds(k.uid, now)
 	switch {
 	case fenced.Revoked:
 		return Identity{}, rec.tenant, ErrRevoked
 	case k.suspended || fenced.Suspended:
 		return Identity{}, rec.tenant, ErrSuspended
 	case rec.validUntil != 0 && now.UnixNano() >= rec.validUntil,
-		k.grace == 0 && rec.supersededAt(k.rotationRequested),
+		k.grace == 0 && k.rotationRequested != 0 && rec.supersededAt(instant(k.rotationRequested)),
 		rec.supersededAt(fenced.RotationRequested):
 		return Identity{}, rec.tenant, ErrRotated
 	}
-	expiresAt := &rec.expiresAt
-	if !k.expiresAt.IsZero() {
-		expiresAt = &k.expiresAt
+	expiresAt := rec.expiresAt
+	if k.expiresAt != 0 {
+		expiresAt = k.expiresAt
 	}
-	if !expiresAt.IsZero() && !now.Before(*expiresAt) {
+	if expiresAt != 0 && now.UnixNano() >= expiresAt {
 		return Identity{}, rec.tenant, ErrExpired
 	}
 	id = Identity{
-		Tenant:    rec.tenant,
-		KeyName:   rec.keyName,
-		KeyUID:    k.uid,
-		Record:    rec.name,
-		Hint:      rec.hint,
-		Format:    rec.format,
-		CreatedAt: rec.created,
-		Scopes:    k.scopes,
-		ScopeList: k.scopeList,
+		Tenant:     rec.tenant,
+		KeyName:    k.name,
+		KeyUID:     k.uid,
+		RecordHash: hash,
+		Hint:       rec.hint,
+		Format:     rec.format,
+		CreatedAt:  instant(rec.created),
+		ExpiresAt:  instant(expiresAt),
 	}
-	if !expiresAt.IsZero() {
-		id.ExpiresAt = expiresAt
+	if k.scopes != nil {
+		id.Scopes, id.ScopeList = k.scopes.list, k.scopes.joined
 	}
 	if len(fenced.Scopes) > 0 {
 		id.Scopes = slices.DeleteFunc(slices.Clone(id.Scopes), func(s string) bool { return slices.Contains(fenced.Scopes, s) })
@@ -298,42 +332,35 @@ func (v *Verifier) SetRecord(r *authv1alpha1.ApiKeyRecord) {
 	if !ok {
 		return // the API server's schema admits no other hash
 	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	s := v.slotLocked(types.UID(r.Spec.KeyUID))
+	if !slices.Contains(s.hashes, hash) {
+		s.hashes = append(s.hashes, hash)
+	}
 	if r.Spec.Pending {
-		v.mu.Lock()
-		defer v.mu.Unlock()
-		v.fileLocked(r.Spec.KeyUID, r.Name)
 		return
 	}
 	e := &record{
-		name: r.Name, keyUID: r.Spec.KeyUID, tenant: informers.Intern(r.Spec.Tenant), keyName: r.Spec.KeyName,
-		hint: r.Spec.Hint, format: informers.Intern(r.Spec.Format), created: r.CreationTimestamp.Time,
-		minted: r.Minted().UnixNano(), revoked: r.Spec.Revoked,
+		slot: s, tenant: informers.Intern(r.Spec.Tenant), hint: r.Spec.Hint, format: informers.Intern(r.Spec.Format),
+		created: nanos(r.CreationTimestamp.Time), minted: r.Minted().UnixNano(), revoked: r.Spec.Revoked,
 		rotated: r.Spec.Revoked && r.Spec.RevocationReason == authv1alpha1.RevocationRotated,
 		keyGone: r.Spec.Revoked && (r.Spec.RevocationReason == authv1alpha1.RevocationDeleted ||
 			r.Spec.RevocationReason == authv1alpha1.RevocationOrphaned),
 	}
 	if t := r.Spec.RevokedAt; t != nil && r.Spec.Revoked {
-		e.revokedAt = t.UnixNano()
-	}
-	if r.Spec.Hash == r.Name {
-		e.name = r.Spec.Hash // the same text: one copy of its bytes
+		e.revokedAt = nanos(t.Time)
 	}
 	if t := r.Spec.ExpiresAt; t != nil {
-		e.expiresAt = t.Time
+		e.expiresAt = nanos(t.Time)
 	}
 	if t := r.Spec.ValidUntil; t != nil {
-		e.validUntil = t.UnixNano()
+		e.validUntil = nanos(t.Time)
 	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if k, ok := v.keys[types.UID(e.keyUID)]; ok {
-		e.keyUID, e.keyName = string(k.uid), shared(e.keyName, k.name) // one copy of the key's texts
-	}
-	v.fileLocked(e.keyUID, e.name)
-	if held, ok := v.byHash[hash]; ok && held.keyUID != e.keyUID {
+	if held, ok := v.byHash[hash]; ok && held.slot != s {
 		v.log.Error(nil, "Refused to index a second record of a key value already recorded",
 			"record", klog.KObj(r), "tenant", r.Spec.Tenant, "keyName", r.Spec.KeyName,
-			"heldByTenant", held.tenant, "heldByKeyName", held.keyName)
+			"heldByTenant", held.tenant, "heldByKeyUID", held.slot.uid)
 		return
 	}
 	// A revoked record lifts no fence: a key's records are revoked one by
@@ -342,12 +369,21 @@ func (v *Verifier) SetRecord(r *authv1alpha1.ApiKeyRecord) {
 	v.byHash[hash] = e
 }
 
-// shared is a, in b's bytes when they are the same text.
-func shared(a, b string) string {
-	if a == b {
-		return b
+// slotLocked is the slot of the key with uid, made if there is none.
+func (v *Verifier) slotLocked(uid types.UID) *slot {
+	s, ok := v.slots[uid]
+	if !ok {
+		s = &slot{uid: uid}
+		v.slots[uid] = s
 	}
-	return a
+	return s
+}
+
+// dropIfEmptyLocked forgets a slot that holds neither an ApiKey nor a record.
+func (v *Verifier) dropIfEmptyLocked(s *slot) {
+	if s.key == nil && len(s.hashes) == 0 {
+		delete(v.slots, s.uid)
+	}
 }
 
 // RemoveRecord drops a record from the index; a refused duplicate held
@@ -359,34 +395,34 @@ func (v *Verifier) RemoveRecord(r *authv1alpha1.ApiKeyRecord) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.unfileLocked(r.Spec.KeyUID, r.Name)
-	if held, ok := v.byHash[hash]; ok && held.keyUID == r.Spec.KeyUID {
-		delete(v.byHash, hash)
-	}
-}
-
-// fileLocked files a record's name under its key's UID.
-func (v *Verifier) fileLocked(keyUID, name string) {
-	if names := v.byKey[keyUID]; !slices.Contains(names, name) {
-		v.byKey[keyUID] = append(names, name)
-	}
-}
-
-func (v *Verifier) unfileLocked(keyUID, name string) {
-	names := slices.DeleteFunc(v.byKey[keyUID], func(n string) bool { return n == name })
-	if len(names) == 0 {
-		delete(v.byKey, keyUID)
+	s, ok := v.slots[types.UID(r.Spec.KeyUID)]
+	if !ok {
 		return
 	}
-	v.byKey[keyUID] = names
+	s.hashes = slices.DeleteFunc(s.hashes, func(h [32]byte) bool { return h == hash })
+	if held, ok := v.byHash[hash]; ok && held.slot == s {
+		delete(v.byHash, hash)
+	}
+	v.dropIfEmptyLocked(s)
 }
 
+// nameOf is the name of the record with hash.
+func nameOf(hash [32]byte) string { return hex.EncodeToString(hash[:]) }
+
 // RecordNames names the records of the ApiKey with uid, pending ones
-// among them: a copy the caller may keep.
+// among them.
 func (v *Verifier) RecordNames(uid types.UID) []string {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	return slices.Clone(v.byKey[string(uid)])
+	s, ok := v.slots[uid]
+	if !ok {
+		return nil
+	}
+	names := make([]string, len(s.hashes))
+	for i, h := range s.hashes {
+		names[i] = nameOf(h)
+	}
+	return names
 }
 
 // Orphans names the records whose ApiKey the index does not hold: the
@@ -395,9 +431,11 @@ func (v *Verifier) Orphans() []string {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	var out []string
-	for uid, names := range v.byKey {
-		if _, ok := v.keys[types.UID(uid)]; !ok {
-			out = append(out, names...)
+	for _, s := range v.slots {
+		if s.key == nil {
+			for _, h := range s.hashes {
+				out = append(out, nameOf(h))
+			}
 		}
 	}
 	return out
@@ -415,9 +453,9 @@ func (v *Verifier) GoneRecords(tenant string) []GoneRecord {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	var out []GoneRecord
-	for _, r := range v.byHash {
+	for hash, r := range v.byHash {
 		if r.keyGone && r.revokedAt != 0 && r.tenant == tenant {
-			out = append(out, GoneRecord{Name: r.name, RevokedAt: time.Unix(0, r.revokedAt)})
+			out = append(out, GoneRecord{Name: nameOf(hash), RevokedAt: instant(r.revokedAt)})
 		}
 	}
 	return out
@@ -428,8 +466,9 @@ func (v *Verifier) GoneRecords(tenant string) []GoneRecord {
 func (v *Verifier) CountKeys(namespace string, now time.Time) (counts authv1alpha1.UsageKeys, found bool) {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	for _, k := range v.keys {
-		if k.namespace != namespace {
+	for _, s := range v.slots {
+		k := s.key
+		if k == nil || k.namespace != namespace {
 			continue
 		}
 		found = true
@@ -450,8 +489,10 @@ func (v *Verifier) Namespaces() []string {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	seen := map[string]bool{}
-	for _, k := range v.keys {
-		seen[k.namespace] = true
+	for _, s := range v.slots {
+		if s.key != nil {
+			seen[s.key.namespace] = true
+		}
 	}
 	return slices.Collect(maps.Keys(seen))
 }
@@ -460,8 +501,8 @@ func (v *Verifier) Namespaces() []string {
 func (k *key) state(now time.Time) authv1alpha1.Phase {
 	var a authv1alpha1.ApiKey
 	a.Spec.Revoked, a.Spec.Suspended, a.Status.Phase = k.revoked, k.suspended, k.phase
-	if !k.expiresAt.IsZero() {
-		a.Spec.ExpiresAt = &metav1.Time{Time: k.expiresAt}
+	if k.expiresAt != 0 {
+		a.Spec.ExpiresAt = &metav1.Time{Time: instant(k.expiresAt)}
 	}
 	return a.State(now)
 }
@@ -470,8 +511,8 @@ func (k *key) state(now time.Time) authv1alpha1.Phase {
 func (v *Verifier) HasKey(uid types.UID) bool {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	_, ok := v.keys[uid]
-	return ok
+	s, ok := v.slots[uid]
+	return ok && s.key != nil
 }
 
 // hashOf is a record's hash as the index's key.
@@ -484,20 +525,22 @@ func hashOf(r *authv1alpha1.ApiKeyRecord) (hash [32]byte, ok bool) {
 // scopes and expiry.
 func (v *Verifier) SetKey(k *authv1alpha1.ApiKey) {
 	e := &key{
-		uid: k.UID, namespace: informers.Intern(k.Namespace), name: k.Name, generation: k.Generation,
+		namespace: informers.Intern(k.Namespace), name: k.Name, generation: k.Generation,
 		revoked: k.Spec.Revoked, deleting: !k.DeletionTimestamp.IsZero(), suspended: k.Spec.Suspended,
-		phase: informers.Intern(k.Status.Phase), grace: k.GracePeriod(), rotationRequested: k.RotationRequested(),
+		phase: informers.Intern(k.Status.Phase), grace: k.GracePeriod(), rotationRequested: nanos(k.RotationRequested()),
 	}
 	if t := k.Spec.ExpiresAt; t != nil {
-		e.expiresAt = t.Time
+		e.expiresAt = nanos(t.Time)
 	}
 	if len(k.Spec.Scopes) > 0 {
-		e.scopes = slices.Clone(k.Spec.Scopes)
-		e.scopeList = strings.Join(e.scopes, ",")
+		list := slices.Clone(k.Spec.Scopes)
+		e.scopes = &scopes{list: list, joined: strings.Join(list, ",")}
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.keys[k.UID] = e
+	s := v.slotLocked(k.UID)
+	e.uid = s.uid // one copy of its text, the records' slot's
+	s.key = e
 	v.fences.dropSeen(k)
 }
 
@@ -505,12 +548,17 @@ func (v *Verifier) SetKey(k *authv1alpha1.ApiKey) {
 func (v *Verifier) RemoveKey(k *authv1alpha1.ApiKey) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.removeKeyLocked(k.UID)
+	if s, ok := v.slots[k.UID]; ok {
+		v.removeKeyLocked(s)
+		return
+	}
+	v.fences.drop(k.UID) // a fence may hold a key the watch never brought
 }
 
-func (v *Verifier) removeKeyLocked(uid types.UID) {
-	delete(v.keys, uid)
-	v.fences.drop(uid)
+func (v *Verifier) removeKeyLocked(s *slot) {
+	s.key = nil
+	v.fences.drop(s.uid)
+	v.dropIfEmptyLocked(s)
 }
 
 // apiKey is the ApiKey as far as the index knows it: what TakenAway and
@@ -521,10 +569,13 @@ func (k *key) apiKey() *authv1alpha1.ApiKey {
 	if k.deleting {
 		a.DeletionTimestamp = &metav1.Time{}
 	}
-	a.Spec.Revoked, a.Spec.Suspended, a.Spec.Scopes = k.revoked, k.suspended, k.scopes
+	a.Spec.Revoked, a.Spec.Suspended = k.revoked, k.suspended
+	if k.scopes != nil {
+		a.Spec.Scopes = k.scopes.list
+	}
 	a.Spec.Rotation = &authv1alpha1.RotationSpec{GracePeriod: &metav1.Duration{Duration: k.grace}}
-	if !k.rotationRequested.IsZero() {
-		a.Spec.Rotation.RequestedAt = &metav1.Time{Time: k.rotationRequested}
+	if k.rotationRequested != 0 {
+		a.Spec.Rotation.RequestedAt = &metav1.Time{Time: instant(k.rotationRequested)}
 	}
 	return a
 }
@@ -538,28 +589,24 @@ func (s *records) Remove(r *authv1alpha1.ApiKeyRecord) { (*Verifier)(s).RemoveRe
 func (s *records) Replace(list []*authv1alpha1.ApiKeyRecord) {
 	v := (*Verifier)(s)
 	listed := make(map[[32]byte]bool, len(list))
-	named := make(map[string]bool, len(list))
+	indexed := make(map[[32]byte]bool, len(list))
 	for _, r := range list {
-		if hash, ok := hashOf(r); ok && !r.Spec.Pending {
+		if hash, ok := hashOf(r); ok {
 			listed[hash] = true
+			indexed[hash] = !r.Spec.Pending
 		}
-		named[r.Name] = true
 		v.SetRecord(r)
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	for hash := range v.byHash {
-		if !listed[hash] {
+		if !indexed[hash] {
 			delete(v.byHash, hash)
 		}
 	}
-	for uid, names := range v.byKey {
-		kept := slices.DeleteFunc(slices.Clone(names), func(n string) bool { return !named[n] })
-		if len(kept) == 0 {
-			delete(v.byKey, uid)
-		} else {
-			v.byKey[uid] = kept
-		}
+	for _, sl := range v.slots {
+		sl.hashes = slices.DeleteFunc(sl.hashes, func(h [32]byte) bool { return !listed[h] })
+		v.dropIfEmptyLocked(sl)
 	}
 }
 
@@ -578,9 +625,9 @@ func (s *apiKeys) Replace(list []*authv1alpha1.ApiKey) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	for uid := range v.keys {
-		if !listed[uid] {
-			v.removeKeyLocked(uid)
+	for uid, sl := range v.slots {
+		if sl.key != nil && !listed[uid] {
+			v.removeKeyLocked(sl)
 		}
 	}
 }

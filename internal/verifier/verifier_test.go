@@ -460,3 +460,43 @@ func TestTheIndexCountsATenantsKeys(t *testing.T) {
 		t.Errorf("Namespaces = %v", ns)
 	}
 }
+
+// TestAKeysSlotGoesWithItsLastEntry: the index forgets a key UID once it
+// holds neither its ApiKey nor a record of it, whichever goes last, and a
+// record that comes before its ApiKey authenticates once the ApiKey comes.
+func TestAKeysSlotGoesWithItsLastEntry(t *testing.T) {
+	f := newFixture(t)
+	f.v.RemoveRecord(f.rec)
+	if len(f.v.slots) != 1 || !f.v.HasKey(f.key.UID) {
+		t.Fatal("the slot went with the record while the ApiKey is indexed")
+	}
+	f.v.RemoveKey(f.key)
+	if len(f.v.slots) != 0 {
+		t.Fatalf("%d slots held with no ApiKey and no record", len(f.v.slots))
+	}
+
+	f.v.SetRecord(f.rec)
+	if _, err := f.v.Verify(f.raw); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("a record without its ApiKey: Verify = %v, want ErrRevoked", err)
+	}
+	if got := f.v.Orphans(); !slices.Equal(got, []string{f.rec.Name}) {
+		t.Fatalf("Orphans = %v, want the record", got)
+	}
+	f.v.SetKey(f.key)
+	id, err := f.v.Verify(f.raw)
+	if err != nil {
+		t.Fatalf("the ApiKey after its record: Verify = %v", err)
+	}
+	if id.RecordName() != f.rec.Name || id.KeyUID != f.key.UID || id.KeyName != "ci" ||
+		!id.CreatedAt.Equal(f.rec.CreationTimestamp.Time) || !id.ExpiresAt.IsZero() {
+		t.Fatalf("Identity = %+v", id)
+	}
+	if got := f.v.RecordNames(f.key.UID); !slices.Equal(got, []string{f.rec.Name}) {
+		t.Fatalf("RecordNames = %v", got)
+	}
+	f.v.RemoveKey(f.key)
+	f.v.RemoveRecord(f.rec)
+	if len(f.v.slots) != 0 || f.v.Size() != 0 {
+		t.Fatalf("%d slots and %d records held after both went", len(f.v.slots), f.v.Size())
+	}
+}

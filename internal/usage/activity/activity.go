@@ -6,6 +6,7 @@ package activity
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"sync"
 	"time"
@@ -62,8 +63,11 @@ type Recorder struct {
 }
 
 type use struct {
-	tenant, name, record string
-	at                   time.Time
+	tenant, name string
+	// record is the hash naming the key's record, made its name only
+	// when written, not per request.
+	record [32]byte
+	at     time.Time
 }
 
 // tenantDay keys a tenant's counts by UTC day (days since the Unix epoch):
@@ -118,7 +122,7 @@ func (l *Recorder) Allowed(id verifier.Identity) {
 	now := l.clock.Now()
 	td := tenantDay{id.Tenant, dayOf(now)}
 	l.mu.Lock()
-	l.pending[id.KeyUID] = use{tenant: id.Tenant, name: id.KeyName, record: id.Record, at: now}
+	l.pending[id.KeyUID] = use{tenant: id.Tenant, name: id.KeyName, record: id.RecordHash, at: now}
 	c := l.counts[td]
 	c.allowed++
 	l.counts[td] = c
@@ -229,7 +233,7 @@ func (l *Recorder) write(ctx context.Context, uid types.UID, u use) error {
 	}
 	// A record is named by its key's hash: it is never another key's.
 	rec := &authv1alpha1.ApiKeyRecord{}
-	rec.Name = u.record
+	rec.Name = hex.EncodeToString(u.record[:])
 	return l.client.Status().Patch(ctx, rec, client.RawPatch(types.MergePatchType,
 		fmt.Appendf(nil, `{"status":{"lastUsedAt":%q}}`, at)))
 }

@@ -63,7 +63,8 @@ type fixture struct {
 func newFixture(t *testing.T, patch func(ctx context.Context, c client.Client, obj client.Object, p client.Patch) error) *fixture {
 	t.Helper()
 	key := &authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant-a", Name: "ci", UID: "uid-1"}}
-	rec := &authv1alpha1.ApiKeyRecord{ObjectMeta: metav1.ObjectMeta{Name: "abc123"}}
+	id := verifier.Identity{Tenant: "tenant-a", KeyName: "ci", KeyUID: "uid-1", RecordHash: [32]byte{0xab, 0xc1, 0x23}}
+	rec := &authv1alpha1.ApiKeyRecord{ObjectMeta: metav1.ObjectMeta{Name: id.RecordName()}}
 	b := fake.NewClientBuilder().WithScheme(scheme.New()).
 		WithObjects(key, rec).WithStatusSubresource(key, rec)
 	if patch != nil {
@@ -78,7 +79,7 @@ func newFixture(t *testing.T, patch func(ctx context.Context, c client.Client, o
 		counter: &counter{got: map[reported]verifications{}},
 		clk:     clocktesting.NewFakeClock(day),
 		m:       metrics.New(prometheus.NewRegistry()),
-		id:      verifier.Identity{Tenant: "tenant-a", KeyName: "ci", KeyUID: "uid-1", Record: "abc123"},
+		id:      id,
 	}
 	f.r = New(f.c, f.counter, f.clk, time.Minute, f.m)
 	return f
@@ -91,7 +92,7 @@ func (f *fixture) lastUsed(t *testing.T) (key, rec *metav1.Time) {
 		t.Fatal(err)
 	}
 	r := &authv1alpha1.ApiKeyRecord{}
-	if err := f.c.Get(context.Background(), types.NamespacedName{Name: "abc123"}, r); err != nil {
+	if err := f.c.Get(context.Background(), types.NamespacedName{Name: f.id.RecordName()}, r); err != nil {
 		t.Fatal(err)
 	}
 	return k.Status.LastUsedAt, r.Status.LastUsedAt
