@@ -80,7 +80,7 @@ type Identity struct {
 }
 
 // RecordName is the name of the key's ApiKeyRecord: its hash in hex.
-func (id *Identity) RecordName() string { return hex.EncodeToString(id.RecordHash[:]) }
+func (id *Identity) RecordName() string { return nameOf(id.RecordHash) }
 
 // HasScope says whether the key has scope.
 func (id *Identity) HasScope(scope string) bool { return slices.Contains(id.Scopes, scope) }
@@ -251,7 +251,7 @@ func (v *Verifier) Resolve(raw string) (id Identity, tenant string, err error) {
 	case k.suspended || fenced.Suspended:
 		return Identity{}, rec.tenant, ErrSuspended
 	case rec.validUntil != 0 && now.UnixNano() >= rec.validUntil,
-		k.grace == 0 && k.rotationRequested != 0 && rec.supersededAt(instant(k.rotationRequested)),
+		k.grace == 0 && rec.supersededAt(instant(k.rotationRequested)),
 		rec.supersededAt(fenced.RotationRequested):
 		return Identity{}, rec.tenant, ErrRotated
 	}
