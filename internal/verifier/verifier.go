@@ -106,7 +106,9 @@ type Verifier struct {
 	// pending ones among them, while either is indexed: a record points
 	// to its key's slot, so a verdict takes one map lookup, and the
 	// leader's controllers find a key's records without a map of their own.
-	slots   map[types.UID]*slot
+	slots map[types.UID]*slot
+	// tallies count each namespace's ApiKeys by state, for Usage.
+	tallies map[string]*tally
 	streams []interface{ Synced() bool }
 	// keySinks and recordSinks are fed what the watches bring, after the
 	// index.
@@ -194,12 +196,13 @@ func New(clk clock.PassiveClock, fenceTTL time.Duration, opts ...Option) *Verifi
 		opt(&o)
 	}
 	return &Verifier{
-		gate:   o.gate,
-		log:    ctrllog.Log.WithName("verifier"),
-		clock:  clk,
-		fences: newFenceTable(clk, fenceTTL, o.confirmAfter, o.maxFences),
-		byHash: map[[32]byte]*record{},
-		slots:  map[types.UID]*slot{},
+		gate:    o.gate,
+		log:     ctrllog.Log.WithName("verifier"),
+		clock:   clk,
+		fences:  newFenceTable(clk, fenceTTL, o.confirmAfter, o.maxFences),
+		byHash:  map[[32]byte]*record{},
+		slots:   map[types.UID]*slot{},
+		tallies: map[string]*tally{},
 	}
 }
 
@@ -461,40 +464,11 @@ func (v *Verifier) GoneRecords(tenant string) []GoneRecord {
 	return out
 }
 
-// CountKeys counts the namespace's ApiKeys by state at now (ApiKey.State),
-// for its Usage.
-func (v *Verifier) CountKeys(namespace string, now time.Time) (counts authv1alpha1.UsageKeys, found bool) {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	for _, s := range v.slots {
-		k := s.key
-		if k == nil || k.namespace != namespace {
-			continue
-		}
-		found = true
-		switch k.state(now) {
-		case authv1alpha1.PhaseRevoked:
-			counts.Revoked++
-		case authv1alpha1.PhaseExpired:
-			counts.Expired++
-		case authv1alpha1.PhaseActive:
-			counts.Active++
-		}
-	}
-	return counts, found
-}
-
 // Namespaces are those the index holds an ApiKey of.
 func (v *Verifier) Namespaces() []string {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	seen := map[string]bool{}
-	for _, s := range v.slots {
-		if s.key != nil {
-			seen[s.key.namespace] = true
-		}
-	}
-	return slices.Collect(maps.Keys(seen))
+	return slices.Collect(maps.Keys(v.tallies))
 }
 
 // state is ApiKey.State of the key as the index holds it.
@@ -540,7 +514,11 @@ func (v *Verifier) SetKey(k *authv1alpha1.ApiKey) {
 	defer v.mu.Unlock()
 	s := v.slotLocked(k.UID)
 	e.uid = s.uid // one copy of its text, the records' slot's
+	if s.key != nil {
+		v.tallyKeyLocked(s.key, -1)
+	}
 	s.key = e
+	v.tallyKeyLocked(e, 1)
 	v.fences.dropSeen(k)
 }
 
@@ -556,6 +534,9 @@ func (v *Verifier) RemoveKey(k *authv1alpha1.ApiKey) {
 }
 
 func (v *Verifier) removeKeyLocked(s *slot) {
+	if s.key != nil {
+		v.tallyKeyLocked(s.key, -1)
+	}
 	s.key = nil
 	v.fences.drop(s.uid)
 	v.dropIfEmptyLocked(s)

@@ -461,6 +461,70 @@ func TestTheIndexCountsATenantsKeys(t *testing.T) {
 	}
 }
 
+// TestTheCountsFollowEveryChangeAndExpiry: the counts kept per tenant
+// as keys change, are deleted and expire are those a scan of every key
+// at that instant gives.
+func TestTheCountsFollowEveryChangeAndExpiry(t *testing.T) {
+	f := newFixture(t)
+	now := f.clk.Now()
+	active := func(name string, change func(*authv1alpha1.ApiKey)) *authv1alpha1.ApiKey {
+		k := &authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant-a", Name: name, UID: types.UID("uid-" + name)},
+			Status: authv1alpha1.ApiKeyStatus{Phase: authv1alpha1.PhaseActive}}
+		if change != nil {
+			change(k)
+		}
+		return k
+	}
+	expiring := func(in time.Duration) func(*authv1alpha1.ApiKey) {
+		return func(k *authv1alpha1.ApiKey) { k.Spec.ExpiresAt = &metav1.Time{Time: now.Add(in)} }
+	}
+	scan := func() authv1alpha1.UsageKeys {
+		var c authv1alpha1.UsageKeys
+		for _, s := range f.v.slots {
+			if k := s.key; k != nil && k.namespace == "tenant-a" {
+				switch k.state(f.clk.Now()) {
+				case authv1alpha1.PhaseActive:
+					c.Active++
+				case authv1alpha1.PhaseRevoked:
+					c.Revoked++
+				case authv1alpha1.PhaseExpired:
+					c.Expired++
+				}
+			}
+		}
+		return c
+	}
+	check := func(step string, want authv1alpha1.UsageKeys) {
+		t.Helper()
+		got, found := f.v.CountKeys("tenant-a", f.clk.Now())
+		if !found || got != want || got != scan() {
+			t.Errorf("%s: counts %+v (found %v), want %+v (a scan: %+v)", step, got, found, want, scan())
+		}
+	}
+	check("the fixture's pending key", authv1alpha1.UsageKeys{})
+	f.v.SetKey(active("a", nil))
+	f.v.SetKey(active("b", expiring(time.Minute)))
+	f.v.SetKey(active("c", expiring(time.Hour)))
+	check("three active", authv1alpha1.UsageKeys{Active: 3})
+	f.v.SetKey(active("a", func(k *authv1alpha1.ApiKey) { k.Spec.Revoked = true }))
+	check("one revoked", authv1alpha1.UsageKeys{Active: 2, Revoked: 1})
+	f.clk.Step(time.Minute)
+	check("one expired", authv1alpha1.UsageKeys{Active: 1, Revoked: 1, Expired: 1})
+	f.v.SetKey(active("d", nil))
+	f.v.RemoveKey(active("b", nil))
+	check("one deleted, one added", authv1alpha1.UsageKeys{Active: 2, Revoked: 1})
+	f.clk.Step(time.Hour)
+	f.v.SetKey(active("e", expiring(time.Second)))
+	check("another expired, one expired when added", authv1alpha1.UsageKeys{Active: 1, Revoked: 1, Expired: 2})
+	for _, name := range []string{"a", "c", "d", "e"} {
+		f.v.RemoveKey(active(name, nil))
+	}
+	f.v.RemoveKey(f.key)
+	if _, found := f.v.CountKeys("tenant-a", f.clk.Now()); found || len(f.v.tallies) != 0 {
+		t.Errorf("a tenant whose keys are all deleted is still counted (%d tallies)", len(f.v.tallies))
+	}
+}
+
 // TestAKeysSlotGoesWithItsLastEntry: the index forgets a key UID once it
 // holds neither its ApiKey nor a record of it, whichever goes last, and a
 // record that comes before its ApiKey authenticates once the ApiKey comes.

@@ -56,6 +56,8 @@ type Recorder struct {
 	// perFlush is how many keys' last use one flush writes at most; the
 	// others wait for the next.
 	perFlush int
+	// sleep waits between the writes of a flush Start makes (sleepFor).
+	sleep func(ctx context.Context, d time.Duration) bool
 
 	mu      sync.Mutex
 	pending map[types.UID]use
@@ -107,7 +109,7 @@ func New(c client.Client, counter VerificationCounter, clk clock.PassiveClock, i
 		interval = DefaultLastUsedInterval
 	}
 	r := &Recorder{
-		client: c, counter: counter, clock: clk, interval: interval, metrics: m,
+		client: c, counter: counter, clock: clk, interval: interval, metrics: m, sleep: sleepFor,
 		pending: map[types.UID]use{}, counts: map[tenantDay]verifications{},
 	}
 	WithWritesPerSecond(DefaultLastUseWritesPerSecond)(r)
@@ -142,10 +144,17 @@ func (l *Recorder) Denied(tenant string) {
 	l.mu.Unlock()
 }
 
-// Start flushes every interval until ctx ends, then once more.
+// Start flushes every interval until ctx ends, then once more. Its
+// flushes spread their last-use writes evenly over the interval: written
+// back to back, a minute's writes were a burst of up to 2 × perFlush
+// status patches every minute, whose API-server work and watch events took
+// seconds of CPU on every replica at once, where paced they are a small
+// constant load.
 func (l *Recorder) Start(ctx context.Context) error {
 	t := time.NewTicker(l.interval)
 	defer t.Stop()
+	spacing := l.interval / time.Duration(l.perFlush)
+	pace := func() bool { return l.sleep(ctx, spacing) }
 	for {
 		select {
 		case <-ctx.Done():
@@ -154,8 +163,20 @@ func (l *Recorder) Start(ctx context.Context) error {
 			l.Flush(flushCtx)
 			return nil
 		case <-t.C:
-			l.Flush(ctx)
+			l.flush(ctx, pace)
 		}
+	}
+}
+
+// sleepFor waits d, or until ctx ends (false).
+func sleepFor(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
@@ -164,7 +185,11 @@ func (l *Recorder) NeedLeaderElection() bool { return false }
 
 // Flush writes every pending use and count, and returns how many keys'
 // last use it wrote. What fails to be written is kept for the next flush.
-func (l *Recorder) Flush(ctx context.Context) int {
+func (l *Recorder) Flush(ctx context.Context) int { return l.flush(ctx, nil) }
+
+// flush is Flush with pace, when set, called between last-use writes: when
+// it returns false the uses not yet written are kept for the next flush.
+func (l *Recorder) flush(ctx context.Context, pace func() bool) int {
 	l.mu.Lock()
 	batch, counts := l.pending, l.counts
 	l.pending = make(map[types.UID]use, len(batch))
@@ -184,9 +209,14 @@ func (l *Recorder) Flush(ctx context.Context) int {
 		}
 	}
 
-	written, tried := 0, 0
+	written, tried, paced := 0, 0, true
 	for uid, u := range batch {
-		if tried == l.perFlush {
+		if tried == l.perFlush || !paced {
+			l.keep(uid, u)
+			continue
+		}
+		if tried > 0 && pace != nil && !pace() {
+			paced = false
 			l.keep(uid, u)
 			continue
 		}

@@ -244,3 +244,51 @@ func TestLastUseWritesStayWithinTheirBudget(t *testing.T) {
 		}
 	}
 }
+
+// Start's flushes spread a minute's writes over the minute, one every
+// interval/perFlush, rather than writing them back to back; a flush cut
+// short keeps what it did not write.
+func TestStartSpreadsLastUseWritesOverTheInterval(t *testing.T) {
+	var mu sync.Mutex
+	var events []string
+	f := newFixture(t, func(ctx context.Context, c client.Client, obj client.Object, p client.Patch) error {
+		if _, ok := obj.(*authv1alpha1.ApiKey); ok {
+			mu.Lock()
+			events = append(events, "write")
+			mu.Unlock()
+		}
+		return c.Status().Patch(ctx, obj, p)
+	})
+	r := New(f.c, nil, f.clk, 40*time.Millisecond, nil, WithWritesPerSecond(100))
+	ctx, cancel := context.WithCancel(context.Background())
+	waits := 0
+	r.sleep = func(_ context.Context, d time.Duration) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if d != 10*time.Millisecond {
+			t.Errorf("waited %s between writes, want interval/perFlush = 10ms", d)
+		}
+		events = append(events, "wait")
+		if waits++; waits == 2 {
+			cancel() // the flush is cut short after its third write
+			return false
+		}
+		return true
+	}
+	for i := range 6 {
+		id := f.id
+		id.KeyName, id.KeyUID = fmt.Sprintf("k%d", i), types.UID(fmt.Sprintf("uid-k%d", i))
+		r.Allowed(id)
+	}
+	done := make(chan struct{})
+	go func() { _ = r.Start(ctx); close(done) }()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	// The flush cut short wrote two, each after the wait before it; the
+	// flush on the way out wrote the four it kept, back to back.
+	want := []string{"write", "wait", "write", "wait", "write", "write", "write", "write"}
+	if fmt.Sprint(events) != fmt.Sprint(want) {
+		t.Errorf("writes and waits: %v, want %v", events, want)
+	}
+}
