@@ -373,7 +373,11 @@ func (r *ApiKeyReconciler) patchStatus(ctx context.Context, key *authv1alpha1.Ap
 // made on first use: tests reconcile without SetupWithManager.
 func (r *ApiKeyReconciler) secretChecks() *secretChecks {
 	r.checksOnce.Do(func() {
-		r.checks = newSecretChecks(r.Clock, r.SecretCheckInterval, r.SecretChecksPerSecond)
+		var keys keysInUse // the walk, which reads them, runs only with the index
+		if r.Index != nil {
+			keys = r.Index
+		}
+		r.checks = newSecretChecks(r.Clock, r.SecretCheckInterval, r.SecretChecksPerSecond, keys)
 	})
 	return r.checks
 }
@@ -386,7 +390,7 @@ func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager, maxConcurrent int)
 	if r.Index == nil {
 		return errors.New("the ApiKey controller needs the key index (Index)")
 	}
-	passes := &apiKeyEvents{indexSource: newIndexSource(r.Index, r.catchUp), checks: r.secretChecks()}
+	passes := &apiKeyEvents{newIndexSource(r.Index, r.catchUp)}
 	r.Index.FeedKeysTo(passes)
 	r.Index.FeedRecordsTo(createdEvents{&r.created})
 	return ctrl.NewControllerManagedBy(mgr).

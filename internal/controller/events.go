@@ -135,15 +135,11 @@ func requestFor(obj client.Object) reconcile.Request {
 	return reconcile.Request{NamespacedName: types.NamespacedName{Namespace: obj.GetNamespace(), Name: obj.GetName()}}
 }
 
-// apiKeyEvents feeds the ApiKey controller from the index's watch of
-// ApiKeys: passes, and the keys the walk of Secret checks visits.
-type apiKeyEvents struct {
-	*indexSource
-	checks *secretChecks
-}
+// apiKeyEvents feeds the ApiKey controller its passes from the index's
+// watch of ApiKeys.
+type apiKeyEvents struct{ *indexSource }
 
 func (e *apiKeyEvents) Add(k *authv1alpha1.ApiKey) {
-	e.checks.visit(k)
 	if needsPass(k) {
 		e.add(requestFor(k))
 	}
@@ -153,7 +149,6 @@ func (e *apiKeyEvents) Add(k *authv1alpha1.ApiKey) {
 // brings no second pass: the first is under way, and if it fails it is
 // retried.
 func (e *apiKeyEvents) Set(k *authv1alpha1.ApiKey) {
-	e.checks.visit(k)
 	firstPassUnderWay := k.Generation == 1 && k.Status.ObservedGeneration == 0 && k.DeletionTimestamp.IsZero() &&
 		controllerutil.ContainsFinalizer(k, authv1alpha1.Finalizer)
 	if needsPass(k) && !firstPassUnderWay {
@@ -162,13 +157,11 @@ func (e *apiKeyEvents) Set(k *authv1alpha1.ApiKey) {
 }
 
 func (e *apiKeyEvents) Remove(k *authv1alpha1.ApiKey) {
-	e.checks.leave(k)
 	e.add(requestFor(k))
 }
 
 // Replace is a relist: it may follow changes the watch missed.
 func (e *apiKeyEvents) Replace(list []*authv1alpha1.ApiKey) {
-	e.checks.replace(list)
 	for _, k := range list {
 		if needsPass(k) {
 			e.add(requestFor(k))

@@ -2,18 +2,13 @@ package controller
 
 import (
 	"context"
-	"maps"
 	"math"
-	"slices"
 	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
-
-	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
-	"github.com/latchkey-dev/latchkey/internal/informers"
 )
 
 // DefaultSecretChecksPerSecond is how many Secret reads a second the
@@ -31,10 +26,9 @@ const DefaultSecretChecksPerSecond = 5
 //     every interval, with more than interval × perSecond about every
 //     keys/perSecond seconds;
 //   - a released key's next pass reads its Secret. Between their checks
-//     keys wait in no queue: the walk holds the names of the keys it visits
-//     (fed by the key index's watch), its
-//     round's list of them, and the few released and not yet reconciled;
-//     nothing else per key;
+//     keys wait in no queue: the walk holds its round's list of the keys
+//     it visits (read from the key index, which knows them by name) and
+//     the few released and not yet reconciled; nothing else per key;
 //   - a pass no change caused and the walk did not release (a resync, a
 //     new leader's catch-up, a delivery retry) reads the Secret only
 //     with a token from a bucket refilled at perSecond and holding
@@ -50,16 +44,22 @@ type secretChecks struct {
 	// perKey is the least spacing of releases: 1/perSecond.
 	perKey  time.Duration
 	limiter *rate.Limiter
-
-	mu sync.Mutex
 	// keys are those the walk visits: not revoked, not being deleted.
-	keys     map[types.NamespacedName]struct{}
+	keys keysInUse
+
+	mu       sync.Mutex
 	released map[types.NamespacedName]struct{}
 }
 
-// newSecretChecks returns the budget; zero or negative settings mean the
-// defaults.
-func newSecretChecks(clk clock.Clock, interval time.Duration, perSecond float64) *secretChecks {
+// keysInUse names the keys the walk visits (verifier.Verifier).
+type keysInUse interface {
+	KeysInUse() []types.NamespacedName
+	InUse(types.NamespacedName) bool
+}
+
+// newSecretChecks returns the budget of a walk over keys; zero or negative
+// settings mean the defaults.
+func newSecretChecks(clk clock.Clock, interval time.Duration, perSecond float64, keys keysInUse) *secretChecks {
 	if interval <= 0 {
 		interval = DefaultSecretCheckInterval
 	}
@@ -71,61 +71,9 @@ func newSecretChecks(clk clock.Clock, interval time.Duration, perSecond float64)
 		interval: interval,
 		perKey:   time.Duration(float64(time.Second) / perSecond),
 		limiter:  rate.NewLimiter(rate.Limit(perSecond), int(math.Ceil(perSecond))),
-		keys:     map[types.NamespacedName]struct{}{},
+		keys:     keys,
 		released: map[types.NamespacedName]struct{}{},
 	}
-}
-
-// visit is the watch's handler for an added or updated ApiKey: the walk
-// visits it while it is neither revoked nor being deleted.
-func (c *secretChecks) visit(key *authv1alpha1.ApiKey) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.visitLocked(key)
-}
-
-func (c *secretChecks) visitLocked(key *authv1alpha1.ApiKey) {
-	name := types.NamespacedName{Namespace: key.Namespace, Name: key.Name}
-	if key.Spec.Revoked || !key.DeletionTimestamp.IsZero() {
-		delete(c.keys, name)
-		return
-	}
-	if _, ok := c.keys[name]; !ok {
-		name.Namespace = informers.Intern(name.Namespace)
-		c.keys[name] = struct{}{}
-	}
-}
-
-// leave is the watch's handler for a deleted ApiKey.
-func (c *secretChecks) leave(key *authv1alpha1.ApiKey) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.keys, types.NamespacedName{Namespace: key.Namespace, Name: key.Name})
-}
-
-// replace is the watch's relist: the keys to visit are those it lists.
-func (c *secretChecks) replace(list []*authv1alpha1.ApiKey) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	clear(c.keys)
-	for _, k := range list {
-		c.visitLocked(k)
-	}
-}
-
-// round is the walk's list of the keys to visit.
-func (c *secretChecks) round() []types.NamespacedName {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return slices.Collect(maps.Keys(c.keys))
-}
-
-// visits says whether the walk still visits key.
-func (c *secretChecks) visits(key types.NamespacedName) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	_, ok := c.keys[key]
-	return ok
 }
 
 // take reports whether a pass no change caused may read a Secret now.
@@ -155,7 +103,7 @@ func (c *secretChecks) claim(key types.NamespacedName) bool {
 // revoked or deleted during a round takes no slot.
 func (c *secretChecks) walk(ctx context.Context, reconcile func(types.NamespacedName)) {
 	for {
-		keys := c.round()
+		keys := c.keys.KeysInUse()
 		if len(keys) == 0 {
 			if !c.sleep(ctx, c.interval) {
 				return
@@ -164,7 +112,7 @@ func (c *secretChecks) walk(ctx context.Context, reconcile func(types.Namespaced
 		}
 		slot := max(c.perKey, c.interval/time.Duration(len(keys)))
 		for _, key := range keys {
-			if !c.visits(key) {
+			if !c.keys.InUse(key) {
 				continue
 			}
 			if !c.sleep(ctx, slot) {

@@ -5,14 +5,12 @@ import (
 	"crypto/rand"
 	"fmt"
 	"math"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -120,9 +118,7 @@ func (s *simulation) start() {
 	go func() {
 		defer close(s.done)
 		checks := s.r.secretChecks()
-		for _, name := range s.names {
-			checks.visit(newKey("tenant", name, authv1alpha1.ApiKeySpec{}))
-		}
+		checks.keys = namesInUse(s.names)
 		checks.walk(ctx, func(key types.NamespacedName) { s.reconcile(key.Name) })
 	}()
 	s.waitForWalk()
@@ -324,26 +320,16 @@ func TestRequeueAfter(t *testing.T) {
 	}
 }
 
-// TestTheWalkVisitsKeysInUse: revoked keys, keys being deleted and deleted
-// keys are not walked to.
-func TestTheWalkVisitsKeysInUse(t *testing.T) {
-	c := newSecretChecks(clocktesting.NewFakeClock(statusNow), time.Minute, 1)
-	inUse := newKey("tenant", "in-use", authv1alpha1.ApiKeySpec{})
-	revoked := newKey("tenant", "revoked", authv1alpha1.ApiKeySpec{})
-	deleting := newKey("tenant", "deleting", authv1alpha1.ApiKeySpec{})
-	deleted := newKey("tenant", "deleted", authv1alpha1.ApiKeySpec{})
-	for _, k := range []*authv1alpha1.ApiKey{inUse, revoked, deleting, deleted} {
-		c.visit(k)
+// namesInUse are the tenant's keys the simulation's walk visits, as the
+// key index would name them.
+type namesInUse []string
+
+func (n namesInUse) KeysInUse() []types.NamespacedName {
+	names := make([]types.NamespacedName, len(n))
+	for i, name := range n {
+		names[i] = types.NamespacedName{Namespace: "tenant", Name: name}
 	}
-	revoked = revoked.DeepCopy()
-	revoked.Spec.Revoked = true
-	c.visit(revoked)
-	deleting = deleting.DeepCopy()
-	deleting.DeletionTimestamp = &metav1.Time{Time: statusNow}
-	c.visit(deleting)
-	c.leave(deleted)
-	want := []types.NamespacedName{{Namespace: "tenant", Name: "in-use"}}
-	if got := c.round(); !slices.Equal(got, want) {
-		t.Errorf("the walk visits %v, want %v", got, want)
-	}
+	return names
 }
+
+func (namesInUse) InUse(types.NamespacedName) bool { return true }

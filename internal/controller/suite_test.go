@@ -82,7 +82,7 @@ func startManager(t testing.TB, ns string, o managerOptions) *running {
 		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}},
 	}, func(mgr ctrl.Manager) error {
 		index := verifier.New(clock.RealClock{}, 0)
-		watchClient, err := client.NewWithWatch(mgr.GetConfig(), client.Options{Scheme: mgr.GetScheme()})
+		watchClient, err := verifier.NewWatchClient(mgr.GetConfig(), mgr.GetHTTPClient(), mgr.GetRESTMapper())
 		if err != nil {
 			return err
 		}
@@ -123,7 +123,7 @@ func startManager(t testing.TB, ns string, o managerOptions) *running {
 // synced, for a reconciler a test calls itself.
 func watchedIndex(t testing.TB, ns string) *verifier.Verifier {
 	t.Helper()
-	c, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
+	c, err := verifier.NewWatchClient(env.Config, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -84,7 +84,7 @@ func startReplica(t *testing.T, ns, name, dir string, peers Peers, bind string) 
 func startReplicaWith(t *testing.T, ns, name, dir string, peers Peers, bind string, tune func(*Replica)) *Replica {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	c, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
+	c, err := verifier.NewWatchClient(env.Config, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

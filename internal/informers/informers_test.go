@@ -37,8 +37,9 @@ func cm(name string) *corev1.ConfigMap {
 // list is in.
 func TestStreamFeedsEverySink(t *testing.T) {
 	plain, adds := &sink{}, &adder{}
-	s := &Stream[*corev1.ConfigMap, *corev1.ConfigMapList]{sinks: []Sink[*corev1.ConfigMap]{plain, adds}}
-	store := (*streamStore[*corev1.ConfigMap, *corev1.ConfigMapList])(s)
+	s := &Stream[*corev1.ConfigMap, *corev1.ConfigMapList, *corev1.ConfigMap]{sinks: []Sink[*corev1.ConfigMap]{plain, adds},
+		as: func(c *corev1.ConfigMap) *corev1.ConfigMap { return c }}
+	store := (*streamStore[*corev1.ConfigMap, *corev1.ConfigMapList, *corev1.ConfigMap])(s)
 	if s.Synced() {
 		t.Fatal("synced before any list")
 	}

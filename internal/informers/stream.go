@@ -38,19 +38,22 @@ type Adder[T client.Object] interface {
 
 // Stream lists and watches the objects of L's kind through c into its
 // sinks, in turn, until ctx ends, with client-go's Reflector (relists,
-// bookmarks, backoff) and no store of its own. Synced reports whether the
-// first list is in the sinks.
-type Stream[T client.Object, L client.ObjectList] struct {
+// bookmarks, backoff) and no store of its own. The objects come decoded
+// as W (a type that may skip what no sink reads), and the sinks are handed
+// them as T. Synced reports whether the first list is in the sinks.
+type Stream[W client.Object, L client.ObjectList, T client.Object] struct {
 	synced atomic.Bool
 	sinks  []Sink[T]
 	lw     *toolscache.ListWatch
-	newObj func() T
+	newObj func() W
+	as     func(W) T
 }
 
 // NewStream is a stream of L's objects through c into sinks, of those
 // scope selects (its namespace and field selector; the zero value: all);
-// newList and newObj make an empty L and T.
-func NewStream[T client.Object, L client.ObjectList](c client.WithWatch, scope client.ListOptions, newList func() L, newObj func() T, sinks ...Sink[T]) *Stream[T, L] {
+// newList and newObj make an empty L and W, and as is the T a W holds.
+func NewStream[W client.Object, L client.ObjectList, T client.Object](c client.WithWatch, scope client.ListOptions,
+	newList func() L, newObj func() W, as func(W) T, sinks ...Sink[T]) *Stream[W, L, T] {
 	options := func(opts metav1.ListOptions) *client.ListOptions {
 		o := scope
 		// client.ListOptions writes its own limit and continue over Raw's:
@@ -58,9 +61,10 @@ func NewStream[T client.Object, L client.ObjectList](c client.WithWatch, scope c
 		o.Raw, o.Limit, o.Continue = &opts, opts.Limit, opts.Continue
 		return &o
 	}
-	return &Stream[T, L]{
+	return &Stream[W, L, T]{
 		sinks:  sinks,
 		newObj: newObj,
+		as:     as,
 		lw: &toolscache.ListWatch{
 			ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
 				list := newList()
@@ -74,18 +78,18 @@ func NewStream[T client.Object, L client.ObjectList](c client.WithWatch, scope c
 }
 
 // Run feeds the sink until ctx ends.
-func (s *Stream[T, L]) Run(ctx context.Context) {
-	r := toolscache.NewReflectorWithOptions(s.lw, s.newObj(), (*streamStore[T, L])(s), toolscache.ReflectorOptions{})
+func (s *Stream[W, L, T]) Run(ctx context.Context) {
+	r := toolscache.NewReflectorWithOptions(s.lw, s.newObj(), (*streamStore[W, L, T])(s), toolscache.ReflectorOptions{})
 	r.RunWithContext(ctx)
 }
 
 // Synced reports whether the sink holds the first list.
-func (s *Stream[T, L]) Synced() bool { return s.synced.Load() }
+func (s *Stream[W, L, T]) Synced() bool { return s.synced.Load() }
 
 // streamStore is the Reflector's view of a Stream.
-type streamStore[T client.Object, L client.ObjectList] Stream[T, L]
+type streamStore[W client.Object, L client.ObjectList, T client.Object] Stream[W, L, T]
 
-func (s *streamStore[T, L]) Add(obj any) error {
+func (s *streamStore[W, L, T]) Add(obj any) error {
 	s.call(obj, func(sink Sink[T], t T) {
 		if a, ok := sink.(Adder[T]); ok {
 			a.Add(t)
@@ -95,15 +99,15 @@ func (s *streamStore[T, L]) Add(obj any) error {
 	})
 	return nil
 }
-func (s *streamStore[T, L]) Update(obj any) error { s.call(obj, Sink[T].Set); return nil }
-func (s *streamStore[T, L]) Delete(obj any) error { s.call(obj, Sink[T].Remove); return nil }
-func (s *streamStore[T, L]) Resync() error        { return nil }
+func (s *streamStore[W, L, T]) Update(obj any) error { s.call(obj, Sink[T].Set); return nil }
+func (s *streamStore[W, L, T]) Delete(obj any) error { s.call(obj, Sink[T].Remove); return nil }
+func (s *streamStore[W, L, T]) Resync() error        { return nil }
 
-func (s *streamStore[T, L]) Replace(list []any, _ string) error {
+func (s *streamStore[W, L, T]) Replace(list []any, _ string) error {
 	objs := make([]T, 0, len(list))
 	for _, obj := range list {
-		if t, ok := obj.(T); ok {
-			objs = append(objs, t)
+		if w, ok := obj.(W); ok {
+			objs = append(objs, s.as(w))
 		}
 	}
 	for _, sink := range s.sinks {
@@ -113,8 +117,9 @@ func (s *streamStore[T, L]) Replace(list []any, _ string) error {
 	return nil
 }
 
-func (s *streamStore[T, L]) call(obj any, f func(Sink[T], T)) {
-	if t, ok := obj.(T); ok {
+func (s *streamStore[W, L, T]) call(obj any, f func(Sink[T], T)) {
+	if w, ok := obj.(W); ok {
+		t := s.as(w)
 		for _, sink := range s.sinks {
 			f(sink, t)
 		}

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"maps"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -109,7 +110,12 @@ type Verifier struct {
 	slots map[types.UID]*slot
 	// tallies count each namespace's ApiKeys by state, for Usage.
 	tallies map[string]*tally
-	streams []interface{ Synced() bool }
+	// byName holds the slots of the ApiKeys indexed, by name, and
+	// bySecret those of the ApiKeys that name a Secret other than their
+	// own name, by that Secret (names.go).
+	byName   map[types.NamespacedName]*slot
+	bySecret map[types.NamespacedName][]*slot
+	streams  []interface{ Synced() bool }
 	// keySinks and recordSinks are fed what the watches bring, after the
 	// index.
 	keySinks    []informers.Sink[*authv1alpha1.ApiKey]
@@ -149,6 +155,9 @@ type record struct {
 type key struct {
 	uid             types.UID
 	namespace, name string
+	// secret is spec.secretName when it is not the key's own name, which
+	// it is for most keys: "" then.
+	secret string
 	// phase is status.phase as the controller last wrote it.
 	phase      authv1alpha1.Phase
 	generation int64
@@ -203,6 +212,9 @@ func New(clk clock.PassiveClock, fenceTTL time.Duration, opts ...Option) *Verifi
 		byHash:  map[[32]byte]*record{},
 		slots:   map[types.UID]*slot{},
 		tallies: map[string]*tally{},
+
+		byName:   map[types.NamespacedName]*slot{},
+		bySecret: map[types.NamespacedName][]*slot{},
 	}
 }
 
@@ -506,6 +518,9 @@ func (v *Verifier) SetKey(k *authv1alpha1.ApiKey) {
 	if t := k.Spec.ExpiresAt; t != nil {
 		e.expiresAt = nanos(t.Time)
 	}
+	if k.Spec.SecretName != k.Name {
+		e.secret = k.Spec.SecretName
+	}
 	if len(k.Spec.Scopes) > 0 {
 		list := slices.Clone(k.Spec.Scopes)
 		e.scopes = &scopes{list: list, joined: strings.Join(list, ",")}
@@ -516,9 +531,11 @@ func (v *Verifier) SetKey(k *authv1alpha1.ApiKey) {
 	e.uid = s.uid // one copy of its text, the records' slot's
 	if s.key != nil {
 		v.tallyKeyLocked(s.key, -1)
+		v.unfileLocked(s, s.key)
 	}
 	s.key = e
 	v.tallyKeyLocked(e, 1)
+	v.fileLocked(s, e)
 	v.fences.dropSeen(k)
 }
 
@@ -536,6 +553,7 @@ func (v *Verifier) RemoveKey(k *authv1alpha1.ApiKey) {
 func (v *Verifier) removeKeyLocked(s *slot) {
 	if s.key != nil {
 		v.tallyKeyLocked(s.key, -1)
+		v.unfileLocked(s, s.key)
 	}
 	s.key = nil
 	v.fences.drop(s.uid)
@@ -614,7 +632,7 @@ func (s *apiKeys) Replace(list []*authv1alpha1.ApiKey) {
 }
 
 // Watch feeds the index from watches of its own on ApiKeyRecords and
-// ApiKeys through c, until ctx ends. It runs on every replica, leader or
+// ApiKeys through c (a NewWatchClient), until ctx ends. It runs on every replica, leader or
 // not: every replica answers verification requests.
 func (v *Verifier) Watch(ctx context.Context, c client.WithWatch) { v.WatchNamespace(ctx, c, "") }
 
@@ -628,12 +646,11 @@ func (v *Verifier) WatchNamespace(ctx context.Context, c client.WithWatch, names
 		recordScope.FieldSelector = fields.OneTermEqualSelector("spec.tenant", namespace)
 	}
 	recs := informers.NewStream(c, recordScope,
-		func() *authv1alpha1.ApiKeyRecordList { return &authv1alpha1.ApiKeyRecordList{} },
-		func() *authv1alpha1.ApiKeyRecord { return &authv1alpha1.ApiKeyRecord{} },
+		func() *wireRecordList { return &wireRecordList{} }, func() *wireRecord { return &wireRecord{} }, (*wireRecord).record,
 		append([]informers.Sink[*authv1alpha1.ApiKeyRecord]{(*records)(v)}, v.recordSinks...)...)
 	apis := informers.NewStream(c, keyScope,
-		func() *authv1alpha1.ApiKeyList { return &authv1alpha1.ApiKeyList{} },
-		func() *authv1alpha1.ApiKey { return &authv1alpha1.ApiKey{} }, append([]informers.Sink[*authv1alpha1.ApiKey]{(*apiKeys)(v)}, v.keySinks...)...)
+		func() *wireKeyList { return &wireKeyList{} }, func() *wireKey { return &wireKey{} }, (*wireKey).apiKey,
+		append([]informers.Sink[*authv1alpha1.ApiKey]{(*apiKeys)(v)}, v.keySinks...)...)
 	v.mu.Lock()
 	v.streams = append(v.streams, recs, apis)
 	v.mu.Unlock()
@@ -669,14 +686,29 @@ func (v *Verifier) FeedKeysTo(sink informers.Sink[*authv1alpha1.ApiKey]) {
 // Watching runs Watch as a manager's Runnable, on every replica: of
 // Namespace only when it is set.
 type Watching struct {
-	Verifier  *Verifier
+	Verifier *Verifier
+	// Client is a NewWatchClient.
 	Client    client.WithWatch
 	Namespace string
 }
 
-// Start watches until ctx ends.
+// Start watches until ctx ends. Once the first lists are indexed it
+// returns the memory they took to the operating system: every ApiKey and
+// record was decoded and held at once for them, and the Go runtime would
+// otherwise keep those pages resident long after they were free — at
+// 100,000 keys a restarted replica held 120 MiB more than its heap in use.
 func (w Watching) Start(ctx context.Context) error {
 	w.Verifier.WatchNamespace(ctx, w.Client, w.Namespace)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for !w.Verifier.Synced() {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+	debug.FreeOSMemory()
 	<-ctx.Done()
 	return nil
 }

@@ -564,3 +564,86 @@ func TestAKeysSlotGoesWithItsLastEntry(t *testing.T) {
 		t.Fatalf("%d slots and %d records held after both went", len(f.v.slots), f.v.Size())
 	}
 }
+
+func named(ns, name, secret string) *authv1alpha1.ApiKey {
+	return &authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(ns + "/" + name)},
+		Spec: authv1alpha1.ApiKeySpec{SecretName: secret}}
+}
+
+// TestTheIndexNamesWhoDeliversToASecret feeds the index as the watch
+// would and asks it who else delivers to a Secret, as admission does.
+func TestTheIndexNamesWhoDeliversToASecret(t *testing.T) {
+	v := New(clocktesting.NewFakeClock(time.Now()), 0)
+	a, b := named("ns", "a", "shared"), named("ns", "b", "shared")
+	(*apiKeys)(v).Replace([]*authv1alpha1.ApiKey{a})
+	v.SetKey(a) // twice is once
+	v.SetKey(named("other", "c", "shared"))
+	v.SetKey(named("ns", "own", ""))  // delivers to its own name
+	v.SetKey(named("ns", "me", "me")) // so does this one, naming it
+
+	for _, tc := range []struct {
+		name string
+		key  *authv1alpha1.ApiKey
+		want string
+	}{
+		{"another ApiKey's Secret", b, "a"},
+		{"its own Secret is not another's", a, ""},
+		{"the same name in another namespace is another Secret", named("third", "d", "shared"), ""},
+		{"an ApiKey delivering to its own name", named("ns", "own", ""), ""},
+		{"the Secret of an ApiKey delivering to its own name", named("ns", "y", "own"), "own"},
+		{"the Secret of one naming its own name", named("ns", "z", "me"), "me"},
+	} {
+		if got := v.OtherHolder(tc.key); got != tc.want {
+			t.Errorf("%s: OtherHolder = %q, want %q", tc.name, got, tc.want)
+		}
+	}
+	v.SetKey(b)
+	v.RemoveKey(a)
+	if got := v.OtherHolder(a); got != "b" {
+		t.Errorf("after a's deletion, OtherHolder = %q, want b", got)
+	}
+	v.RemoveKey(b)
+	if got := v.OtherHolder(a); got != "" {
+		t.Errorf("after b's deletion, OtherHolder = %q, want none", got)
+	}
+	// A relist drops the ApiKeys it lacks: their deletes were missed.
+	(*apiKeys)(v).Replace([]*authv1alpha1.ApiKey{a})
+	v.RemoveKey(a)
+	if len(v.byName) != 0 || len(v.bySecret) != 0 {
+		t.Errorf("the index still files %v by name and %v by Secret after every ApiKey went", v.byName, v.bySecret)
+	}
+}
+
+// TestTheIndexNamesTheKeysInUse: revoked keys, keys being deleted and
+// deleted keys are not in use; a name deleted and made again under
+// another UID stays filed when the old one's deletion comes.
+func TestTheIndexNamesTheKeysInUse(t *testing.T) {
+	v := New(clocktesting.NewFakeClock(time.Now()), 0)
+	inUse, revoked, deleting, deleted := named("t", "in-use", ""), named("t", "revoked", ""), named("t", "deleting", ""), named("t", "deleted", "")
+	for _, k := range []*authv1alpha1.ApiKey{inUse, revoked, deleting, deleted} {
+		v.SetKey(k)
+	}
+	revoked = revoked.DeepCopy()
+	revoked.Spec.Revoked = true
+	v.SetKey(revoked)
+	deleting = deleting.DeepCopy()
+	deleting.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	v.SetKey(deleting)
+	v.RemoveKey(deleted)
+	want := []types.NamespacedName{{Namespace: "t", Name: "in-use"}}
+	if got := v.KeysInUse(); !slices.Equal(got, want) {
+		t.Errorf("keys in use %v, want %v", got, want)
+	}
+	again := inUse.DeepCopy()
+	again.UID = "another"
+	v.SetKey(again)
+	v.RemoveKey(inUse)
+	if !v.InUse(want[0]) {
+		t.Error("the key made again under the name is not in use once the old one's deletion came")
+	}
+	for _, k := range []*authv1alpha1.ApiKey{revoked, deleting, deleted} {
+		if v.InUse(types.NamespacedName{Namespace: "t", Name: k.Name}) {
+			t.Errorf("%s is in use", k.Name)
+		}
+	}
+}

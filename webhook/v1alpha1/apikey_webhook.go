@@ -16,7 +16,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
-	"github.com/latchkey-dev/latchkey/internal/informers"
 	"github.com/latchkey-dev/latchkey/internal/verifier"
 )
 
@@ -37,25 +36,22 @@ type ApiKeyValidator struct {
 	Clock clock.PassiveClock
 	// Fence is told of revocations; nil means no verifier runs in this process.
 	Fence RevocationFence
-	// Keys feeds the index of Secret names from its watch of ApiKeys (the
-	// key index's, verifier.Verifier).
+	// Keys says which other ApiKey delivers to a Secret, from the key
+	// index (verifier.Verifier), so that admitting an ApiKey reads no
+	// ApiKey and none is cached whole on a replica that only serves.
 	Keys interface {
-		FeedKeysTo(informers.Sink[*authv1alpha1.ApiKey])
+		OtherHolder(*authv1alpha1.ApiKey) string
 	}
-
-	secretNames secretNames
 }
 
 // +kubebuilder:webhook:path=/validate-auth-latchkey-dev-v1alpha1-apikey,mutating=false,failurePolicy=fail,sideEffects=NoneOnDryRun,groups=auth.latchkey.dev,resources=apikeys,verbs=create;update;delete,versions=v1alpha1,name=vapikey-v1alpha1.latchkey.dev,admissionReviewVersions=v1,timeoutSeconds=5
 
 // SetupWebhookWithManager registers the validator on the manager's webhook
-// server, and has Keys feed the index of Secret names it reads. It must
-// come before Keys' watch starts.
+// server.
 func (v *ApiKeyValidator) SetupWebhookWithManager(mgr ctrl.Manager) error {
 	if v.Keys == nil {
-		return errors.New("the ApiKey validator needs a watch of ApiKeys (Keys)")
+		return errors.New("the ApiKey validator needs the key index (Keys)")
 	}
-	v.Keys.FeedKeysTo(&v.secretNames)
 	return ctrl.NewWebhookManagedBy(mgr, &authv1alpha1.ApiKey{}).WithValidator(v).Complete()
 }
 
@@ -103,7 +99,7 @@ func (v *ApiKeyValidator) fence(ctx context.Context, key *authv1alpha1.ApiKey, s
 }
 
 func (v *ApiKeyValidator) validateSecretNameUnique(key *authv1alpha1.ApiKey) field.ErrorList {
-	if other := v.secretNames.otherHolder(key); other != "" {
+	if other := v.Keys.OtherHolder(key); other != "" {
 		return field.ErrorList{field.Invalid(specPath.Child("secretName"), key.SecretName(),
 			fmt.Sprintf("ApiKey %q already delivers its key to this Secret; choose another secretName", other))}
 	}

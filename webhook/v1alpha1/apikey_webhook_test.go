@@ -81,7 +81,7 @@ func TestMain(m *testing.M) {
 		env = e
 		_, err := env.StartManager(nil, ctrl.Options{WebhookServer: serving.New(env.ServingOptions())}, func(mgr ctrl.Manager) error {
 			keys := verifier.New(clock.RealClock{}, 0)
-			watchClient, err := client.NewWithWatch(mgr.GetConfig(), client.Options{Scheme: mgr.GetScheme()})
+			watchClient, err := verifier.NewWatchClient(mgr.GetConfig(), mgr.GetHTTPClient(), mgr.GetRESTMapper())
 			if err != nil {
 				return err
 			}
