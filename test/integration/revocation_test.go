@@ -83,7 +83,7 @@ func takeAwayTrials(t *testing.T, what string, spec authv1alpha1.ApiKeySpec, tak
 	ns := env.Namespace(t)
 	ctx := context.Background()
 
-	watchClient, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
+	watchClient, err := verifier.NewWatchClient(env.Config, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
