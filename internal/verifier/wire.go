@@ -61,7 +61,7 @@ func (m *wireMeta) objectMeta() metav1.ObjectMeta {
 }
 
 func (m *wireMeta) deepCopy() wireMeta {
-	return wireMeta{ObjectMeta: *m.ObjectMeta.DeepCopy(), Annotations: maps.Clone(m.Annotations)}
+	return wireMeta{ObjectMeta: *m.DeepCopy(), Annotations: maps.Clone(m.Annotations)}
 }
 
 // skipped is a JSON value read past, not decoded.
@@ -120,7 +120,7 @@ type wireKeyList struct {
 }
 
 func (l *wireKeyList) DeepCopyObject() runtime.Object {
-	c := &wireKeyList{TypeMeta: l.TypeMeta, ListMeta: *l.ListMeta.DeepCopy(), Items: make([]wireKey, len(l.Items))}
+	c := &wireKeyList{TypeMeta: l.TypeMeta, ListMeta: *l.DeepCopy(), Items: make([]wireKey, len(l.Items))}
 	for i := range l.Items {
 		c.Items[i] = *l.Items[i].DeepCopyObject().(*wireKey)
 	}
@@ -152,7 +152,7 @@ type wireRecordList struct {
 }
 
 func (l *wireRecordList) DeepCopyObject() runtime.Object {
-	c := &wireRecordList{TypeMeta: l.TypeMeta, ListMeta: *l.ListMeta.DeepCopy(), Items: make([]wireRecord, len(l.Items))}
+	c := &wireRecordList{TypeMeta: l.TypeMeta, ListMeta: *l.DeepCopy(), Items: make([]wireRecord, len(l.Items))}
 	for i := range l.Items {
 		c.Items[i] = *l.Items[i].DeepCopyObject().(*wireRecord)
 	}
