@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -632,8 +633,8 @@ func (s *apiKeys) Replace(list []*authv1alpha1.ApiKey) {
 }
 
 // Watch feeds the index from watches of its own on ApiKeyRecords and
-// ApiKeys through c (a NewWatchClient), until ctx ends. It runs on every replica, leader or
-// not: every replica answers verification requests.
+// ApiKeys through c (a NewWatchClient), until ctx ends. It runs on every
+// replica, leader or not: every replica answers verification requests.
 func (v *Verifier) Watch(ctx context.Context, c client.WithWatch) { v.WatchNamespace(ctx, c, "") }
 
 // WatchNamespace is Watch of one namespace's ApiKeys and records (those of
@@ -699,16 +700,10 @@ type Watching struct {
 // 100,000 keys a restarted replica held 120 MiB more than its heap in use.
 func (w Watching) Start(ctx context.Context) error {
 	w.Verifier.WatchNamespace(ctx, w.Client, w.Namespace)
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for !w.Verifier.Synced() {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-tick.C:
-		}
+	synced := func(context.Context) (bool, error) { return w.Verifier.Synced(), nil }
+	if wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, synced) == nil {
+		debug.FreeOSMemory()
 	}
-	debug.FreeOSMemory()
 	<-ctx.Done()
 	return nil
 }
