@@ -59,11 +59,17 @@ const catchUpPage = 1000
 // change taken back. The fences are lifted as any other, by the watch
 // showing the change.
 func (v *Verifier) CatchUp(ctx context.Context, reader client.Reader) error {
+	// What the index held of each key before the list: no copy of its
+	// texts (the UID is the arena's), and the rest read again if needed.
+	type held struct {
+		generation int64
+		deleting   bool
+	}
 	v.mu.RLock()
-	before := make(map[types.UID]*key, len(v.slots))
-	for uid, s := range v.slots {
-		if s.key != nil {
-			before[uid] = s.key
+	before := make(map[types.UID]held, v.byUID.len())
+	for si := int32(1); si < v.slots.next; si++ {
+		if s := v.slots.at(si); s.hasKey {
+			before[v.uidOf(si)] = held{generation: s.key.generation, deleting: s.key.deleting}
 		}
 	}
 	v.mu.RUnlock()
@@ -89,15 +95,24 @@ func (v *Verifier) CatchUp(ctx context.Context, reader client.Reader) error {
 				continue
 			}
 			stop := Stop{Revoked: !m.DeletionTimestamp.IsZero() && !indexed.deleting}
+			if m.Generation <= indexed.generation && stop.IsZero() {
+				continue
+			}
+			// The index's ApiKey now: newer than before if the watch
+			// brought a change meanwhile, gone if it brought the deletion.
+			now, ok := v.indexedKey(m.UID)
+			if !ok {
+				continue
+			}
 			if m.Generation > indexed.generation {
-				changed, err := v.changedSince(ctx, reader, indexed.apiKey())
+				changed, err := v.changedSince(ctx, reader, now)
 				if err != nil {
 					return err
 				}
 				stop = stop.merge(changed)
 			}
 			if !stop.IsZero() {
-				if err := v.fences.add(indexed.apiKey(), stop); err != nil {
+				if err := v.fences.add(now, stop); err != nil {
 					return err
 				}
 			}
@@ -106,14 +121,28 @@ func (v *Verifier) CatchUp(ctx context.Context, reader client.Reader) error {
 			break
 		}
 	}
-	for uid, k := range before {
-		if !listed[uid] {
-			if err := v.fences.add(k.apiKey(), Stop{Revoked: true}); err != nil {
+	for uid := range before {
+		if listed[uid] {
+			continue
+		}
+		if k, ok := v.indexedKey(uid); ok {
+			if err := v.fences.add(k, Stop{Revoked: true}); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// indexedKey is the ApiKey with uid as the index holds it, if it does.
+func (v *Verifier) indexedKey(uid types.UID) (*authv1alpha1.ApiKey, bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	si, ok := v.slotOfLocked(uid)
+	if !ok || !v.slots.at(si).hasKey {
+		return nil, false
+	}
+	return v.apiKeyLocked(si), true
 }
 
 // fenceUnindexed fences what an ApiKey the index does not hold yet shows

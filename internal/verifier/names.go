@@ -2,6 +2,7 @@ package verifier
 
 import (
 	"slices"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/types"
 
@@ -17,28 +18,40 @@ import (
 // already: one map by name serves both, and one by Secret for the keys
 // that name theirs.
 
+// nameLocked is the name of the key k of a slot.
+func (v *Verifier) nameLocked(k *key) types.NamespacedName {
+	return types.NamespacedName{Namespace: v.syms.name(k.namespace), Name: v.texts.get(k.name)}
+}
+
+// hasName says whether the slot at si holds the ApiKey named name.
+func (v *Verifier) hasName(name types.NamespacedName) func(int32) bool {
+	return func(si int32) bool {
+		s := v.slots.at(si)
+		return s.hasKey && v.nameLocked(&s.key) == name
+	}
+}
+
 // fileLocked files the slot's ApiKey, k, by its name and, when it names
 // one, its Secret.
-func (v *Verifier) fileLocked(s *slot, k *key) {
-	v.byName[types.NamespacedName{Namespace: k.namespace, Name: k.name}] = s
-	if k.secret != "" {
-		ref := types.NamespacedName{Namespace: k.namespace, Name: k.secret}
-		if !slices.Contains(v.bySecret[ref], s) {
-			v.bySecret[ref] = append(v.bySecret[ref], s)
+func (v *Verifier) fileLocked(si int32, k *key) {
+	name := v.nameLocked(k)
+	v.byName.set(name, si, v.hasName(name))
+	if k.secret.n != 0 {
+		// Its own copy of the texts: a map's key outlives the arena's.
+		ref := types.NamespacedName{Namespace: name.Namespace, Name: strings.Clone(v.texts.get(k.secret))}
+		if !slices.Contains(v.bySecret[ref], si) {
+			v.bySecret[ref] = append(v.bySecret[ref], si)
 		}
 	}
 }
 
 // unfileLocked undoes fileLocked: a name filed since for another UID (an
 // ApiKey deleted and made again, the deletion not seen) stays.
-func (v *Verifier) unfileLocked(s *slot, k *key) {
-	name := types.NamespacedName{Namespace: k.namespace, Name: k.name}
-	if v.byName[name] == s {
-		delete(v.byName, name)
-	}
-	if k.secret != "" {
-		ref := types.NamespacedName{Namespace: k.namespace, Name: k.secret}
-		if held := slices.DeleteFunc(v.bySecret[ref], func(o *slot) bool { return o == s }); len(held) > 0 {
+func (v *Verifier) unfileLocked(si int32, k *key) {
+	v.byName.del(v.nameLocked(k), si)
+	if k.secret.n != 0 {
+		ref := types.NamespacedName{Namespace: v.syms.name(k.namespace), Name: v.texts.get(k.secret)}
+		if held := slices.DeleteFunc(v.bySecret[ref], func(o int32) bool { return o == si }); len(held) > 0 {
 			v.bySecret[ref] = held
 		} else {
 			delete(v.bySecret, ref)
@@ -53,12 +66,14 @@ func (v *Verifier) OtherHolder(k *authv1alpha1.ApiKey) string {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	// An ApiKey that names no Secret delivers to its own name.
-	if s, ok := v.byName[ref]; ok && s.key.secret == "" && s.key.name != k.Name {
-		return s.key.name
+	if si, ok := v.byName.get(ref, v.hasName(ref)); ok {
+		if h := &v.slots.at(si).key; h.secret.n == 0 && v.texts.get(h.name) != k.Name {
+			return v.texts.get(h.name)
+		}
 	}
-	for _, s := range v.bySecret[ref] {
-		if s.key.name != k.Name {
-			return s.key.name
+	for _, si := range v.bySecret[ref] {
+		if name := v.texts.get(v.slots.at(si).key.name); name != k.Name {
+			return name
 		}
 	}
 	return ""
@@ -69,17 +84,23 @@ func (v *Verifier) OtherHolder(k *authv1alpha1.ApiKey) string {
 func (v *Verifier) InUse(name types.NamespacedName) bool {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	s, ok := v.byName[name]
-	return ok && s.key.inUse()
+	si, ok := v.byName.get(name, v.hasName(name))
+	return ok && v.slots.at(si).key.inUse()
 }
 
-// KeysInUse names every ApiKey InUse, in no order.
+// KeysInUse names every ApiKey InUse, in no order: of two slots with one
+// name (an ApiKey made again, the deletion not seen yet), the one filed.
 func (v *Verifier) KeysInUse() []types.NamespacedName {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	names := make([]types.NamespacedName, 0, len(v.byName))
-	for name, s := range v.byName {
-		if s.key.inUse() {
+	names := make([]types.NamespacedName, 0, v.byName.len())
+	for si := int32(1); si < v.slots.next; si++ {
+		s := v.slots.at(si)
+		if !s.hasKey || !s.key.inUse() {
+			continue
+		}
+		name := v.nameLocked(&s.key)
+		if filed, ok := v.byName.get(name, v.hasName(name)); ok && filed == si {
 			names = append(names, name)
 		}
 	}

@@ -28,19 +28,19 @@ type tally struct {
 	stale bool
 }
 
-// add counts k's state at now, n times (1 or -1).
-func (t *tally) add(k *key, now time.Time, n int32) {
+// add counts k, whose state at now is state, n times (1 or -1).
+func (t *tally) add(k *key, state authv1alpha1.Phase, now time.Time, n int32) {
 	if t.stale || t.flip != 0 && now.UnixNano() >= t.flip {
 		t.stale = true
 		return
 	}
-	t.count(k, now, n)
+	t.count(k, state, now, n)
 }
 
-// count adds n to k's state at now, and brings flip forward to k's expiry
+// count adds n to state, k's at now, and brings flip forward to k's expiry
 // if that is when its state changes next.
-func (t *tally) count(k *key, now time.Time, n int32) {
-	switch k.state(now) {
+func (t *tally) count(k *key, state authv1alpha1.Phase, now time.Time, n int32) {
+	switch state {
 	case authv1alpha1.PhaseRevoked:
 		t.counts.Revoked += n
 	case authv1alpha1.PhaseExpired:
@@ -65,15 +65,17 @@ func (v *Verifier) tallyKeyLocked(k *key, n int32) {
 		delete(v.tallies, k.namespace)
 		return
 	}
-	t.add(k, v.clock.Now(), n)
+	now := v.clock.Now()
+	t.add(k, v.stateLocked(k, now), now, n)
 }
 
 // CountKeys counts the namespace's ApiKeys by state at now (ApiKey.State),
 // for its Usage; found says whether it has any.
 func (v *Verifier) CountKeys(namespace string, now time.Time) (counts authv1alpha1.UsageKeys, found bool) {
 	v.mu.RLock()
-	t := v.tallies[namespace]
-	if t == nil {
+	ns, _ := v.syms.lookup(namespace)
+	t := v.tallies[ns]
+	if ns == 0 || t == nil {
 		v.mu.RUnlock()
 		return counts, false
 	}
@@ -87,13 +89,13 @@ func (v *Verifier) CountKeys(namespace string, now time.Time) (counts authv1alph
 	// A key expired since the namespace was counted: count it afresh.
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if t = v.tallies[namespace]; t == nil {
+	if t = v.tallies[ns]; t == nil {
 		return counts, false
 	}
 	fresh := tally{keys: t.keys}
-	for _, s := range v.slots {
-		if k := s.key; k != nil && k.namespace == namespace {
-			fresh.count(k, now, 1)
+	for si := int32(1); si < v.slots.next; si++ {
+		if s := v.slots.at(si); s.hasKey && s.key.namespace == ns {
+			fresh.count(&s.key, v.stateLocked(&s.key, now), now, 1)
 		}
 	}
 	*t = fresh

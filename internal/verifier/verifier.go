@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
-	"maps"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -97,26 +96,31 @@ type Verifier struct {
 
 	// The index keeps of each record and ApiKey only the fields a verdict
 	// and an Identity read, copied out of the watch's objects (which it
-	// never holds): a few strings and instants per key rather than two
-	// typed objects, their metadata and a store's keys and indexes. A
-	// record and a key are never changed once indexed, only replaced, so
-	// what an Identity or a snapshot holds of them stays true to the
-	// instant it was taken.
-	mu     sync.RWMutex
-	byHash map[[32]byte]*record
-	// slots holds, per key UID, the ApiKey and the hashes of its records,
-	// pending ones among them, while either is indexed: a record points
-	// to its key's slot, so a verdict takes one map lookup, and the
-	// leader's controllers find a key's records without a map of their own.
-	slots map[types.UID]*slot
-	// tallies count each namespace's ApiKeys by state, for Usage.
-	tallies map[string]*tally
+	// never holds), as values with no pointer in them (store.go).
+	mu sync.RWMutex
+	// byHash finds a delivered record by its hash: its entry, of the
+	// first key indexed with it.
+	byHash  map[[32]byte]int32
+	entries slab[entry]
+	// slots hold, per key UID, the ApiKey and the entries of its records,
+	// pending ones among them, while either is indexed: an entry names
+	// its key's slot, so a verdict takes one map lookup, and the leader's
+	// controllers find a key's records without a map of their own.
+	slots slab[slot]
+	byUID hashIndex[types.UID]
 	// byName holds the slots of the ApiKeys indexed, by name, and
 	// bySecret those of the ApiKeys that name a Secret other than their
 	// own name, by that Secret (names.go).
-	byName   map[types.NamespacedName]*slot
-	bySecret map[types.NamespacedName][]*slot
-	streams  []interface{ Synced() bool }
+	byName   hashIndex[types.NamespacedName]
+	bySecret map[types.NamespacedName][]int32
+	// tallies count each namespace's ApiKeys by state, for Usage.
+	tallies map[sym]*tally
+	texts   arena
+	syms    symbols
+	// scopeSets are the sets of scopes keys have, each once; 0 is none.
+	scopeSets []scopes
+	scopeIDs  map[string]uint32
+	streams   []interface{ Synced() bool }
 	// keySinks and recordSinks are fed what the watches bring, after the
 	// index.
 	keySinks    []informers.Sink[*authv1alpha1.ApiKey]
@@ -127,25 +131,37 @@ type Verifier struct {
 
 // A slot is the index's place for one key UID.
 type slot struct {
-	// key is nil while the ApiKey is not indexed (not yet, or deleted).
-	key *key
-	uid types.UID
-	// hashes are the key's records' hashes (their names), pending ones
-	// among them.
-	hashes [][32]byte
+	uid  text
+	used bool
+	// hasKey is false while the ApiKey is not indexed (not yet, or
+	// deleted).
+	hasKey bool
+	key    key
+	// entries is the first of the entries of the key's records.
+	entries int32
+}
+
+// An entry is one record of a key: pending, refused as a second record
+// of a hash another key holds, or indexed (in byHash).
+type entry struct {
+	hash [32]byte
+	// slot is its key's; 0 while the entry is free.
+	slot int32
+	// next is the key's next entry; 0 is none.
+	next    int32
+	indexed bool
+	rec     record
 }
 
 // record is what the index keeps of a delivered ApiKeyRecord; instants
-// are Unix nanoseconds, 0 for none, so that a record takes one small
-// allocation.
+// are Unix nanoseconds, 0 for none.
 type record struct {
-	slot         *slot
-	tenant, hint string
-	format       authv1alpha1.KeyFormat
-	created      int64
-	expiresAt    int64
-	minted       int64
-	validUntil   int64
+	tenant, format sym
+	hint           text
+	created        int64
+	expiresAt      int64
+	minted         int64
+	validUntil     int64
 	// revokedAt is when it was revoked (0: not), and keyGone says it was
 	// for its key's deletion (Deleted or Orphaned).
 	revokedAt                 int64
@@ -154,27 +170,27 @@ type record struct {
 
 // key is what the index keeps of an ApiKey; instants as in record.
 type key struct {
-	uid             types.UID
-	namespace, name string
+	namespace sym
+	name      text
 	// secret is spec.secretName when it is not the key's own name, which
-	// it is for most keys: "" then.
-	secret string
+	// it is for most keys: none then.
+	secret text
 	// phase is status.phase as the controller last wrote it.
-	phase      authv1alpha1.Phase
+	phase      sym
 	generation int64
 	grace      time.Duration
 	// rotationRequested is spec.rotation.requestedAt.
 	rotationRequested int64
 	expiresAt         int64
-	// scopes is nil for a key without scopes, as most are.
-	scopes    *scopes
+	// scopes is 0 for a key without scopes, as most are.
+	scopes    uint32
 	revoked   bool
 	deleting  bool
 	suspended bool
 }
 
 // scopes are a key's scopes and the same joined, as the X-Latchkey-Scopes
-// header carries them: built once per change rather than per request.
+// header carries them: built once per set rather than per request.
 type scopes struct {
 	list   []string
 	joined string
@@ -210,12 +226,17 @@ func New(clk clock.PassiveClock, fenceTTL time.Duration, opts ...Option) *Verifi
 		log:     ctrllog.Log.WithName("verifier"),
 		clock:   clk,
 		fences:  newFenceTable(clk, fenceTTL, o.confirmAfter, o.maxFences),
-		byHash:  map[[32]byte]*record{},
-		slots:   map[types.UID]*slot{},
-		tallies: map[string]*tally{},
+		byHash:  map[[32]byte]int32{},
+		entries: newSlab[entry](),
+		slots:   newSlab[slot](),
+		byUID:   newHashIndex(hashUID),
+		byName:  newHashIndex(hashName),
+		tallies: map[sym]*tally{},
+		syms:    newSymbols(),
 
-		byName:   map[types.NamespacedName]*slot{},
-		bySecret: map[types.NamespacedName][]*slot{},
+		bySecret:  map[types.NamespacedName][]int32{},
+		scopeSets: []scopes{{}},
+		scopeIDs:  map[string]uint32{},
 	}
 }
 
@@ -246,56 +267,61 @@ func (v *Verifier) Resolve(raw string) (id Identity, tenant string, err error) {
 
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	rec, ok := v.byHash[hash]
+	ei, ok := v.byHash[hash]
 	if !ok {
 		return Identity{}, "", ErrUnknown
 	}
-	k := rec.slot.key
-	if k == nil || k.revoked || k.deleting {
-		return Identity{}, rec.tenant, ErrRevoked
+	e := v.entries.at(ei)
+	rec := &e.rec
+	tenant = v.syms.name(rec.tenant)
+	s := v.slots.at(e.slot)
+	k := &s.key
+	if !s.hasKey || k.revoked || k.deleting {
+		return Identity{}, tenant, ErrRevoked
 	}
 	if rec.revoked {
 		if rec.rotated {
-			return Identity{}, rec.tenant, ErrRotated
+			return Identity{}, tenant, ErrRotated
 		}
-		return Identity{}, rec.tenant, ErrRevoked
+		return Identity{}, tenant, ErrRevoked
 	}
-	fenced := v.fences.holds(k.uid, now)
+	uid := types.UID(v.texts.get(s.uid))
+	fenced := v.fences.holds(uid, now)
 	switch {
 	case fenced.Revoked:
-		return Identity{}, rec.tenant, ErrRevoked
+		return Identity{}, tenant, ErrRevoked
 	case k.suspended || fenced.Suspended:
-		return Identity{}, rec.tenant, ErrSuspended
+		return Identity{}, tenant, ErrSuspended
 	case rec.validUntil != 0 && now.UnixNano() >= rec.validUntil,
 		k.grace == 0 && rec.supersededAt(instant(k.rotationRequested)),
 		rec.supersededAt(fenced.RotationRequested):
-		return Identity{}, rec.tenant, ErrRotated
+		return Identity{}, tenant, ErrRotated
 	}
 	expiresAt := rec.expiresAt
 	if k.expiresAt != 0 {
 		expiresAt = k.expiresAt
 	}
 	if expiresAt != 0 && now.UnixNano() >= expiresAt {
-		return Identity{}, rec.tenant, ErrExpired
+		return Identity{}, tenant, ErrExpired
 	}
+	sc := &v.scopeSets[k.scopes]
 	id = Identity{
-		Tenant:     rec.tenant,
-		KeyName:    k.name,
-		KeyUID:     k.uid,
+		Tenant:     tenant,
+		KeyName:    v.texts.get(k.name),
+		KeyUID:     uid,
 		RecordHash: hash,
-		Hint:       rec.hint,
-		Format:     rec.format,
+		Hint:       v.texts.get(rec.hint),
+		Format:     authv1alpha1.KeyFormat(v.syms.name(rec.format)),
 		CreatedAt:  instant(rec.created),
 		ExpiresAt:  instant(expiresAt),
-	}
-	if k.scopes != nil {
-		id.Scopes, id.ScopeList = k.scopes.list, k.scopes.joined
+		Scopes:     sc.list,
+		ScopeList:  sc.joined,
 	}
 	if len(fenced.Scopes) > 0 {
 		id.Scopes = slices.DeleteFunc(slices.Clone(id.Scopes), func(s string) bool { return slices.Contains(fenced.Scopes, s) })
 		id.ScopeList = strings.Join(id.Scopes, ",")
 	}
-	return id, id.Tenant, nil
+	return id, tenant, nil
 }
 
 // supersededAt says whether a rotation requested at requested (the zero
@@ -345,60 +371,149 @@ func (v *Verifier) Synced() bool {
 // schema says so), so a record is found again by it.
 func (v *Verifier) SetRecord(r *authv1alpha1.ApiKeyRecord) {
 	hash, ok := hashOf(r)
-	if !ok {
-		return // the API server's schema admits no other hash
+	if !ok || !fits(r.Spec.KeyUID) || !fits(r.Spec.Hint) {
+		return // the API server's schema admits no other hash, nor longer texts
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	s := v.slotLocked(types.UID(r.Spec.KeyUID))
-	if !slices.Contains(s.hashes, hash) {
-		s.hashes = append(s.hashes, hash)
-	}
+	si := v.slotLocked(types.UID(r.Spec.KeyUID))
+	ei := v.entryLocked(si, hash)
 	if r.Spec.Pending {
 		return
 	}
-	e := &record{
-		slot: s, tenant: informers.Intern(r.Spec.Tenant), hint: r.Spec.Hint, format: informers.Intern(r.Spec.Format),
+	if held, ok := v.byHash[hash]; ok && held != ei {
+		other := v.entries.at(held)
+		v.log.Error(nil, "Refused to index a second record of a key value already recorded",
+			"record", klog.KObj(r), "tenant", r.Spec.Tenant, "keyName", r.Spec.KeyName,
+			"heldByTenant", v.syms.name(other.rec.tenant), "heldByKeyUID", v.texts.get(v.slots.at(other.slot).uid))
+		return
+	}
+	e := v.entries.at(ei)
+	rec := record{
+		tenant: v.syms.of(r.Spec.Tenant), format: v.syms.of(string(r.Spec.Format)), hint: v.keepText(e.rec.hint, r.Spec.Hint),
 		created: nanos(r.CreationTimestamp.Time), minted: r.Minted().UnixNano(), revoked: r.Spec.Revoked,
 		rotated: r.Spec.Revoked && r.Spec.RevocationReason == authv1alpha1.RevocationRotated,
 		keyGone: r.Spec.Revoked && (r.Spec.RevocationReason == authv1alpha1.RevocationDeleted ||
 			r.Spec.RevocationReason == authv1alpha1.RevocationOrphaned),
 	}
 	if t := r.Spec.RevokedAt; t != nil && r.Spec.Revoked {
-		e.revokedAt = nanos(t.Time)
+		rec.revokedAt = nanos(t.Time)
 	}
 	if t := r.Spec.ExpiresAt; t != nil {
-		e.expiresAt = nanos(t.Time)
+		rec.expiresAt = nanos(t.Time)
 	}
 	if t := r.Spec.ValidUntil; t != nil {
-		e.validUntil = nanos(t.Time)
-	}
-	if held, ok := v.byHash[hash]; ok && held.slot != s {
-		v.log.Error(nil, "Refused to index a second record of a key value already recorded",
-			"record", klog.KObj(r), "tenant", r.Spec.Tenant, "keyName", r.Spec.KeyName,
-			"heldByTenant", held.tenant, "heldByKeyUID", held.slot.uid)
-		return
+		rec.validUntil = nanos(t.Time)
 	}
 	// A revoked record lifts no fence: a key's records are revoked one by
 	// one, and the others, in their grace period, must stay fenced until
 	// the ApiKey itself shows the revocation.
-	v.byHash[hash] = e
+	e.rec, e.indexed = rec, true
+	v.byHash[hash] = ei
+}
+
+// keepText is old if it already holds s (a status write brings the same
+// texts back), else s in a new text, old freed.
+func (v *Verifier) keepText(old text, s string) text {
+	if v.texts.get(old) == s {
+		return old
+	}
+	v.texts.free(old)
+	return v.texts.put(s)
 }
 
 // slotLocked is the slot of the key with uid, made if there is none.
-func (v *Verifier) slotLocked(uid types.UID) *slot {
-	s, ok := v.slots[uid]
-	if !ok {
-		s = &slot{uid: uid}
-		v.slots[uid] = s
+func (v *Verifier) slotLocked(uid types.UID) int32 {
+	if si, ok := v.slotOfLocked(uid); ok {
+		return si
 	}
-	return s
+	si := v.slots.alloc()
+	s := v.slots.at(si)
+	s.uid, s.used = v.texts.put(string(uid)), true
+	v.byUID.set(uid, si, v.hasUID(uid))
+	return si
 }
 
-// dropIfEmptyLocked forgets a slot that holds neither an ApiKey nor a record.
-func (v *Verifier) dropIfEmptyLocked(s *slot) {
-	if s.key == nil && len(s.hashes) == 0 {
-		delete(v.slots, s.uid)
+// slotOfLocked is the slot of the key with uid, if there is one.
+func (v *Verifier) slotOfLocked(uid types.UID) (int32, bool) {
+	return v.byUID.get(uid, v.hasUID(uid))
+}
+
+func (v *Verifier) hasUID(uid types.UID) func(int32) bool {
+	return func(si int32) bool { return v.texts.get(v.slots.at(si).uid) == string(uid) }
+}
+
+// uidOf is the UID of the slot's key.
+func (v *Verifier) uidOf(si int32) types.UID { return types.UID(v.texts.get(v.slots.at(si).uid)) }
+
+// entryLocked is the slot's entry for hash, made (not indexed) if it has
+// none.
+func (v *Verifier) entryLocked(si int32, hash [32]byte) int32 {
+	s := v.slots.at(si)
+	for ei := s.entries; ei != 0; ei = v.entries.at(ei).next {
+		if v.entries.at(ei).hash == hash {
+			return ei
+		}
+	}
+	ei := v.entries.alloc()
+	e := v.entries.at(ei)
+	e.hash, e.slot, e.next = hash, si, s.entries
+	s.entries = ei
+	return ei
+}
+
+// dropEntryLocked forgets the slot's entry for hash, if it has one.
+func (v *Verifier) dropEntryLocked(si int32, hash [32]byte) {
+	s := v.slots.at(si)
+	for at := &s.entries; *at != 0; at = &v.entries.at(*at).next {
+		ei := *at
+		e := v.entries.at(ei)
+		if e.hash != hash {
+			continue
+		}
+		*at = e.next
+		if e.indexed {
+			delete(v.byHash, hash)
+		}
+		v.texts.free(e.rec.hint)
+		v.entries.release(ei)
+		return
+	}
+}
+
+// dropIfEmptyLocked forgets a slot that holds neither an ApiKey nor a
+// record, and compacts the texts when most of them are freed.
+func (v *Verifier) dropIfEmptyLocked(si int32) {
+	s := v.slots.at(si)
+	if s.hasKey || s.entries != 0 {
+		return
+	}
+	v.byUID.del(v.uidOf(si), si)
+	v.texts.free(s.uid)
+	v.slots.release(si)
+	if v.texts.wasteful() {
+		v.compactLocked()
+	}
+}
+
+// compactLocked copies the texts held into a fresh arena. Strings made of
+// the old one stay as they are, in chunks the collector frees once none
+// is held.
+func (v *Verifier) compactLocked() {
+	old := v.texts
+	v.texts = arena{}
+	move := func(t *text) { *t = v.texts.put(old.get(*t)) }
+	for si := int32(1); si < v.slots.next; si++ {
+		if s := v.slots.at(si); s.used {
+			move(&s.uid)
+			move(&s.key.name)
+			move(&s.key.secret)
+		}
+	}
+	for ei := int32(1); ei < v.entries.next; ei++ {
+		if e := v.entries.at(ei); e.slot != 0 {
+			move(&e.rec.hint)
+		}
 	}
 }
 
@@ -411,15 +526,12 @@ func (v *Verifier) RemoveRecord(r *authv1alpha1.ApiKeyRecord) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	s, ok := v.slots[types.UID(r.Spec.KeyUID)]
+	si, ok := v.slotOfLocked(types.UID(r.Spec.KeyUID))
 	if !ok {
 		return
 	}
-	s.hashes = slices.DeleteFunc(s.hashes, func(h [32]byte) bool { return h == hash })
-	if held, ok := v.byHash[hash]; ok && held.slot == s {
-		delete(v.byHash, hash)
-	}
-	v.dropIfEmptyLocked(s)
+	v.dropEntryLocked(si, hash)
+	v.dropIfEmptyLocked(si)
 }
 
 // nameOf is the name of the record with hash.
@@ -430,13 +542,17 @@ func nameOf(hash [32]byte) string { return hex.EncodeToString(hash[:]) }
 func (v *Verifier) RecordNames(uid types.UID) []string {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	s, ok := v.slots[uid]
+	si, ok := v.slotOfLocked(uid)
 	if !ok {
 		return nil
 	}
-	names := make([]string, len(s.hashes))
-	for i, h := range s.hashes {
-		names[i] = nameOf(h)
+	return v.recordNamesLocked(si, nil)
+}
+
+// recordNamesLocked appends the names of the slot's records to names.
+func (v *Verifier) recordNamesLocked(si int32, names []string) []string {
+	for ei := v.slots.at(si).entries; ei != 0; ei = v.entries.at(ei).next {
+		names = append(names, nameOf(v.entries.at(ei).hash))
 	}
 	return names
 }
@@ -447,11 +563,9 @@ func (v *Verifier) Orphans() []string {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	var out []string
-	for _, s := range v.slots {
-		if s.key == nil {
-			for _, h := range s.hashes {
-				out = append(out, nameOf(h))
-			}
+	for si := int32(1); si < v.slots.next; si++ {
+		if s := v.slots.at(si); s.used && !s.hasKey {
+			out = v.recordNamesLocked(si, out)
 		}
 	}
 	return out
@@ -468,9 +582,13 @@ type GoneRecord struct {
 func (v *Verifier) GoneRecords(tenant string) []GoneRecord {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
+	t, ok := v.syms.lookup(tenant)
+	if !ok {
+		return nil
+	}
 	var out []GoneRecord
-	for hash, r := range v.byHash {
-		if r.keyGone && r.revokedAt != 0 && r.tenant == tenant {
+	for hash, ei := range v.byHash {
+		if r := &v.entries.at(ei).rec; r.keyGone && r.revokedAt != 0 && r.tenant == t {
 			out = append(out, GoneRecord{Name: nameOf(hash), RevokedAt: instant(r.revokedAt)})
 		}
 	}
@@ -481,13 +599,17 @@ func (v *Verifier) GoneRecords(tenant string) []GoneRecord {
 func (v *Verifier) Namespaces() []string {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	return slices.Collect(maps.Keys(v.tallies))
+	out := make([]string, 0, len(v.tallies))
+	for ns := range v.tallies {
+		out = append(out, v.syms.name(ns))
+	}
+	return out
 }
 
-// state is ApiKey.State of the key as the index holds it.
-func (k *key) state(now time.Time) authv1alpha1.Phase {
+// stateLocked is ApiKey.State of the key as the index holds it.
+func (v *Verifier) stateLocked(k *key, now time.Time) authv1alpha1.Phase {
 	var a authv1alpha1.ApiKey
-	a.Spec.Revoked, a.Spec.Suspended, a.Status.Phase = k.revoked, k.suspended, k.phase
+	a.Spec.Revoked, a.Spec.Suspended, a.Status.Phase = k.revoked, k.suspended, authv1alpha1.Phase(v.syms.name(k.phase))
 	if k.expiresAt != 0 {
 		a.Spec.ExpiresAt = &metav1.Time{Time: instant(k.expiresAt)}
 	}
@@ -498,8 +620,8 @@ func (k *key) state(now time.Time) authv1alpha1.Phase {
 func (v *Verifier) HasKey(uid types.UID) bool {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	s, ok := v.slots[uid]
-	return ok && s.key != nil
+	si, ok := v.slotOfLocked(uid)
+	return ok && v.slots.at(si).hasKey
 }
 
 // hashOf is a record's hash as the index's key.
@@ -511,68 +633,91 @@ func hashOf(r *authv1alpha1.ApiKeyRecord) (hash [32]byte, ok bool) {
 // SetKey notes an ApiKey's revocation, deletion, suspension, rotation,
 // scopes and expiry.
 func (v *Verifier) SetKey(k *authv1alpha1.ApiKey) {
-	e := &key{
-		namespace: informers.Intern(k.Namespace), name: k.Name, generation: k.Generation,
+	if !fits(string(k.UID)) || !fits(k.Name) || !fits(k.Spec.SecretName) {
+		return // the API server's schema admits no longer names
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	si := v.slotLocked(k.UID)
+	s := v.slots.at(si)
+	old := s.key
+	if s.hasKey {
+		v.tallyKeyLocked(&old, -1)
+		v.unfileLocked(si, &old)
+	}
+	e := key{
+		namespace: v.syms.of(k.Namespace), name: v.keepText(old.name, k.Name), generation: k.Generation,
 		revoked: k.Spec.Revoked, deleting: !k.DeletionTimestamp.IsZero(), suspended: k.Spec.Suspended,
-		phase: informers.Intern(k.Status.Phase), grace: k.GracePeriod(), rotationRequested: nanos(k.RotationRequested()),
+		phase: v.syms.of(string(k.Status.Phase)), grace: k.GracePeriod(), rotationRequested: nanos(k.RotationRequested()),
+		scopes: v.scopesOfLocked(k.Spec.Scopes),
 	}
 	if t := k.Spec.ExpiresAt; t != nil {
 		e.expiresAt = nanos(t.Time)
 	}
 	if k.Spec.SecretName != k.Name {
-		e.secret = k.Spec.SecretName
+		e.secret = v.keepText(old.secret, k.Spec.SecretName)
+	} else {
+		v.texts.free(old.secret)
 	}
-	if len(k.Spec.Scopes) > 0 {
-		list := slices.Clone(k.Spec.Scopes)
-		e.scopes = &scopes{list: list, joined: strings.Join(list, ",")}
-	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	s := v.slotLocked(k.UID)
-	e.uid = s.uid // one copy of its text, the records' slot's
-	if s.key != nil {
-		v.tallyKeyLocked(s.key, -1)
-		v.unfileLocked(s, s.key)
-	}
-	s.key = e
-	v.tallyKeyLocked(e, 1)
-	v.fileLocked(s, e)
+	s.key, s.hasKey = e, true
+	v.tallyKeyLocked(&e, 1)
+	v.fileLocked(si, &e)
 	v.fences.dropSeen(k)
+}
+
+// scopesOfLocked is the number of the set of scopes list, made if the
+// index holds no key with it yet.
+func (v *Verifier) scopesOfLocked(list []string) uint32 {
+	if len(list) == 0 {
+		return 0
+	}
+	id := strings.Join(list, "\x00")
+	if n, ok := v.scopeIDs[id]; ok {
+		return n
+	}
+	list = slices.Clone(list)
+	n := uint32(len(v.scopeSets))
+	v.scopeSets = append(v.scopeSets, scopes{list: list, joined: strings.Join(list, ",")})
+	v.scopeIDs[id] = n
+	return n
 }
 
 // RemoveKey forgets a deleted ApiKey: its key no longer authenticates.
 func (v *Verifier) RemoveKey(k *authv1alpha1.ApiKey) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if s, ok := v.slots[k.UID]; ok {
-		v.removeKeyLocked(s)
+	if si, ok := v.slotOfLocked(k.UID); ok {
+		v.removeKeyLocked(si)
 		return
 	}
 	v.fences.drop(k.UID) // a fence may hold a key the watch never brought
 }
 
-func (v *Verifier) removeKeyLocked(s *slot) {
-	if s.key != nil {
-		v.tallyKeyLocked(s.key, -1)
-		v.unfileLocked(s, s.key)
+func (v *Verifier) removeKeyLocked(si int32) {
+	s := v.slots.at(si)
+	if s.hasKey {
+		v.tallyKeyLocked(&s.key, -1)
+		v.unfileLocked(si, &s.key)
+		v.texts.free(s.key.name)
+		v.texts.free(s.key.secret)
 	}
-	s.key = nil
-	v.fences.drop(s.uid)
-	v.dropIfEmptyLocked(s)
+	s.key, s.hasKey = key{}, false
+	v.fences.drop(v.uidOf(si))
+	v.dropIfEmptyLocked(si)
 }
 
-// apiKey is the ApiKey as far as the index knows it: what TakenAway and
-// the fences read.
-func (k *key) apiKey() *authv1alpha1.ApiKey {
+// apiKeyLocked is the slot's ApiKey as far as the index knows it: what
+// TakenAway and the fences read.
+func (v *Verifier) apiKeyLocked(si int32) *authv1alpha1.ApiKey {
+	s := v.slots.at(si)
+	k := &s.key
 	a := &authv1alpha1.ApiKey{}
-	a.Namespace, a.Name, a.UID, a.Generation = k.namespace, k.name, k.uid, k.generation
+	a.Namespace, a.Name, a.UID, a.Generation = v.syms.name(k.namespace), v.texts.get(k.name), v.uidOf(si), k.generation
 	if k.deleting {
 		a.DeletionTimestamp = &metav1.Time{}
 	}
 	a.Spec.Revoked, a.Spec.Suspended = k.revoked, k.suspended
-	if k.scopes != nil {
-		a.Spec.Scopes = k.scopes.list
-	}
+	a.Spec.Scopes = v.scopeSets[k.scopes].list
 	a.Spec.Rotation = &authv1alpha1.RotationSpec{GracePeriod: &metav1.Duration{Duration: k.grace}}
 	if k.rotationRequested != 0 {
 		a.Spec.Rotation.RequestedAt = &metav1.Time{Time: instant(k.rotationRequested)}
@@ -588,25 +733,31 @@ func (s *records) Remove(r *authv1alpha1.ApiKeyRecord) { (*Verifier)(s).RemoveRe
 
 func (s *records) Replace(list []*authv1alpha1.ApiKeyRecord) {
 	v := (*Verifier)(s)
-	listed := make(map[[32]byte]bool, len(list))
-	indexed := make(map[[32]byte]bool, len(list))
+	// delivered says, of each record listed, whether it is not pending.
+	delivered := make(map[[32]byte]bool, len(list))
 	for _, r := range list {
 		if hash, ok := hashOf(r); ok {
-			listed[hash] = true
-			indexed[hash] = !r.Spec.Pending
+			delivered[hash] = !r.Spec.Pending
 		}
 		v.SetRecord(r)
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	for hash := range v.byHash {
-		if !indexed[hash] {
-			delete(v.byHash, hash)
+	for ei := int32(1); ei < v.entries.next; ei++ {
+		e := v.entries.at(ei)
+		if e.slot == 0 {
+			continue
 		}
-	}
-	for _, sl := range v.slots {
-		sl.hashes = slices.DeleteFunc(sl.hashes, func(h [32]byte) bool { return !listed[h] })
-		v.dropIfEmptyLocked(sl)
+		d, listed := delivered[e.hash]
+		switch {
+		case !listed:
+			si := e.slot
+			v.dropEntryLocked(si, e.hash)
+			v.dropIfEmptyLocked(si)
+		case !d && e.indexed:
+			delete(v.byHash, e.hash)
+			e.indexed = false
+		}
 	}
 }
 
@@ -625,9 +776,9 @@ func (s *apiKeys) Replace(list []*authv1alpha1.ApiKey) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	for uid, sl := range v.slots {
-		if sl.key != nil && !listed[uid] {
-			v.removeKeyLocked(sl)
+	for si := int32(1); si < v.slots.next; si++ {
+		if sl := v.slots.at(si); sl.hasKey && !listed[v.uidOf(si)] {
+			v.removeKeyLocked(si)
 		}
 	}
 }

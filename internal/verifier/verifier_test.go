@@ -480,9 +480,9 @@ func TestTheCountsFollowEveryChangeAndExpiry(t *testing.T) {
 	}
 	scan := func() authv1alpha1.UsageKeys {
 		var c authv1alpha1.UsageKeys
-		for _, s := range f.v.slots {
-			if k := s.key; k != nil && k.namespace == "tenant-a" {
-				switch k.state(f.clk.Now()) {
+		for si := int32(1); si < f.v.slots.next; si++ {
+			if s := f.v.slots.at(si); s.hasKey && f.v.syms.name(s.key.namespace) == "tenant-a" {
+				switch f.v.stateLocked(&s.key, f.clk.Now()) {
 				case authv1alpha1.PhaseActive:
 					c.Active++
 				case authv1alpha1.PhaseRevoked:
@@ -531,12 +531,12 @@ func TestTheCountsFollowEveryChangeAndExpiry(t *testing.T) {
 func TestAKeysSlotGoesWithItsLastEntry(t *testing.T) {
 	f := newFixture(t)
 	f.v.RemoveRecord(f.rec)
-	if len(f.v.slots) != 1 || !f.v.HasKey(f.key.UID) {
+	if f.v.slots.len() != 1 || !f.v.HasKey(f.key.UID) {
 		t.Fatal("the slot went with the record while the ApiKey is indexed")
 	}
 	f.v.RemoveKey(f.key)
-	if len(f.v.slots) != 0 {
-		t.Fatalf("%d slots held with no ApiKey and no record", len(f.v.slots))
+	if f.v.slots.len() != 0 {
+		t.Fatalf("%d slots held with no ApiKey and no record", f.v.slots.len())
 	}
 
 	f.v.SetRecord(f.rec)
@@ -560,8 +560,8 @@ func TestAKeysSlotGoesWithItsLastEntry(t *testing.T) {
 	}
 	f.v.RemoveKey(f.key)
 	f.v.RemoveRecord(f.rec)
-	if len(f.v.slots) != 0 || f.v.Size() != 0 {
-		t.Fatalf("%d slots and %d records held after both went", len(f.v.slots), f.v.Size())
+	if f.v.slots.len() != 0 || f.v.Size() != 0 {
+		t.Fatalf("%d slots and %d records held after both went", f.v.slots.len(), f.v.Size())
 	}
 }
 
@@ -609,7 +609,7 @@ func TestTheIndexNamesWhoDeliversToASecret(t *testing.T) {
 	// A relist drops the ApiKeys it lacks: their deletes were missed.
 	(*apiKeys)(v).Replace([]*authv1alpha1.ApiKey{a})
 	v.RemoveKey(a)
-	if len(v.byName) != 0 || len(v.bySecret) != 0 {
+	if v.byName.len() != 0 || len(v.bySecret) != 0 {
 		t.Errorf("the index still files %v by name and %v by Secret after every ApiKey went", v.byName, v.bySecret)
 	}
 }

@@ -1,0 +1,156 @@
+package verifier
+
+import (
+	"crypto/rand"
+	"fmt"
+	"hash/maphash"
+	"runtime"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	authv1alpha1 "github.com/latchkey-dev/latchkey/api/v1alpha1"
+	"github.com/latchkey-dev/latchkey/internal/keys"
+)
+
+// indexed is a key and its record, as the index is given them, and what
+// an Identity of it says.
+type indexed struct {
+	raw string
+	key *authv1alpha1.ApiKey
+	rec *authv1alpha1.ApiKeyRecord
+}
+
+func newIndexed(t *testing.T, i int, now time.Time) indexed {
+	t.Helper()
+	raw, err := keys.Generate(rand.Reader, keys.Prefixed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name, uid := fmt.Sprintf("key-%d", i), types.UID(fmt.Sprintf("uid-%d", i))
+	ns := fmt.Sprintf("tenant-%d", i%3)
+	return indexed{
+		raw: raw,
+		key: &authv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: uid},
+			Spec: authv1alpha1.ApiKeySpec{Scopes: []string{"read", fmt.Sprint("s", i%2)}}},
+		rec: &authv1alpha1.ApiKeyRecord{
+			ObjectMeta: metav1.ObjectMeta{Name: keys.Hash(raw), CreationTimestamp: metav1.NewTime(now)},
+			Spec: authv1alpha1.ApiKeyRecordSpec{Hash: keys.Hash(raw), Tenant: ns, KeyName: name, KeyUID: string(uid),
+				Hint: keys.Hint(raw), Format: authv1alpha1.FormatPrefixed},
+		},
+	}
+}
+
+func (k indexed) check(t *testing.T, id Identity, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: Verify = %v", k.key.Name, err)
+	}
+	if id.KeyName != k.key.Name || id.KeyUID != k.key.UID || id.Tenant != k.key.Namespace || id.Hint != k.rec.Spec.Hint ||
+		id.ScopeList != "read,"+k.key.Spec.Scopes[1] || id.RecordName() != k.rec.Name {
+		t.Fatalf("%s: Identity = %+v", k.key.Name, id)
+	}
+}
+
+// TestTextsOutliveTheirKeysAndACompaction: the index's texts are copied
+// into a fresh arena once most are freed, and what it handed out before
+// (an Identity's names) stays as it was, with every key still answered.
+func TestTextsOutliveTheirKeysAndACompaction(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC))
+	v := New(clk, 10*time.Second)
+	const n = 12000 // enough texts for more chunks than a compaction waits for
+	all := make([]indexed, n)
+	ids := make([]Identity, n)
+	for i := range all {
+		all[i] = newIndexed(t, i, clk.Now())
+		v.SetKey(all[i].key)
+		v.SetRecord(all[i].rec)
+	}
+	for i := range all {
+		var err error
+		ids[i], err = v.Verify(all[i].raw)
+		all[i].check(t, ids[i], err)
+	}
+	chunks := len(v.texts.chunks)
+	for i := range all {
+		if i%8 != 0 {
+			v.RemoveRecord(all[i].rec)
+			v.RemoveKey(all[i].key)
+		}
+	}
+	if len(v.texts.chunks) >= chunks || v.texts.wasteful() {
+		t.Fatalf("the arena kept %d of %d chunks, %d of %d bytes live", len(v.texts.chunks), chunks, v.texts.live, v.texts.used)
+	}
+	runtime.GC()
+	for i := range all {
+		all[i].check(t, ids[i], nil) // handed out before: unchanged
+		id, err := v.Verify(all[i].raw)
+		if i%8 != 0 {
+			if err == nil {
+				t.Fatalf("%s: removed, yet Verify = %+v", all[i].key.Name, id)
+			}
+			continue
+		}
+		all[i].check(t, id, err)
+	}
+	if got, want := v.slots.len(), n/8; got != want || v.entries.len() != want || v.Size() != want {
+		t.Fatalf("%d slots, %d entries, %d records held, want %d", got, v.entries.len(), v.Size(), want)
+	}
+	// Freed places are taken again.
+	next := v.slots.next
+	for i := range all {
+		if i%8 != 0 {
+			v.SetKey(all[i].key)
+			v.SetRecord(all[i].rec)
+		}
+	}
+	if v.slots.next != next {
+		t.Fatalf("the slots grew to %d with %d free", v.slots.next, next-1-int32(n/8))
+	}
+	for i := range all {
+		id, err := v.Verify(all[i].raw)
+		all[i].check(t, id, err)
+	}
+}
+
+// TestAHashIndexTellsKeysOfOneHashApart: keys whose 64-bit hashes are
+// the same are each found, replaced and removed on their own.
+func TestAHashIndexTellsKeysOfOneHashApart(t *testing.T) {
+	x := newHashIndex(func(maphash.Seed, string) uint64 { return 7 }) // every key collides
+	values := map[int32]string{}
+	has := func(k string) func(int32) bool { return func(i int32) bool { return values[i] == k } }
+	set := func(k string, i int32) {
+		values[i] = k
+		x.set(k, i, has(k))
+	}
+	for i, k := range []string{"a", "b", "c"} {
+		set(k, int32(i+1))
+	}
+	set("b", 5) // b moves
+	for k, want := range map[string]int32{"a": 1, "b": 5, "c": 3} {
+		if got, ok := x.get(k, has(k)); !ok || got != want {
+			t.Errorf("get(%q) = %d, %v; want %d", k, got, ok, want)
+		}
+	}
+	if _, ok := x.get("d", has("d")); ok {
+		t.Error("a key never filed is found")
+	}
+	x.del("a", 1)
+	x.del("c", 9) // not what c is filed under: stays
+	if _, ok := x.get("a", has("a")); ok {
+		t.Error("a is found after its deletion")
+	}
+	for k, want := range map[string]int32{"b": 5, "c": 3} {
+		if got, ok := x.get(k, has(k)); !ok || got != want {
+			t.Errorf("after a's deletion, get(%q) = %d, %v; want %d", k, got, ok, want)
+		}
+	}
+	x.del("b", 5)
+	x.del("c", 3)
+	if x.len() != 0 {
+		t.Errorf("%d keys filed after every deletion", x.len())
+	}
+}
