@@ -349,6 +349,10 @@ func (v *Verifier) Size() int {
 // Fences is how many fences hold now.
 func (v *Verifier) Fences() int { return v.fences.len() }
 
+// Serving reports whether this replica answers keys: the index is synced
+// and the gate, if any, allows answers.
+func (v *Verifier) Serving() bool { return v.Synced() && (v.gate == nil || v.gate.MayServe()) }
+
 // Synced reports whether the index holds everything the API server had
 // when it started watching.
 func (v *Verifier) Synced() bool {
@@ -850,9 +854,16 @@ type Watching struct {
 // otherwise keep those pages resident long after they were free — at
 // 100,000 keys a restarted replica held 120 MiB more than its heap in use.
 func (w Watching) Start(ctx context.Context) error {
-	w.Verifier.WatchNamespace(ctx, w.Client, w.Namespace)
-	synced := func(context.Context) (bool, error) { return w.Verifier.Synced(), nil }
+	v := w.Verifier
+	began := v.clock.Now()
+	v.WatchNamespace(ctx, w.Client, w.Namespace)
+	synced := func(context.Context) (bool, error) { return v.Synced(), nil }
 	if wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, synced) == nil {
+		v.mu.RLock()
+		keys, records := v.slots.len(), len(v.byHash)
+		v.mu.RUnlock()
+		v.log.Info("Indexed the first lists", "slots", keys, "records", records,
+			"took", v.clock.Since(began).Round(time.Millisecond).String())
 		debug.FreeOSMemory()
 	}
 	<-ctx.Done()
