@@ -860,9 +860,9 @@ func (w Watching) Start(ctx context.Context) error {
 	synced := func(context.Context) (bool, error) { return v.Synced(), nil }
 	if wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, synced) == nil {
 		v.mu.RLock()
-		keys, records := v.slots.len(), len(v.byHash)
+		slots, records := v.slots.len(), len(v.byHash)
 		v.mu.RUnlock()
-		v.log.Info("Indexed the first lists", "slots", keys, "records", records,
+		v.log.Info("Indexed the first lists", "slots", slots, "records", records,
 			"took", v.clock.Since(began).Round(time.Millisecond).String())
 		debug.FreeOSMemory()
 	}
