@@ -105,7 +105,8 @@ func (s *Server) Authorize(w http.ResponseWriter, r *http.Request) {
 	// Always sent, empty too, so that a proxy copying it replaces what a
 	// client sent under its name.
 	h[protocol.HeaderScopes] = v[2:3:3]
-	w.WriteHeader(http.StatusOK)
+	// No WriteHeader: the 200 net/http sends once the handler returns
+	// needs no copy of the header map, which one sent before does.
 }
 
 // first is a header's first value, or "".
