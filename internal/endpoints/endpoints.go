@@ -250,8 +250,7 @@ func (s *Server) TokenReview(w http.ResponseWriter, r *http.Request) {
 			Audiences: audiences,
 		}
 	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(review)
+	writeReview(w, review)
 }
 
 // audiences answers a review that asked for the requested audiences, as
