@@ -1,11 +1,15 @@
 package informers
 
 import (
+	"context"
 	"slices"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 )
 
 // sink records what a stream feeds it.
@@ -66,5 +70,51 @@ func TestStreamFeedsEverySink(t *testing.T) {
 		if !slices.Equal(tc.got, tc.want) {
 			t.Errorf("%s: %v, want %v", tc.name, tc.got, tc.want)
 		}
+	}
+}
+
+// TestStreamSaysWhenTheListItHoldsBegan: the count read as a list or a
+// watch-list begins is the one the stream reports once that list is in
+// its sinks; a list's later pages and a plain watch read none.
+func TestStreamSaysWhenTheListItHoldsBegan(t *testing.T) {
+	c := fake.NewClientBuilder().Build()
+	s := NewStream(c, client.ListOptions{}, func() *corev1.ConfigMapList { return &corev1.ConfigMapList{} },
+		func() *corev1.ConfigMap { return &corev1.ConfigMap{} }, func(c *corev1.ConfigMap) *corev1.ConfigMap { return c }, &sink{})
+	count := int64(5)
+	s.CountLists(func() int64 { return count })
+	store := (*streamStore[*corev1.ConfigMap, *corev1.ConfigMapList, *corev1.ConfigMap])(s)
+	ctx := context.Background()
+	if _, ok := s.ListedAt(); ok {
+		t.Fatal("a list is held before any")
+	}
+	if _, err := s.lw.ListWithContextFunc(ctx, metav1.ListOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	count = 6
+	if _, err := s.lw.ListWithContextFunc(ctx, metav1.ListOptions{Continue: "next page"}); err != nil {
+		t.Fatal(err)
+	}
+	_ = store.Replace(nil, "1")
+	if at, ok := s.ListedAt(); !ok || at != 5 {
+		t.Fatalf("after a list begun at 5: ListedAt = %d, %v", at, ok)
+	}
+	count = 7
+	w, err := s.lw.WatchFuncWithContext(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Stop()
+	count = 8
+	w, err = s.lw.WatchFuncWithContext(ctx, metav1.ListOptions{SendInitialEvents: ptr.To(true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Stop()
+	if at, _ := s.ListedAt(); at != 5 {
+		t.Fatalf("before the watch-list's events are in: ListedAt = %d, want 5", at)
+	}
+	_ = store.Replace(nil, "2")
+	if at, _ := s.ListedAt(); at != 8 {
+		t.Fatalf("after a watch-list begun at 8: ListedAt = %d", at)
 	}
 }

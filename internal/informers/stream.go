@@ -43,10 +43,15 @@ type Adder[T client.Object] interface {
 // them as T. Synced reports whether the first list is in the sinks.
 type Stream[W client.Object, L client.ObjectList, T client.Object] struct {
 	synced atomic.Bool
-	sinks  []Sink[T]
-	lw     *toolscache.ListWatch
-	newObj func() W
-	as     func(W) T
+	// count, when set, is read as each list begins (CountLists); listing
+	// is its value for the list under way, listed for the one the sinks
+	// hold.
+	count           func() int64
+	listing, listed atomic.Int64
+	sinks           []Sink[T]
+	lw              *toolscache.ListWatch
+	newObj          func() W
+	as              func(W) T
 }
 
 // NewStream is a stream of L's objects through c into sinks, of those
@@ -61,19 +66,37 @@ func NewStream[W client.Object, L client.ObjectList, T client.Object](c client.W
 		o.Raw, o.Limit, o.Continue = &opts, opts.Limit, opts.Continue
 		return &o
 	}
-	return &Stream[W, L, T]{
-		sinks:  sinks,
-		newObj: newObj,
-		as:     as,
-		lw: &toolscache.ListWatch{
-			ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
-				list := newList()
-				return list, c.List(ctx, list, options(opts))
-			},
-			WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
-				return c.Watch(ctx, newList(), options(opts))
-			},
+	s := &Stream[W, L, T]{sinks: sinks, newObj: newObj, as: as}
+	s.lw = &toolscache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
+			if opts.Continue == "" {
+				s.begin()
+			}
+			list := newList()
+			return list, c.List(ctx, list, options(opts))
 		},
+		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+			if opts.SendInitialEvents != nil && *opts.SendInitialEvents {
+				s.begin() // a watch-list: its initial events are a list
+			}
+			return c.Watch(ctx, newList(), options(opts))
+		},
+	}
+	return s
+}
+
+// CountLists has the stream read count as each of its lists begins, so
+// that ListedAt says which count the list its sinks hold began after. It
+// must come before Run.
+func (s *Stream[W, L, T]) CountLists(count func() int64) { s.count = count }
+
+// ListedAt is the count read as the list the sinks hold began, and
+// whether they hold one.
+func (s *Stream[W, L, T]) ListedAt() (int64, bool) { return s.listed.Load(), s.synced.Load() }
+
+func (s *Stream[W, L, T]) begin() {
+	if s.count != nil {
+		s.listing.Store(s.count())
 	}
 }
 
@@ -113,6 +136,7 @@ func (s *streamStore[W, L, T]) Replace(list []any, _ string) error {
 	for _, sink := range s.sinks {
 		sink.Replace(objs)
 	}
+	s.listed.Store(s.listing.Load())
 	s.synced.Store(true)
 	return nil
 }

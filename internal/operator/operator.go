@@ -211,7 +211,7 @@ func Setup(mgr ctrl.Manager, o Options) (*Operator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("watching keys: %w", err)
 	}
-	if err := mgr.Add(verifier.Watching{Verifier: v, Client: watchClient}); err != nil {
+	if err := mgr.Add(verifier.Watching{Verifier: v, Client: watchClient, AfterListPoint: replica != nil}); err != nil {
 		return nil, err
 	}
 	if replica != nil {

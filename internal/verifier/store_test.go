@@ -154,3 +154,37 @@ func TestAHashIndexTellsKeysOfOneHashApart(t *testing.T) {
 		t.Errorf("%d keys filed after every deletion", x.len())
 	}
 }
+
+// listedStream is a stream whose list began at a count.
+type listedStream struct {
+	at     int64
+	synced bool
+}
+
+func (s listedStream) Synced() bool            { return s.synced }
+func (s listedStream) ListedAt() (int64, bool) { return s.at, s.synced }
+
+// TestTheIndexIsListedSinceAPointOnlyIfEveryListBeganAfterIt: a
+// catch-up may skip its own list only when every one of the index's
+// lists is in and began after its point.
+func TestTheIndexIsListedSinceAPointOnlyIfEveryListBeganAfterIt(t *testing.T) {
+	v := New(clocktesting.NewFakeClock(time.Now()), time.Second)
+	if v.ListedSince(v.ListPoint()) {
+		t.Fatal("listed since a point with no watch at all")
+	}
+	point := v.ListPoint()
+	for _, tt := range []struct {
+		name    string
+		streams []stream
+		want    bool
+	}{
+		{"both began after", []stream{listedStream{point, true}, listedStream{point + 1, true}}, true},
+		{"one began before", []stream{listedStream{point, true}, listedStream{point - 1, true}}, false},
+		{"one not synced", []stream{listedStream{point, true}, listedStream{point, false}}, false},
+	} {
+		v.streams = tt.streams
+		if got := v.ListedSince(point); got != tt.want {
+			t.Errorf("%s: ListedSince = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

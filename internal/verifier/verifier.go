@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -86,6 +87,12 @@ func (id *Identity) RecordName() string { return nameOf(id.RecordHash) }
 // HasScope says whether the key has scope.
 func (id *Identity) HasScope(scope string) bool { return slices.Contains(id.Scopes, scope) }
 
+// A stream is one of the index's watches.
+type stream interface {
+	Synced() bool
+	ListedAt() (int64, bool)
+}
+
 // Verifier is the in-memory index. It is safe for concurrent use.
 type Verifier struct {
 	// log reports faults of the index's input, for operators.
@@ -120,7 +127,10 @@ type Verifier struct {
 	// scopeSets are the sets of scopes keys have, each once; 0 is none.
 	scopeSets []scopes
 	scopeIDs  map[string]uint32
-	streams   []interface{ Synced() bool }
+	streams   []stream
+	// listPoints counts ListPoint's calls; the streams read it as each of
+	// their lists begins.
+	listPoints atomic.Int64
 	// keySinks and recordSinks are fed what the watches bring, after the
 	// index.
 	keySinks    []informers.Sink[*authv1alpha1.ApiKey]
@@ -348,6 +358,26 @@ func (v *Verifier) Size() int {
 
 // Fences is how many fences hold now.
 func (v *Verifier) Fences() int { return v.fences.len() }
+
+// ListPoint marks an instant after which a list of the API server's
+// objects shows every change a replica catching up needs (fencing's
+// catch-up, once its peers are asked or waited out), and returns it for
+// ListedSince.
+func (v *Verifier) ListPoint() int64 { return v.listPoints.Add(1) }
+
+// ListedSince says whether the index is synced from lists that all began
+// after point: then they show every change persisted before it, as the
+// catch-up's own list of ApiKeys would, so that list need not be made.
+func (v *Verifier) ListedSince(point int64) bool {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	for _, s := range v.streams {
+		if at, ok := s.ListedAt(); !ok || at < point {
+			return false
+		}
+	}
+	return len(v.streams) > 0
+}
 
 // Serving reports whether this replica answers keys: the index is synced
 // and the gate, if any, allows answers.
@@ -807,6 +837,8 @@ func (v *Verifier) WatchNamespace(ctx context.Context, c client.WithWatch, names
 	apis := informers.NewStream(c, keyScope,
 		func() *wireKeyList { return &wireKeyList{} }, func() *wireKey { return &wireKey{} }, (*wireKey).apiKey,
 		append([]informers.Sink[*authv1alpha1.ApiKey]{(*apiKeys)(v)}, v.keySinks...)...)
+	recs.CountLists(v.listPoints.Load)
+	apis.CountLists(v.listPoints.Load)
 	v.mu.Lock()
 	v.streams = append(v.streams, recs, apis)
 	v.mu.Unlock()
@@ -846,7 +878,18 @@ type Watching struct {
 	// Client is a NewWatchClient.
 	Client    client.WithWatch
 	Namespace string
+	// AfterListPoint holds the watches until the first ListPoint (for up
+	// to listPointWait), so that a starting replica's first lists are its
+	// catch-up's (ListedSince): at 100,000 keys the catch-up's own list of
+	// every ApiKey's metadata, after the index's, delayed serving by
+	// seconds.
+	AfterListPoint bool
 }
+
+// listPointWait bounds how long Watching waits for a ListPoint: a replica
+// that cannot take its serving lease still indexes keys for the
+// controllers, and catches up by a list once it takes it.
+const listPointWait = 10 * time.Second
 
 // Start watches until ctx ends. Once the first lists are indexed it
 // returns the memory they took to the operating system: every ApiKey and
@@ -855,6 +898,12 @@ type Watching struct {
 // 100,000 keys a restarted replica held 120 MiB more than its heap in use.
 func (w Watching) Start(ctx context.Context) error {
 	v := w.Verifier
+	if w.AfterListPoint {
+		pointed := func(context.Context) (bool, error) { return v.listPoints.Load() > 0, nil }
+		if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, listPointWait, true, pointed); ctx.Err() != nil {
+			return err
+		}
+	}
 	began := v.clock.Now()
 	v.WatchNamespace(ctx, w.Client, w.Namespace)
 	synced := func(context.Context) (bool, error) { return v.Synced(), nil }

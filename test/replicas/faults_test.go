@@ -2,6 +2,7 @@ package replicas
 
 import (
 	"net/http"
+	"os"
 	"sync"
 	"syscall"
 	"testing"
@@ -154,6 +155,11 @@ func TestReplicaKilledMidFence(t *testing.T) {
 	g.Expect(accepted).To(BeZero(), "the restarted replica accepted the revoked key")
 	g.Expect(victim.authorize(raw)).To(Equal(http.StatusUnauthorized))
 	g.Expect(victim.authorize(live)).To(Equal(http.StatusOK))
+	// It caught up from its index's first lists, begun once its peers were
+	// asked (verifier.Watching.AfterListPoint), not from a list of its own.
+	logged, err := os.ReadFile(victim.log.Name())
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(string(logged)).To(ContainSubstring("no list of ApiKeys to catch up with"))
 }
 
 // TestPeerPortClosed starts a fourth replica whose fence endpoint is off
