@@ -32,98 +32,86 @@ func writeReview(w http.ResponseWriter, review *authnv1.TokenReview) {
 // appendReview is json.NewEncoder's Encode of review, metadata and spec
 // empty: the object and a newline.
 func appendReview(b []byte, r *authnv1.TokenReview) []byte {
-	b = append(b, '{')
-	comma := false
-	field := func(name string) {
-		if comma {
-			b = append(b, ',')
-		}
-		comma = true
-		b = append(b, '"')
-		b = append(b, name...)
-		b = append(b, '"', ':')
-	}
-	if r.Kind != "" {
-		field("kind")
-		b = appendString(b, r.Kind)
-	}
-	if r.APIVersion != "" {
-		field("apiVersion")
-		b = appendString(b, r.APIVersion)
-	}
-	field("metadata")
-	b = append(b, `{}`...)
-	field("spec")
-	b = append(b, `{}`...)
-	field("status")
+	o := object{b: append(b, '{')}
+	o.str("kind", r.Kind)
+	o.str("apiVersion", r.APIVersion)
+	o.field("metadata")
+	o.b = append(o.b, `{}`...)
+	o.field("spec")
+	o.b = append(o.b, `{}`...)
+	o.field("status")
 	st := &r.Status
-	b = append(b, '{')
-	comma = false
+	s := object{b: append(o.b, '{')}
 	if st.Authenticated {
-		field("authenticated")
-		b = append(b, "true"...)
+		s.field("authenticated")
+		s.b = append(s.b, "true"...)
 	}
-	field("user")
-	b = appendUser(b, &st.User)
-	comma = true
+	s.field("user")
+	s.b = appendUser(s.b, &st.User)
 	if len(st.Audiences) > 0 {
-		field("audiences")
-		b = appendStrings(b, st.Audiences)
+		s.field("audiences")
+		s.b = appendStrings(s.b, st.Audiences)
 	}
-	if st.Error != "" {
-		field("error")
-		b = appendString(b, st.Error)
+	s.str("error", st.Error)
+	return append(s.b, '}', '}', '\n')
+}
+
+// An object appends a JSON object's fields, with commas between them.
+type object struct {
+	b     []byte
+	comma bool
+}
+
+// field appends a field's name; its value comes next.
+func (o *object) field(name string) {
+	if o.comma {
+		o.b = append(o.b, ',')
 	}
-	return append(b, '}', '}', '\n')
+	o.comma = true
+	o.b = append(o.b, '"')
+	o.b = append(o.b, name...)
+	o.b = append(o.b, '"', ':')
+}
+
+// str appends a string field that is omitted when empty.
+func (o *object) str(name, v string) {
+	if v != "" {
+		o.field(name)
+		o.b = appendString(o.b, v)
+	}
 }
 
 func appendUser(b []byte, u *authnv1.UserInfo) []byte {
-	b = append(b, '{')
-	comma := false
-	field := func(name string) {
-		if comma {
-			b = append(b, ',')
-		}
-		comma = true
-		b = append(b, '"')
-		b = append(b, name...)
-		b = append(b, '"', ':')
-	}
-	if u.Username != "" {
-		field("username")
-		b = appendString(b, u.Username)
-	}
-	if u.UID != "" {
-		field("uid")
-		b = appendString(b, u.UID)
-	}
+	o := object{b: append(b, '{')}
+	o.str("username", u.Username)
+	o.str("uid", u.UID)
 	if len(u.Groups) > 0 {
-		field("groups")
-		b = appendStrings(b, u.Groups)
+		o.field("groups")
+		o.b = appendStrings(o.b, u.Groups)
 	}
 	if len(u.Extra) > 0 {
-		field("extra")
-		b = append(b, '{')
+		o.field("extra")
 		keys := make([]string, 0, len(u.Extra))
 		for k := range u.Extra {
 			keys = append(keys, k)
 		}
 		slices.Sort(keys) // as encoding/json orders a map's keys
-		for i, k := range keys {
-			if i > 0 {
-				b = append(b, ',')
+		e := object{b: append(o.b, '{')}
+		for _, k := range keys {
+			if e.comma {
+				e.b = append(e.b, ',')
 			}
-			b = appendString(b, k)
-			b = append(b, ':')
+			e.comma = true
+			e.b = append(appendString(e.b, k), ':')
 			if v := u.Extra[k]; v == nil {
-				b = append(b, "null"...)
+				e.b = append(e.b, "null"...)
 			} else {
-				b = appendStrings(b, v)
+				e.b = appendStrings(e.b, v)
 			}
 		}
-		b = append(b, '}')
+		o.b = append(e.b, '}')
 	}
-	return append(b, '}')
+	return append(o.b, '}')
 }
 
 func appendStrings(b []byte, list []string) []byte {
