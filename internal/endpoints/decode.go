@@ -9,7 +9,6 @@ import (
 	"net/http"
 
 	authnv1 "k8s.io/api/authentication/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // readBody reads at most limit bytes of a request body.
@@ -33,16 +32,10 @@ func DecodeTokenReview(body []byte) (*authnv1.TokenReview, error) {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil, errors.New("empty body: expected a TokenReview")
 	}
-	// Only what the answer reads is decoded: metadata and status are read
-	// past, not into an ObjectMeta.
-	var req struct {
-		metav1.TypeMeta `json:""`
-		Spec            authnv1.TokenReviewSpec `json:"spec"`
-	}
-	if err := json.Unmarshal(body, &req); err != nil {
+	review := &authnv1.TokenReview{}
+	if err := json.Unmarshal(body, review); err != nil {
 		return nil, errors.New("body is not a JSON TokenReview")
 	}
-	review := &authnv1.TokenReview{TypeMeta: req.TypeMeta, Spec: req.Spec}
 	switch review.APIVersion {
 	case "authentication.k8s.io/v1", "authentication.k8s.io/v1beta1":
 	default:

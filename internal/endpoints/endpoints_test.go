@@ -238,6 +238,7 @@ func TestTokenReviewRefusesMalformedRequests(t *testing.T) {
 		{"another apiVersion is refused", http.MethodPost, strings.Replace(reviewBody("x"), "authentication.k8s.io/v1", "v1", 1), http.StatusBadRequest, "apiVersion must be"},
 		{"another kind is refused", http.MethodPost, strings.Replace(reviewBody("x"), "TokenReview", "SubjectAccessReview", 1), http.StatusBadRequest, "kind must be TokenReview"},
 		{"an empty token is refused", http.MethodPost, reviewBody(""), http.StatusBadRequest, "spec.token is empty"},
+		{"metadata that is not an object is refused", http.MethodPost, strings.Replace(reviewBody("x"), `"spec"`, `"metadata":5,"spec"`, 1), http.StatusBadRequest, "not a JSON TokenReview"},
 		{"a body over 64 KiB is refused", http.MethodPost, reviewBody(strings.Repeat("a", MaxBodyBytes)), http.StatusBadRequest, "larger than 65536 bytes"},
 		{"GET is not allowed", http.MethodGet, "", http.StatusMethodNotAllowed, "takes POST"},
 	}

@@ -37,7 +37,9 @@ func (v *Verifier) fileLocked(si int32, k *key) {
 	name := v.nameLocked(k)
 	v.byName.set(name, si, v.hasName(name))
 	if k.secret.n != 0 {
-		// Its own copy of the texts: a map's key outlives the arena's.
+		// Its own copy of the name: an arena's string as a map key would
+		// keep the arena's chunk after a compaction, for as long as the
+		// key names that Secret.
 		ref := types.NamespacedName{Namespace: name.Namespace, Name: strings.Clone(v.texts.get(k.secret))}
 		if !slices.Contains(v.bySecret[ref], si) {
 			v.bySecret[ref] = append(v.bySecret[ref], si)

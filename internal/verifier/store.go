@@ -82,8 +82,11 @@ func (a *arena) wasteful() bool { return a.used-a.live > a.live && a.used > 4*ar
 // A sym is a text many keys share, held once in symbols; 0 is "".
 type sym uint32
 
-// symbols hold the texts many keys share. They are never forgotten: there
-// are as many as namespaces, formats, phases and sets of scopes, not keys.
+// symbols hold the texts many keys share: namespaces (and so tenants),
+// formats and phases. They are never forgotten: there are as many as
+// namespaces that ever held a key, not keys. (Sets of scopes, which may
+// be as many as keys, are the Verifier's scopeSets, forgotten with their
+// last key.)
 type symbols struct {
 	names []string
 	ids   map[string]sym

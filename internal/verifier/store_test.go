@@ -188,3 +188,60 @@ func TestTheIndexIsListedSinceAPointOnlyIfEveryListBeganAfterIt(t *testing.T) {
 		}
 	}
 }
+
+// TestARelistGivesAHashToTheKeyItIsListedFor: a record deleted and made
+// again for another key while the watch was away is, after the relist,
+// the new key's: never still the old one's, and not refused as a second
+// record of a hash the old key held.
+func TestARelistGivesAHashToTheKeyItIsListedFor(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC))
+	v := New(clk, 10*time.Second)
+	a := newIndexed(t, 1, clk.Now())
+	v.SetKey(a.key)
+	v.SetRecord(a.rec)
+	b := newIndexed(t, 2, clk.Now())
+	b.raw = a.raw
+	b.rec.Name, b.rec.Spec.Hash, b.rec.Spec.Hint = a.rec.Name, a.rec.Spec.Hash, a.rec.Spec.Hint
+	(*apiKeys)(v).Replace([]*authv1alpha1.ApiKey{a.key, b.key})
+	(*records)(v).Replace([]*authv1alpha1.ApiKeyRecord{b.rec})
+	id, err := v.Verify(b.raw)
+	b.check(t, id, err)
+	if got := v.RecordNames(a.key.UID); len(got) != 0 {
+		t.Fatalf("the old key still has records %v", got)
+	}
+}
+
+// TestASetOfScopesGoesWithItsLastKey: a set of scopes is held once while
+// keys have it, and forgotten with the last, what was handed out of it
+// staying as it was.
+func TestASetOfScopesGoesWithItsLastKey(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC))
+	v := New(clk, 10*time.Second)
+	all := []indexed{newIndexed(t, 0, clk.Now()), newIndexed(t, 2, clk.Now()), newIndexed(t, 1, clk.Now())}
+	for _, k := range all {
+		v.SetKey(k.key)
+		v.SetRecord(k.rec)
+	}
+	if len(v.scopeIDs) != 2 {
+		t.Fatalf("%d sets held for two distinct sets", len(v.scopeIDs))
+	}
+	id, err := v.Verify(all[0].raw)
+	all[0].check(t, id, err)
+	changed := all[0].key.DeepCopy()
+	changed.Spec.Scopes = []string{"other"}
+	v.SetKey(changed) // all[1] still has read,s0
+	if len(v.scopeIDs) != 3 {
+		t.Fatalf("%d sets held, want 3", len(v.scopeIDs))
+	}
+	for _, k := range append(all[1:], indexed{key: changed}) {
+		v.RemoveKey(k.key)
+	}
+	if len(v.scopeIDs) != 0 || len(v.freeScopes) != 3 {
+		t.Fatalf("%d sets held and %d free after every key went", len(v.scopeIDs), len(v.freeScopes))
+	}
+	all[0].check(t, id, nil)
+	v.SetKey(all[1].key)
+	if len(v.scopeSets) != 4 || len(v.freeScopes) != 2 {
+		t.Fatalf("a new set took no free number: %d numbers, %d free", len(v.scopeSets), len(v.freeScopes))
+	}
+}

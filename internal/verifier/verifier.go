@@ -124,10 +124,12 @@ type Verifier struct {
 	tallies map[sym]*tally
 	texts   arena
 	syms    symbols
-	// scopeSets are the sets of scopes keys have, each once; 0 is none.
-	scopeSets []scopes
-	scopeIDs  map[string]uint32
-	streams   []stream
+	// scopeSets are the sets of scopes keys have, each once while a key
+	// has it; 0 is none. freeScopes are numbers free for another set.
+	scopeSets  []scopes
+	scopeIDs   map[string]uint32
+	freeScopes []uint32
+	streams    []stream
 	// listPoints counts ListPoint's calls; the streams read it as each of
 	// their lists begins.
 	listPoints atomic.Int64
@@ -204,6 +206,9 @@ type key struct {
 type scopes struct {
 	list   []string
 	joined string
+	// id is the set's key in scopeIDs, and keys how many keys have it.
+	id   string
+	keys int
 }
 
 // nanos is t in Unix nanoseconds, 0 for the zero time.
@@ -693,27 +698,51 @@ func (v *Verifier) SetKey(k *authv1alpha1.ApiKey) {
 	} else {
 		v.texts.free(old.secret)
 	}
+	if s.hasKey {
+		v.releaseScopesLocked(old.scopes)
+	}
 	s.key, s.hasKey = e, true
 	v.tallyKeyLocked(&e, 1)
 	v.fileLocked(si, &e)
 	v.fences.dropSeen(k)
 }
 
-// scopesOfLocked is the number of the set of scopes list, made if the
-// index holds no key with it yet.
+// scopesOfLocked is the number of the set of scopes list for one more key,
+// made if no key has it yet.
 func (v *Verifier) scopesOfLocked(list []string) uint32 {
 	if len(list) == 0 {
 		return 0
 	}
 	id := strings.Join(list, "\x00")
-	if n, ok := v.scopeIDs[id]; ok {
-		return n
+	n, ok := v.scopeIDs[id]
+	if !ok {
+		list = slices.Clone(list)
+		set := scopes{list: list, joined: strings.Join(list, ","), id: id}
+		if free := len(v.freeScopes); free > 0 {
+			n, v.freeScopes = v.freeScopes[free-1], v.freeScopes[:free-1]
+			v.scopeSets[n] = set
+		} else {
+			n = uint32(len(v.scopeSets))
+			v.scopeSets = append(v.scopeSets, set)
+		}
+		v.scopeIDs[id] = n
 	}
-	list = slices.Clone(list)
-	n := uint32(len(v.scopeSets))
-	v.scopeSets = append(v.scopeSets, scopes{list: list, joined: strings.Join(list, ",")})
-	v.scopeIDs[id] = n
+	v.scopeSets[n].keys++
 	return n
+}
+
+// releaseScopesLocked is scopesOfLocked undone: a set no key has is
+// forgotten (what an Identity holds of it stays as it is).
+func (v *Verifier) releaseScopesLocked(n uint32) {
+	if n == 0 {
+		return
+	}
+	set := &v.scopeSets[n]
+	if set.keys--; set.keys == 0 {
+		delete(v.scopeIDs, set.id)
+		*set = scopes{}
+		v.freeScopes = append(v.freeScopes, n)
+	}
 }
 
 // RemoveKey forgets a deleted ApiKey: its key no longer authenticates.
@@ -734,6 +763,7 @@ func (v *Verifier) removeKeyLocked(si int32) {
 		v.unfileLocked(si, &s.key)
 		v.texts.free(s.key.name)
 		v.texts.free(s.key.secret)
+		v.releaseScopesLocked(s.key.scopes)
 	}
 	s.key, s.hasKey = key{}, false
 	v.fences.drop(v.uidOf(si))
@@ -767,31 +797,42 @@ func (s *records) Remove(r *authv1alpha1.ApiKeyRecord) { (*Verifier)(s).RemoveRe
 
 func (s *records) Replace(list []*authv1alpha1.ApiKeyRecord) {
 	v := (*Verifier)(s)
-	// delivered says, of each record listed, whether it is not pending.
-	delivered := make(map[[32]byte]bool, len(list))
+	// A record is named by its hash, so a hash is listed once: for its
+	// key, delivered or pending.
+	type listing struct {
+		key       types.UID
+		delivered bool
+	}
+	listed := make(map[[32]byte]listing, len(list))
 	for _, r := range list {
 		if hash, ok := hashOf(r); ok {
-			delivered[hash] = !r.Spec.Pending
+			listed[hash] = listing{types.UID(r.Spec.KeyUID), !r.Spec.Pending}
 		}
-		v.SetRecord(r)
 	}
+	// What the list lacks first — records deleted, or made again for
+	// another key, while the watch was away — so that a record listed for
+	// a key is not refused as a second one of a hash the index still
+	// files under the key it was deleted from.
 	v.mu.Lock()
-	defer v.mu.Unlock()
 	for ei := int32(1); ei < v.entries.next; ei++ {
 		e := v.entries.at(ei)
 		if e.slot == 0 {
 			continue
 		}
-		d, listed := delivered[e.hash]
+		l, ok := listed[e.hash]
 		switch {
-		case !listed:
+		case !ok || l.key != v.uidOf(e.slot):
 			si := e.slot
 			v.dropEntryLocked(si, e.hash)
 			v.dropIfEmptyLocked(si)
-		case !d && e.indexed:
+		case !l.delivered && e.indexed:
 			delete(v.byHash, e.hash)
 			e.indexed = false
 		}
+	}
+	v.mu.Unlock()
+	for _, r := range list {
+		v.SetRecord(r)
 	}
 }
 
