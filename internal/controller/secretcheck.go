@@ -37,7 +37,12 @@ const DefaultSecretChecksPerSecond = 5
 //     ceil(perSecond) GETs, whatever the key count. One that finds the
 //     bucket empty reads nothing and leaves the key to the walk;
 //   - a pass a change caused (a create, a spec edit) reads at once and
-//     takes nothing, so that what a user does is answered without delay.
+//     takes nothing, so that what a user does is answered without delay;
+//   - the walk holds at most ceil(perSecond) releases whose pass has not
+//     come yet. A queue busy with other passes (a mint of 100,000 keys
+//     held the walk's back for 53 minutes) makes it wait, rather than
+//     pile up releases that would all read their Secret at once when the
+//     queue drains (34 GETs a second for minutes after that mint).
 type secretChecks struct {
 	clock    clock.Clock
 	interval time.Duration
@@ -47,8 +52,14 @@ type secretChecks struct {
 	// keys are those the walk visits: not revoked, not being deleted.
 	keys keysInUse
 
-	mu       sync.Mutex
-	released map[types.NamespacedName]struct{}
+	// held is how many releases may wait for their pass.
+	held int
+
+	mu sync.Mutex
+	// released holds when each key not yet claimed was released: one
+	// older than the interval is forgotten, so that a pass that never
+	// comes stalls the walk for an interval at most.
+	released map[types.NamespacedName]time.Time
 }
 
 // keysInUse names the keys the walk visits (verifier.Verifier).
@@ -72,7 +83,8 @@ func newSecretChecks(clk clock.Clock, interval time.Duration, perSecond float64,
 		perKey:   time.Duration(float64(time.Second) / perSecond),
 		limiter:  rate.NewLimiter(rate.Limit(perSecond), int(math.Ceil(perSecond))),
 		keys:     keys,
-		released: map[types.NamespacedName]struct{}{},
+		held:     int(math.Ceil(perSecond)),
+		released: map[types.NamespacedName]time.Time{},
 	}
 }
 
@@ -85,7 +97,20 @@ func (c *secretChecks) take() bool {
 func (c *secretChecks) release(key types.NamespacedName) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.released[key] = struct{}{}
+	c.released[key] = c.clock.Now()
+}
+
+// waiting is how many released keys wait for their pass, forgetting those
+// released longer than an interval ago.
+func (c *secretChecks) waiting() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for key, at := range c.released {
+		if c.clock.Since(at) > c.interval {
+			delete(c.released, key)
+		}
+	}
+	return len(c.released)
 }
 
 // claim reports whether the walk released key for a check, and forgets
@@ -118,7 +143,7 @@ func (c *secretChecks) walk(ctx context.Context, reconcile func(types.Namespaced
 			if !c.sleep(ctx, slot) {
 				return
 			}
-			for !c.take() {
+			for c.waiting() >= c.held || !c.take() {
 				if !c.sleep(ctx, c.perKey) {
 					return
 				}

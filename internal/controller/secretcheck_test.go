@@ -302,6 +302,80 @@ func TestAChangeIsCheckedAtOnce(t *testing.T) {
 	}
 }
 
+// TestTheWalkWaitsForAQueueThatHoldsItsPassesBack: while the controller's
+// queue is busy with other passes (a mint), the walk's releases are not
+// reconciled; it holds at most the budget's burst of them (one more an
+// interval, when a release is forgotten), so that the queue draining does
+// not read a Secret for every key the walk went past meanwhile, and it
+// goes on within the budget once the passes come.
+func TestTheWalkWaitsForAQueueThatHoldsItsPassesBack(t *testing.T) {
+	const perSecond, n, interval = 2.0, 1000, 20 * time.Second
+	burst := int(math.Ceil(perSecond))
+	clk := clocktesting.NewFakeClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
+	c, gets := fakeAPI(t, clk, n)
+	r := &ApiKeyReconciler{Client: c, APIReader: c, Recorder: &events.FakeRecorder{}, Clock: clk, Random: rand.Reader,
+		SecretCheckInterval: interval, SecretChecksPerSecond: perSecond}
+	sim := &simulation{t: t, clk: clk, r: r}
+	for i := range n {
+		sim.names = append(sim.names, fmt.Sprintf("k%05d", i))
+		sim.reconcile(sim.names[i])
+	}
+	gets.reset()
+
+	// The queue holds every release back for 100 s, as a mint's passes would.
+	var mu sync.Mutex
+	var queued []string
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		checks := r.secretChecks()
+		checks.keys = namesInUse(sim.names)
+		checks.walk(ctx, func(key types.NamespacedName) {
+			mu.Lock()
+			defer mu.Unlock()
+			queued = append(queued, key.Name)
+		})
+	}()
+	sim.waitForWalk()
+	const heldBack = 100 * time.Second
+	for end := clk.Now().Add(heldBack); clk.Now().Before(end); {
+		sim.waitForWalk()
+		clk.Step(time.Second / 8)
+	}
+	sim.waitForWalk()
+	mu.Lock()
+	backlog := queued
+	queued = nil
+	mu.Unlock()
+	// Unheld, the walk would have released perSecond × 100 s = 200.
+	if bound := burst * (int(heldBack/interval) + 1); len(backlog) > bound {
+		t.Errorf("the walk released %d keys while the queue held its passes back for %v, want at most %d", len(backlog), heldBack, bound)
+	}
+	// The queue drains: the releases still held read their Secret, and
+	// the other passes what the bucket, full again, holds.
+	for _, name := range backlog {
+		sim.reconcile(name)
+	}
+	if drained, _ := gets.reset(); len(drained) > 2*burst {
+		t.Errorf("the queue draining read %d Secrets, over the %d held releases and the budget's burst of %d", len(drained), burst, burst)
+	}
+	cancel()
+	<-done
+	t.Logf("held back %v: %d releases queued", heldBack, len(backlog))
+
+	// Passes come again: the walk goes on within the budget.
+	sim.start()
+	sim.runUntil(clk.Now().Add(30*time.Second), time.Second/8)
+	after, _ := gets.reset()
+	if most, bound := maxInWindow(after, time.Second), burst+int(perSecond); most > bound {
+		t.Errorf("after the queue drained: %d Secret GETs in one second, over the budget's %d", most, bound)
+	}
+	if len(after) < int(perSecond*30)-burst {
+		t.Errorf("after the queue drained the walk checked %d keys in 30 s, want about %v", len(after), perSecond*30)
+	}
+}
+
 func TestRequeueAfter(t *testing.T) {
 	for _, tt := range []struct {
 		name string
