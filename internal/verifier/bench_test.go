@@ -5,22 +5,24 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/latchkey-dev/latchkey/internal/verifier"
 	"github.com/latchkey-dev/latchkey/internal/verifier/verifiertest"
 )
 
 // BenchmarkVerify measures the verify path (checksum, hash, lookup) with
 // 10,000, 100,000 and 1,000,000 keys in the index, and what the index and
 // the objects it holds (an ApiKey and a record per key, as small as
-// verifiertest makes them) keep on the heap per key, the benchmark's own
-// raw keys (about 80 bytes each) included.
+// verifiertest makes them) keep per key: on the heap, the benchmark's own
+// raw keys (about 96 bytes each) included, and off it (the slabs).
 //
 //	go test -run '^$' -bench Verify ./internal/verifier/
 func BenchmarkVerify(b *testing.B) {
 	for _, n := range []int{10_000, 100_000, 1_000_000} {
 		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
-			before := liveHeap()
+			before, mapped := liveHeap(), verifier.MappedBytes()
 			v, raws := verifiertest.Populated(b, n)
 			perKey := float64(liveHeap()-before) / float64(n)
+			offHeap := float64(verifier.MappedBytes()-mapped) / float64(n)
 			b.ReportAllocs()
 			i := 0
 			for b.Loop() {
@@ -30,6 +32,7 @@ func BenchmarkVerify(b *testing.B) {
 				i++
 			}
 			b.ReportMetric(perKey, "heap-B/key")
+			b.ReportMetric(offHeap, "offheap-B/key")
 			runtime.KeepAlive(v)
 		})
 	}

@@ -1,12 +1,16 @@
 package verifier
 
 import (
+	"bytes"
 	"crypto/rand"
 	"fmt"
 	"hash/maphash"
+	"os"
+	"reflect"
 	"runtime"
 	"testing"
 	"time"
+	"unsafe"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -244,4 +248,116 @@ func TestASetOfScopesGoesWithItsLastKey(t *testing.T) {
 	if len(v.scopeSets) != 4 || len(v.freeScopes) != 2 {
 		t.Fatalf("a new set took no free number: %d numbers, %d free", len(v.scopeSets), len(v.freeScopes))
 	}
+}
+
+// TestSlabsOfValuesWithoutPointersAreOffTheHeap: the index's slots and
+// records are mapped off the heap, keep their values through
+// collections, and are unmapped with their slab; values with pointers
+// stay where the collector sees them.
+func TestSlabsOfValuesWithoutPointersAreOffTheHeap(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		t    reflect.Type
+		want bool
+	}{
+		{"a record's entry", reflect.TypeFor[entry](), true},
+		{"a key's slot", reflect.TypeFor[slot](), true},
+		{"a string", reflect.TypeFor[struct{ s string }](), false},
+		{"an array of pointers", reflect.TypeFor[[4]*int](), false},
+		{"an empty array of pointers", reflect.TypeFor[[0]*int](), true},
+		{"a slice in a nested struct", reflect.TypeFor[struct{ a struct{ b []byte } }](), false},
+	} {
+		if got := pointerFree(tt.t); got != tt.want {
+			t.Errorf("%s: pointer-free %v, want %v", tt.name, got, tt.want)
+		}
+	}
+	if MappedBytes() == 0 && runtime.GOOS != "linux" && runtime.GOOS != "darwin" {
+		t.Skip("slabs are on the heap on " + runtime.GOOS)
+	}
+
+	const n = 5 * slabChunk
+	at := entries(t, n)
+	if runtime.GOOS == "linux" {
+		for deadline := time.Now().Add(10 * time.Second); isMapped(t, at); {
+			if time.Now().After(deadline) {
+				t.Fatalf("a dropped slab left its chunk at %#x mapped", at)
+			}
+			runtime.GC()
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	mapped := MappedBytes()
+
+	p := newSlab[*int]()
+	for i := range n {
+		v := i
+		*p.at(p.alloc()) = &v
+	}
+	runtime.GC()
+	for i := range int32(n) {
+		if got := **p.at(i + 1); got != int(i) {
+			t.Fatalf("pointer %d reads %d after a collection", i+1, got)
+		}
+	}
+	if got := MappedBytes() - mapped; got != 0 {
+		t.Errorf("a slab of pointers mapped %d bytes off the heap", got)
+	}
+}
+
+// entries fills a slab of n entries, off the heap, reads them back after a
+// collection, and returns where its first chunk is mapped.
+func entries(t *testing.T, n int) uintptr {
+	heap := heapAlloc()
+	s := newSlab[entry]()
+	for i := range n {
+		e := s.at(s.alloc())
+		e.hash[0], e.hash[31], e.slot = byte(i), byte(i>>8), int32(i)
+	}
+	size := int64(unsafe.Sizeof(entry{}))
+	var got int64
+	for _, m := range s.mapped {
+		got += int64(len(m.b))
+	}
+	if got < int64(n)*size {
+		t.Fatalf("%d entries of %d bytes mapped %d bytes off the heap", n, size, got)
+	}
+	if got := heapAlloc() - heap; got > int64(n)*size/4 {
+		t.Errorf("%d entries of %d bytes grew the heap by %d bytes", n, size, got)
+	}
+	runtime.GC()
+	for i := range int32(n) {
+		if e := s.at(i + 1); e.hash[0] != byte(i) || e.hash[31] != byte(i>>8) || e.slot != i {
+			t.Fatalf("entry %d reads %d after a collection", i+1, e.slot)
+		}
+	}
+	if !isMapped(t, uintptr(unsafe.Pointer(&s.mapped[0].b[0]))) && runtime.GOOS == "linux" {
+		t.Fatal("the first chunk is not in /proc/self/maps")
+	}
+	return uintptr(unsafe.Pointer(&s.mapped[0].b[0]))
+}
+
+// isMapped reports whether a mapping of /proc/self/maps holds addr (the
+// kernel merges neighbouring anonymous mappings into one range).
+func isMapped(t *testing.T, addr uintptr) bool {
+	if runtime.GOOS != "linux" {
+		return true
+	}
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range bytes.Lines(maps) {
+		var start, end uintptr
+		if _, err := fmt.Sscanf(string(line), "%x-%x", &start, &end); err == nil && start <= addr && addr < end {
+			return true
+		}
+	}
+	return false
+}
+
+func heapAlloc() int64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
 }

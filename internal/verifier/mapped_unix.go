@@ -1,0 +1,28 @@
+//go:build linux || darwin
+
+package verifier
+
+import (
+	"sync/atomic"
+	"syscall"
+)
+
+// mappedBytes is how many bytes of slabs are mapped off the heap now.
+var mappedBytes atomic.Int64
+
+// mapMemory maps size bytes of zeroed memory off the Go heap; ok is false
+// when the system refuses, and the caller uses the heap.
+func mapMemory(size int) (b []byte, ok bool) {
+	b, err := syscall.Mmap(-1, 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		return nil, false
+	}
+	mappedBytes.Add(int64(size))
+	return b, true
+}
+
+func unmapMemory(b []byte) {
+	if syscall.Munmap(b) == nil {
+		mappedBytes.Add(-int64(len(b)))
+	}
+}
