@@ -21,6 +21,7 @@ import (
 type options struct {
 	keys, conns              []int
 	duration, idle, settle   time.Duration
+	settleMinted             time.Duration
 	rounds                   int
 	force                    bool
 	out                      string
@@ -57,6 +58,8 @@ func parseFlags() (*options, error) {
 	flag.StringVar(&o.out, "out", "", "Also write the report, as markdown, to this file, after each key count.")
 	flag.DurationVar(&o.idle, "idle", 60*time.Second, "How long kube-apiserver's request counts are watched with no load, after each mint.")
 	flag.DurationVar(&o.settle, "settle", 15*time.Second, "How long the manager is left alone before its settled memory is read.")
+	flag.DurationVar(&o.settleMinted, "settle-minted", 0, "How long the manager is left alone after minting before its settled memory is read, "+
+		"if longer than -settle: client-go keeps each Event it sent for 6–12 minutes (a series it may extend), so the memory of a mint lasts that long.")
 	flag.StringVar(&o.managerBin, "manager", "bin/bench-load/manager", "The manager binary (go build ./cmd).")
 	flag.StringVar(&o.ceilingBin, "ceiling", "bin/bench-load/ceiling", "The ceiling binary (go build ./hack/benchload/ceiling).")
 	flag.StringVar(&o.lua, "lua", "hack/benchload/load.lua", "The wrk script.")

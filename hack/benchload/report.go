@@ -85,7 +85,8 @@ func (b *bench) report(steps []*step, rss0 int64, idle0 float64, procs string) s
 	if busy > 0 {
 		fmt.Fprintf(&sb, "\n**%d rounds ran while other processes used more than %.2f cores (-force): these figures are not comparable.**\n", busy, o.maxForeign)
 	}
-	fmt.Fprintf(&sb, "\nManager memory (VmRSS; heap in use / allocated from go_memstats). At 0 keys: RSS %s.\n\n", mib(float64(rss0)))
+	fmt.Fprintf(&sb, "\nManager memory (VmRSS; heap in use / allocated from go_memstats), read %s after the start, %s after minting, %s after the restart. At 0 keys: RSS %s.\n\n",
+		b.o.settle, max(b.o.settle, b.o.settleMinted, b.o.idle), b.o.settle, mib(float64(rss0)))
 	sb.WriteString("| keys | minted | mint time | keys/s | RSS minted | heap minted | RSS settled | heap settled | RSS/key settled | restart: ready | first 200 | RSS restarted | heap restarted | RSS/key restarted |\n")
 	sb.WriteString("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, s := range steps {

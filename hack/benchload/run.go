@@ -120,8 +120,8 @@ func (b *bench) measure(ctx context.Context) error {
 		if s.idle, err = b.watchIdle(ctx); err != nil {
 			return err
 		}
-		if o.settle > o.idle {
-			time.Sleep(o.settle - o.idle)
+		if settle := max(o.settle, o.settleMinted); settle > o.idle {
+			time.Sleep(settle - o.idle)
 		}
 		s.rssSettled = rss(pid)
 		s.heapSettled = b.heapOrZero()
