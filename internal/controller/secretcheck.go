@@ -52,9 +52,6 @@ type secretChecks struct {
 	// keys are those the walk visits: not revoked, not being deleted.
 	keys keysInUse
 
-	// held is how many releases may wait for their pass.
-	held int
-
 	mu sync.Mutex
 	// released holds when each key not yet claimed was released: one
 	// older than the interval is forgotten, so that a pass that never
@@ -83,7 +80,6 @@ func newSecretChecks(clk clock.Clock, interval time.Duration, perSecond float64,
 		perKey:   time.Duration(float64(time.Second) / perSecond),
 		limiter:  rate.NewLimiter(rate.Limit(perSecond), int(math.Ceil(perSecond))),
 		keys:     keys,
-		held:     int(math.Ceil(perSecond)),
 		released: map[types.NamespacedName]time.Time{},
 	}
 }
@@ -143,7 +139,7 @@ func (c *secretChecks) walk(ctx context.Context, reconcile func(types.Namespaced
 			if !c.sleep(ctx, slot) {
 				return
 			}
-			for c.waiting() >= c.held || !c.take() {
+			for c.waiting() >= c.limiter.Burst() || !c.take() {
 				if !c.sleep(ctx, c.perKey) {
 					return
 				}

@@ -1,11 +1,10 @@
-//go:build !linux && !darwin
+//go:build !(linux || darwin) || race
 
 package verifier
 
-import "sync/atomic"
-
-// mappedBytes is always 0: without mmap every slab is on the heap.
-var mappedBytes atomic.Int64
+// slabsOffHeap is false: without mmap, or under the race detector (see
+// mapped_unix.go), every slab is on the heap.
+const slabsOffHeap = false
 
 func mapMemory(int) ([]byte, bool) { return nil, false }
 

@@ -4,6 +4,7 @@ import (
 	"hash/maphash"
 	"reflect"
 	"runtime"
+	"sync/atomic"
 	"unsafe"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -146,10 +147,13 @@ type slab[T any] struct {
 // A mapping is memory mapped off the Go heap, unmapped once unreachable.
 type mapping struct{ b []byte }
 
+// mappedBytes is how many bytes of slabs are mapped off the heap now.
+var mappedBytes atomic.Int64
+
 // newChunk is a chunk of zero values, off the heap if it can be.
 func (s *slab[T]) newChunk() *[slabChunk]T {
 	size := int(unsafe.Sizeof(*(*[slabChunk]T)(nil)))
-	if !pointerFree(reflect.TypeFor[T]()) {
+	if !slabsOffHeap || !pointerFree(reflect.TypeFor[T]()) {
 		return new([slabChunk]T)
 	}
 	b, ok := mapMemory(size)

@@ -271,8 +271,8 @@ func TestSlabsOfValuesWithoutPointersAreOffTheHeap(t *testing.T) {
 			t.Errorf("%s: pointer-free %v, want %v", tt.name, got, tt.want)
 		}
 	}
-	if MappedBytes() == 0 && runtime.GOOS != "linux" && runtime.GOOS != "darwin" {
-		t.Skip("slabs are on the heap on " + runtime.GOOS)
+	if !slabsOffHeap {
+		t.Skip("slabs are on the heap on " + runtime.GOOS + " and under the race detector")
 	}
 
 	const n = 5 * slabChunk
