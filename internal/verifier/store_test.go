@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"hash/maphash"
+	mrand "math/rand/v2"
 	"os"
 	"reflect"
 	"runtime"
@@ -156,6 +157,53 @@ func TestAHashIndexTellsKeysOfOneHashApart(t *testing.T) {
 	x.del("c", 3)
 	if x.len() != 0 {
 		t.Errorf("%d keys filed after every deletion", x.len())
+	}
+}
+
+// TestATableFindsWhatIsFiledThroughGrowthAndDeletion: random filings and
+// deletions, with hashes of few values (long runs of cells that wrap
+// around the table's end) and of many, leave the table holding what a map
+// holds, each index found under its hash; a table of values without
+// pointers is off the heap and unmapped as it grows.
+func TestATableFindsWhatIsFiledThroughGrowthAndDeletion(t *testing.T) {
+	for _, spread := range []uint64{7, 1 << 40} {
+		t.Run(fmt.Sprintf("spread=%d", spread), func(t *testing.T) {
+			rng := mrand.New(mrand.NewPCG(1, spread))
+			mapped := MappedBytes()
+			var x table
+			want := map[int32]uint64{} // index → hash
+			is := func(i int32) func(int32) bool { return func(j int32) bool { return j == i } }
+			for step := range 20_000 {
+				i := int32(rng.IntN(3000) + 1)
+				if h, ok := want[i]; ok && rng.IntN(2) == 0 {
+					at, found := x.find(h, is(i))
+					if !found {
+						t.Fatalf("step %d: %d is not found under %#x", step, i, h)
+					}
+					x.remove(at)
+					delete(want, i)
+				} else if !ok {
+					h := rng.Uint64() % spread
+					x.insert(h|uint64(rng.Uint32())<<32, i)
+					want[i] = h
+				}
+				if step%997 == 0 || step == 19_999 {
+					if x.n != len(want) {
+						t.Fatalf("step %d: %d cells used, %d filed", step, x.n, len(want))
+					}
+					for i, h := range want {
+						if _, found := x.find(h, is(i)); !found {
+							t.Fatalf("step %d: %d is not found under %#x", step, i, h)
+						}
+					}
+				}
+			}
+			if slabsOffHeap {
+				if got, size := MappedBytes()-mapped, int64(len(x.cells))*8; got != size {
+					t.Errorf("%d bytes mapped for %d cells of 8 bytes: the grown tables were not all unmapped", got, len(x.cells))
+				}
+			}
+		})
 	}
 }
 

@@ -107,7 +107,7 @@ type Verifier struct {
 	mu sync.RWMutex
 	// byHash finds a delivered record by its hash: its entry, of the
 	// first key indexed with it.
-	byHash  map[[32]byte]int32
+	byHash  hashIndex[[32]byte]
 	entries slab[entry]
 	// slots hold, per key UID, the ApiKey and the entries of its records,
 	// pending ones among them, while either is indexed: an entry names
@@ -241,7 +241,7 @@ func New(clk clock.PassiveClock, fenceTTL time.Duration, opts ...Option) *Verifi
 		log:     ctrllog.Log.WithName("verifier"),
 		clock:   clk,
 		fences:  newFenceTable(clk, fenceTTL, o.confirmAfter, o.maxFences),
-		byHash:  map[[32]byte]int32{},
+		byHash:  newHashIndex(hashDigest),
 		entries: newSlab[entry](),
 		slots:   newSlab[slot](),
 		byUID:   newHashIndex(hashUID),
@@ -282,7 +282,7 @@ func (v *Verifier) Resolve(raw string) (id Identity, tenant string, err error) {
 
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	ei, ok := v.byHash[hash]
+	ei, ok := v.byHash.get(hash, v.hasHash(hash))
 	if !ok {
 		return Identity{}, "", ErrUnknown
 	}
@@ -358,7 +358,7 @@ func (v *Verifier) Fence(_ context.Context, key *authv1alpha1.ApiKey, stop Stop)
 func (v *Verifier) Size() int {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	return len(v.byHash)
+	return v.byHash.len()
 }
 
 // Fences is how many fences hold now.
@@ -420,7 +420,7 @@ func (v *Verifier) SetRecord(r *authv1alpha1.ApiKeyRecord) {
 	if r.Spec.Pending {
 		return
 	}
-	if held, ok := v.byHash[hash]; ok && held != ei {
+	if held, ok := v.byHash.get(hash, v.hasHash(hash)); ok && held != ei {
 		other := v.entries.at(held)
 		v.log.Error(nil, "Refused to index a second record of a key value already recorded",
 			"record", klog.KObj(r), "tenant", r.Spec.Tenant, "keyName", r.Spec.KeyName,
@@ -448,7 +448,12 @@ func (v *Verifier) SetRecord(r *authv1alpha1.ApiKeyRecord) {
 	// one, and the others, in their grace period, must stay fenced until
 	// the ApiKey itself shows the revocation.
 	e.rec, e.indexed = rec, true
-	v.byHash[hash] = ei
+	v.byHash.set(hash, ei, v.hasHash(hash))
+}
+
+// hasHash says whether an entry filed in byHash is hash's.
+func (v *Verifier) hasHash(hash [32]byte) func(int32) bool {
+	return func(ei int32) bool { return v.entries.at(ei).hash == hash }
 }
 
 // keepText is old if it already holds s (a status write brings the same
@@ -512,7 +517,7 @@ func (v *Verifier) dropEntryLocked(si int32, hash [32]byte) {
 		}
 		*at = e.next
 		if e.indexed {
-			delete(v.byHash, hash)
+			v.byHash.del(hash, ei)
 		}
 		v.texts.free(e.rec.hint)
 		v.entries.release(ei)
@@ -626,11 +631,11 @@ func (v *Verifier) GoneRecords(tenant string) []GoneRecord {
 		return nil
 	}
 	var out []GoneRecord
-	for hash, ei := range v.byHash {
-		if r := &v.entries.at(ei).rec; r.keyGone && r.revokedAt != 0 && r.tenant == t {
-			out = append(out, GoneRecord{Name: nameOf(hash), RevokedAt: instant(r.revokedAt)})
+	v.byHash.each(func(ei int32) {
+		if e := v.entries.at(ei); e.rec.keyGone && e.rec.revokedAt != 0 && e.rec.tenant == t {
+			out = append(out, GoneRecord{Name: nameOf(e.hash), RevokedAt: instant(e.rec.revokedAt)})
 		}
-	}
+	})
 	return out
 }
 
@@ -826,7 +831,7 @@ func (s *records) Replace(list []*authv1alpha1.ApiKeyRecord) {
 			v.dropEntryLocked(si, e.hash)
 			v.dropIfEmptyLocked(si)
 		case !l.delivered && e.indexed:
-			delete(v.byHash, e.hash)
+			v.byHash.del(e.hash, ei)
 			e.indexed = false
 		}
 	}
@@ -950,7 +955,7 @@ func (w Watching) Start(ctx context.Context) error {
 	synced := func(context.Context) (bool, error) { return v.Synced(), nil }
 	if wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, synced) == nil {
 		v.mu.RLock()
-		slots, records := v.slots.len(), len(v.byHash)
+		slots, records := v.slots.len(), v.byHash.len()
 		v.mu.RUnlock()
 		v.log.Info("Indexed the first lists", "slots", slots, "records", records,
 			"took", v.clock.Since(began).Round(time.Millisecond).String())
