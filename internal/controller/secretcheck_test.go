@@ -398,12 +398,11 @@ func TestRequeueAfter(t *testing.T) {
 // key index would name them.
 type namesInUse []string
 
-func (n namesInUse) KeysInUse() []types.NamespacedName {
-	names := make([]types.NamespacedName, len(n))
-	for i, name := range n {
-		names[i] = types.NamespacedName{Namespace: "tenant", Name: name}
-	}
-	return names
-}
+func (n namesInUse) CountInUse() int { return len(n) }
 
-func (namesInUse) InUse(types.NamespacedName) bool { return true }
+func (n namesInUse) NextInUse(from int32) (types.NamespacedName, int32, bool) {
+	if int(from) > len(n) {
+		return types.NamespacedName{}, 0, false
+	}
+	return types.NamespacedName{Namespace: "tenant", Name: n[from-1]}, from + 1, true
+}

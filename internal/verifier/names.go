@@ -81,32 +81,45 @@ func (v *Verifier) OtherHolder(k *authv1alpha1.ApiKey) string {
 	return ""
 }
 
-// InUse says whether the index holds the ApiKey named name, neither
-// revoked nor being deleted: one the walk of Secret checks visits.
-func (v *Verifier) InUse(name types.NamespacedName) bool {
+// CountInUse is how many ApiKeys NextInUse names: those the walk of
+// Secret checks visits.
+func (v *Verifier) CountInUse() int {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
-	si, ok := v.byName.get(name, v.hasName(name))
-	return ok && v.slots.at(si).key.inUse()
-}
-
-// KeysInUse names every ApiKey InUse, in no order: of two slots with one
-// name (an ApiKey made again, the deletion not seen yet), the one filed.
-func (v *Verifier) KeysInUse() []types.NamespacedName {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	names := make([]types.NamespacedName, 0, v.byName.len())
+	n := 0
 	for si := int32(1); si < v.slots.next; si++ {
-		s := v.slots.at(si)
-		if !s.hasKey || !s.key.inUse() {
-			continue
-		}
-		name := v.nameLocked(&s.key)
-		if filed, ok := v.byName.get(name, v.hasName(name)); ok && filed == si {
-			names = append(names, name)
+		if _, ok := v.inUseLocked(si); ok {
+			n++
 		}
 	}
-	return names
+	return n
+}
+
+// NextInUse names the first ApiKey in use (neither revoked nor being
+// deleted) at or after a slot, and the slot after it; ok is false when
+// there is none. A walk over the keys holds its slot, not a list of them.
+func (v *Verifier) NextInUse(from int32) (name types.NamespacedName, next int32, ok bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	for si := max(from, 1); si < v.slots.next; si++ {
+		if name, ok := v.inUseLocked(si); ok {
+			return name, si + 1, true
+		}
+	}
+	return types.NamespacedName{}, 0, false
+}
+
+// inUseLocked is the name of the slot's ApiKey if it is in use: of two
+// slots with one name (an ApiKey made again, the deletion not seen yet),
+// the one filed.
+func (v *Verifier) inUseLocked(si int32) (types.NamespacedName, bool) {
+	s := v.slots.at(si)
+	if !s.hasKey || !s.key.inUse() {
+		return types.NamespacedName{}, false
+	}
+	name := v.nameLocked(&s.key)
+	filed, ok := v.byName.get(name, v.hasName(name))
+	return name, ok && filed == si
 }
 
 func (k *key) inUse() bool { return !k.revoked && !k.deleting }

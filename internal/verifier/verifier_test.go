@@ -631,19 +631,30 @@ func TestTheIndexNamesTheKeysInUse(t *testing.T) {
 	v.SetKey(deleting)
 	v.RemoveKey(deleted)
 	want := []types.NamespacedName{{Namespace: "t", Name: "in-use"}}
-	if got := v.KeysInUse(); !slices.Equal(got, want) {
-		t.Errorf("keys in use %v, want %v", got, want)
+	if got := keysInUse(v); !slices.Equal(got, want) || v.CountInUse() != 1 {
+		t.Errorf("keys in use %v (counted %d), want %v", got, v.CountInUse(), want)
 	}
 	again := inUse.DeepCopy()
 	again.UID = "another"
 	v.SetKey(again)
-	v.RemoveKey(inUse)
-	if !v.InUse(want[0]) {
-		t.Error("the key made again under the name is not in use once the old one's deletion came")
+	if got := keysInUse(v); !slices.Equal(got, want) || v.CountInUse() != 1 {
+		t.Errorf("with a name made again before the old one's deletion came, keys in use %v (counted %d), want %v once",
+			got, v.CountInUse(), want)
 	}
-	for _, k := range []*authv1alpha1.ApiKey{revoked, deleting, deleted} {
-		if v.InUse(types.NamespacedName{Namespace: "t", Name: k.Name}) {
-			t.Errorf("%s is in use", k.Name)
+	v.RemoveKey(inUse)
+	if got := keysInUse(v); !slices.Equal(got, want) || v.CountInUse() != 1 {
+		t.Errorf("once the old one's deletion came, keys in use %v (counted %d), want %v", got, v.CountInUse(), want)
+	}
+}
+
+// keysInUse walks v's keys in use as the walk of Secret checks does.
+func keysInUse(v *Verifier) []types.NamespacedName {
+	var names []types.NamespacedName
+	for at := int32(1); ; {
+		name, next, ok := v.NextInUse(at)
+		if !ok {
+			return names
 		}
+		names, at = append(names, name), next
 	}
 }
