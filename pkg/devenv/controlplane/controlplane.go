@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -269,7 +270,19 @@ func embeddedCRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {
 }
 
 // FreePort is a loopback port nothing listens on, for a server to take.
+// It is drawn from 20000–32767, below the kernel's ephemeral ports
+// (32768–60999 on Linux, 49152–65535 on macOS): a port the kernel hands a
+// listener on :0 is free only until it hands it again to the next
+// outgoing connection, which with test binaries running side by side it
+// did ("bind: address already in use"). Below that range only another
+// draw can take it; :0 is the fallback.
 func FreePort() (int, error) {
+	for range 100 {
+		if l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(20000+rand.IntN(32768-20000)))); err == nil {
+			defer func() { _ = l.Close() }()
+			return l.Addr().(*net.TCPAddr).Port, nil
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
