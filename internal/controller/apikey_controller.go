@@ -397,7 +397,7 @@ func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager, maxConcurrent int)
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("apikey").
 		WatchesRawSource(passes).
-		WithOptions(controller.Options{MaxConcurrentReconciles: maxConcurrent, CacheSyncTimeout: SyncTimeout}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: maxConcurrent, CacheSyncTimeout: SyncTimeout, NewQueue: newCompactingQueue(mgr.GetLogger())}).
 		Complete(r)
 }
 

@@ -160,7 +160,7 @@ func (r *ApiKeyRecordReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.Index.FeedKeysTo(deletedKeyEvents{events})
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("apikeyrecord").
-		WithOptions(controller.Options{CacheSyncTimeout: SyncTimeout}).
+		WithOptions(controller.Options{CacheSyncTimeout: SyncTimeout, NewQueue: newCompactingQueue(mgr.GetLogger())}).
 		WatchesRawSource(events.indexSource).
 		Complete(r)
 }

@@ -180,7 +180,7 @@ func (r *UsageReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			return o.GetName() == authv1alpha1.UsageLedgerStateName // batch-key segments change no summary
 		}))).
 		Named("usage").
-		WithOptions(controller.Options{CacheSyncTimeout: SyncTimeout}).
+		WithOptions(controller.Options{CacheSyncTimeout: SyncTimeout, NewQueue: newCompactingQueue(mgr.GetLogger())}).
 		Complete(r)
 }
 

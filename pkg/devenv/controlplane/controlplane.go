@@ -275,12 +275,23 @@ func embeddedCRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {
 // listener on :0 is free only until it hands it again to the next
 // outgoing connection, which with test binaries running side by side it
 // did ("bind: address already in use"). Below that range only another
-// draw can take it; :0 is the fallback.
+// draw can take it, in the seconds between a draw and the server binding
+// (a control plane starts in between), which it also did, in this process
+// or another: a draw claims its port for claimFor. :0 is the fallback.
 func FreePort() (int, error) {
+	claims := filepath.Join(os.TempDir(), "latchkey-ports")
+	if err := os.MkdirAll(claims, 0o700); err != nil {
+		return 0, err
+	}
 	for range 100 {
-		if l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(20000+rand.IntN(32768-20000)))); err == nil {
-			defer func() { _ = l.Close() }()
-			return l.Addr().(*net.TCPAddr).Port, nil
+		port := 20000 + rand.IntN(32768-20000)
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		_ = l.Close()
+		if claim(claims, port) {
+			return port, nil
 		}
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -289,6 +300,27 @@ func FreePort() (int, error) {
 	}
 	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// claimFor is how long a drawn port stays another draw's to skip: more than
+// a control plane takes to start before the server binds it.
+const claimFor = 2 * time.Minute
+
+// claim takes port for claimFor unless another draw holds it: a file
+// created exclusively in dir, whose age says when the claim lapses.
+func claim(dir string, port int) bool {
+	path := filepath.Join(dir, strconv.Itoa(port))
+	if fi, err := os.Stat(path); err == nil {
+		if time.Since(fi.ModTime()) < claimFor {
+			return false
+		}
+		_ = os.Remove(path)
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return false
+	}
+	return f.Close() == nil
 }
 
 // writeAdmissionConfig gives kube-apiserver a client certificate for the
